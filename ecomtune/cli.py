@@ -1,0 +1,178 @@
+"""The `ecomtune` command line. Each command is thin: parse -> build -> run -> report.
+
+User mistakes arrive as `EcomtuneError` and are printed as one block with a non-zero exit; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ecomtune.errors import EcomtuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Adapt any Hugging Face vision-language model to e-commerce understanding: align -> sft.")
+console = Console(stderr=True)
+out = Console()
+
+REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+RecipeOpt = typer.Option(None, "--recipe", "-r", help="Recipe YAML (see `ecomtune recipes`).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a recipe key: --set sft.lora.r=8 (repeatable).")
+BackboneOpt = typer.Option(None, "--backbone", "-b", help="Alias, hub id or local folder (overrides the recipe).")
+DataOpt = typer.Option(None, "--data", "-d", help="Training JSONL in the canonical format (overrides the recipe).")
+OutputOpt = typer.Option(..., "--output", "-o", help="Run folder to write.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a non-empty output folder.")
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    import transformers
+
+    # transformers 5.23 renames gradient_checkpointing; TRL 1.16 still reads the old name, so it stays.
+    warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning)
+
+    transformers.logging.set_verbosity_error()
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def _recipe(recipe: Path | None, sets: list[str] | None, stage: str, backbone: str | None, data: Path | None):
+    from ecomtune.config.loading import load_recipe
+
+    overrides = list(sets or [])
+    if backbone:
+        overrides.append(f"backbone.name={backbone}")
+    if data:
+        overrides.append(f"{stage}.data={data}")
+    return load_recipe(recipe, overrides)
+
+
+def recipe_dirs() -> list[Path]:
+    return [p for p in (Path.cwd() / "recipes", REPO_RECIPES) if p.is_dir()]
+
+
+@app.command()
+def backbones() -> None:
+    """List the backbone registry: aliases, hub ids, module roles, LoRA targets, multi-image support."""
+    from ecomtune.backbones.registry import aliases
+
+    table = Table(title="ecomtune backbones")
+    for column in ("alias", "hub id", "family", "projector", "default LoRA targets", "multi-image"):
+        table.add_column(column)
+    for alias, (spec, hub_id) in aliases().items():
+        multi = "yes" if spec.max_images is None else ("no" if spec.max_images == 1 else f"up to {spec.max_images}")
+        table.add_row(alias, hub_id or "(built locally, random weights)", spec.family, spec.projector[0],
+                      ", ".join(spec.lora_targets), multi)
+    out.print(table)
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes with the first line of each header."""
+    table = Table(title="recipes")
+    table.add_column("recipe")
+    table.add_column("what it is")
+    seen = set()
+    for folder in recipe_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            if path.name in seen:
+                continue
+            seen.add(path.name)
+            lines = [line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")]
+            table.add_row(str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path),
+                          lines[0] if lines else "")
+    out.print(table)
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="Recipe YAML to check."), sets: list[str] = SetOpt) -> None:
+    """Check a recipe: every problem (unknown key, wrong type, impossible combination) at once."""
+    from ecomtune.config.loading import load_recipe
+
+    load_recipe(recipe, sets)
+    out.print(f"[green]{recipe}: valid[/green]")
+
+
+@app.command()
+def align(recipe: Path = RecipeOpt, backbone: str = BackboneOpt, data: Path = DataOpt, output: Path = OutputOpt,
+          sets: list[str] = SetOpt, resume: bool = ResumeOpt, overwrite: bool = OverwriteOpt) -> None:
+    """Stage 1: vision-language alignment. Trains only the projector; vision tower and LM stay frozen."""
+    _quiet_libraries()
+    from ecomtune.train.stages import run_align
+
+    result = run_align(_recipe(recipe, sets, "align", backbone, data), output, resume=resume, overwrite=overwrite)
+    _report(result)
+
+
+@app.command()
+def sft(recipe: Path = RecipeOpt, backbone: str = BackboneOpt, data: Path = DataOpt, output: Path = OutputOpt,
+        init_from: Path = typer.Option(None, "--init-from", help="A finished `ecomtune align` run folder."),
+        sets: list[str] = SetOpt, resume: bool = ResumeOpt, overwrite: bool = OverwriteOpt) -> None:
+    """Stage 3: visual instruction tuning with QLoRA (4-bit base + LoRA) through TRL's SFTTrainer."""
+    _quiet_libraries()
+    from ecomtune.train.stages import run_sft
+
+    result = run_sft(_recipe(recipe, sets, "sft", backbone, data), output, init_from=init_from, resume=resume,
+                     overwrite=overwrite)
+    _report(result)
+
+
+def _report(result) -> None:
+    from ecomtune.runtime import is_main_process
+
+    if not is_main_process():
+        return
+    m = result.manifest
+    trained = ", ".join(f"{r['component']} ({r['mode']}, {r['trainable']:,} params)"
+                        for r in m["parameters"] if r["trainable"])
+    metrics = m["metrics"]
+    out.print(f"[bold]{m['stage']}[/bold] on {m['backbone']['name']}: trained {trained}")
+    out.print(f"  steps {metrics['global_step']}, final mean train loss {metrics['train_loss']:.4f}, "
+              f"{metrics.get('train_runtime', 0):.1f}s")
+    out.print(f"  saved to {result.output} (manifest.json, {', '.join(m['outputs'])})")
+
+
+@app.command()
+def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Folder for the demo's runs."),
+         seed: int = typer.Option(0, help="Seed of the synthetic catalog.")) -> None:
+    """Run the recipe end to end on the embedded default: tiny Qwen2-VL, synthetic catalog, CPU."""
+    _quiet_libraries()
+    from ecomtune.demo import run_demo
+
+    run_demo(output, seed)
+
+
+@app.command()
+def synth(out_dir: Path = typer.Option(..., "--out", help="Folder to write images and JSONL files to."),
+          items: int = typer.Option(48, "--items", min=1, help="Number of products."),
+          seed: int = typer.Option(0, "--seed", help="Same seed, same bytes.")) -> None:
+    """Generate a deterministic synthetic catalog (rendered products + captions + instructions)."""
+    from ecomtune.synth.catalog import write_catalog
+
+    written = write_catalog(out_dir, items, seed)
+    for name, path in written.items():
+        out.print(f"{name}: {path}")
+
+
+def main() -> None:
+    try:
+        app()
+    except EcomtuneError as exc:
+        console.print("[bold red]error:[/bold red] ", end="")
+        console.print(exc.render(), markup=False, highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Typed recipes: the schema (`schema.py`) and YAML loading with overrides and validation (`loading.py`)."""
+
+from ecomtune.config.loading import apply_overrides, load_recipe, validate_recipe_dict
+from ecomtune.config.schema import (
+    AlignStage,
+    BackboneSettings,
+    LoraSettings,
+    QuantSettings,
+    Recipe,
+    SftStage,
+    TrainSettings,
+)
+
+__all__ = [
+    "AlignStage",
+    "BackboneSettings",
+    "LoraSettings",
+    "QuantSettings",
+    "Recipe",
+    "SftStage",
+    "TrainSettings",
+    "apply_overrides",
+    "load_recipe",
+    "validate_recipe_dict",
+]

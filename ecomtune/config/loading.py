@@ -1,0 +1,123 @@
+"""Recipe loading: YAML -> dict (with the line of every key) -> `--set` overrides -> typed `Recipe`.
+
+Every problem is collected and reported at once, each with its file:line, its dotted key, and a
+"did you mean" for misspelt keys, so a user fixes a recipe in one pass instead of one error per run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ecomtune.config.schema import Recipe
+from ecomtune.errors import ConfigError, Problem
+
+
+def _key_lines(node: yaml.Node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """Map each dotted key path of a YAML mapping to its 1-based line number."""
+    lines: dict[tuple[str, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = (*prefix, str(key_node.value))
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, path))
+    return lines
+
+
+def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """Read a recipe file; returns the mapping and the line of every key."""
+    if not path.is_file():
+        raise ConfigError(f"Recipe file not found: {path}", fix="check the path; `ecomtune recipes` lists shipped ones")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError("Recipe is not valid YAML", [Problem(str(exc).splitlines()[0], where)]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("Recipe must be a YAML mapping", [Problem(f"got {type(data).__name__}", str(path))])
+    return data, (_key_lines(node) if node is not None else {})
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides (values parsed as YAML: `3`, `true`, `[a, b]`, `null`)."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(Problem(f"override {item!r} is not key=value", "--set", "write e.g. --set sft.lora.r=8"))
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                problems.append(Problem(f"{'.'.join(parts)}: {part} is not a section", "--set"))
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError("Invalid --set override", problems)
+    return data
+
+
+def _suggest(model: type[BaseModel], loc: tuple[Any, ...], key: str) -> str:
+    """A "did you mean" for an unknown key, looked up among the fields of the section it sits in."""
+    section: Any = model
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part)) if isinstance(section, type) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return ""
+        section = field.annotation
+    close = difflib.get_close_matches(key, list(section.model_fields), n=1, cutoff=0.5)
+    valid = ", ".join(section.model_fields)
+    return f"did you mean '{close[0]}'? valid keys: {valid}" if close else f"valid keys: {valid}"
+
+
+def validate_recipe_dict(
+    data: dict[str, Any], source: str = "<recipe>", lines: dict[tuple[str, ...], int] | None = None
+) -> Recipe:
+    """Validate a recipe mapping; raise one ConfigError that lists every problem found."""
+    lines = lines or {}
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(str(p) for p in err["loc"])
+            dotted = ".".join(loc) or "(top level)"
+            line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+            where = f"{source}:{line}" if line else source
+            if err["type"] == "extra_forbidden":
+                problems.append(Problem(f"unknown key '{dotted}'", where, _suggest(Recipe, loc, loc[-1])))
+            else:
+                msg = err["msg"].removeprefix("Value error, ")
+                got = err.get("input")
+                shown = "" if isinstance(got, dict) or err["type"].startswith("value_error") else f" (got {got!r})"
+                problems.append(Problem(f"{dotted}: {msg}{shown}", where))
+        raise ConfigError(f"Recipe {source} has {len(problems)} problem(s)", problems) from None
+
+
+def load_recipe(path: Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe file (or the defaults when `path` is None) and apply `--set` overrides."""
+    data, lines, source = ({}, {}, "<defaults>")
+    if path is not None:
+        data, lines = read_yaml(path)
+        source = str(path)
+    data = apply_overrides(data, overrides or [])
+    return validate_recipe_dict(data, source, lines)

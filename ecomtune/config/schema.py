@@ -1,0 +1,168 @@
+"""The recipe schema: every knob of the staged recipe, typed, with one description per field.
+
+YAML only fills these models. Unknown keys are errors (`extra="forbid"`); cross-field rules live in
+`model_validator`s here, never in the trainer, so `ecomtune validate` catches them before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ComponentMode = Literal["frozen", "full"]
+VisionMode = Literal["frozen", "lora"]
+ComputeDtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+class StrictModel(BaseModel):
+    """Base for every recipe section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackboneSettings(StrictModel):
+    name: str = Field(
+        "tiny-qwen2-vl",
+        description="Registry alias (see `ecomtune backbones`), Hugging Face hub id, or a local model folder.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")
+    seed: int = Field(0, description="Seed for building `tiny-` backbones (same seed, same weights).")
+    max_pixels: int | None = Field(
+        None,
+        ge=784,
+        description="Upper bound on pixels per image given to the processor. Fewer pixels, fewer image tokens, "
+        "less memory; more pixels, finer detail (text on labels). None keeps the processor's default.",
+    )
+    min_pixels: int | None = Field(None, ge=784, description="Lower bound on pixels per image.")
+
+    @model_validator(mode="after")
+    def _pixels_ordered(self) -> BackboneSettings:
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) is larger than max_pixels ({self.max_pixels})")
+        return self
+
+
+class QuantSettings(StrictModel):
+    load_in_4bit: bool = Field(
+        True, description="Load the language model in bitsandbytes 4-bit (QLoRA). ~4x less weight memory."
+    )
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; nf4 is the QLoRA default.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too (~0.4 bit/param saved).")
+    compute_dtype: ComputeDtype = Field(
+        "auto", description="Dtype of 4-bit matmuls; auto = bfloat16 on GPUs that support it, else float16 / float32."
+    )
+    quantize_vision: bool = Field(
+        False, description="Also quantize the vision tower. Saves memory on large ViTs; costs some image fidelity."
+    )
+
+
+class LoraSettings(StrictModel):
+    r: int = Field(16, ge=1, description="LoRA rank: capacity of the adapter. Higher = more params and memory.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator; effective scale is alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    targets: list[str] | None = Field(
+        None,
+        description="Linear layer names in the language model to adapt. None = the backbone's defaults "
+        "(all attention and MLP projections).",
+    )
+    vision_targets: list[str] | None = Field(
+        None, description="Linear layer names in the vision tower to adapt when `vision: lora`."
+    )
+
+
+class TrainSettings(StrictModel):
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 = run `epochs` epochs.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the data when max_steps is -1.")
+    batch_size: int = Field(1, ge=1, description="Samples per device per forward pass.")
+    grad_accum: int = Field(8, ge=1, description="Forward passes per optimizer step (effective batch multiplier).")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up."
+    )
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in backward: ~30% slower, far less activation memory."
+    )
+    optimizer: str = Field(
+        "adamw_torch", description="transformers optimizer name; paged_adamw_8bit saves memory on GPU."
+    )
+    logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
+    save_steps: int = Field(200, ge=1, description="Write a resumable checkpoint every N steps.")
+    save_total_limit: int = Field(2, ge=1, description="Keep at most this many checkpoints.")
+    seed: int = Field(42, description="Seed for data order and adapter initialisation.")
+    dataloader_workers: int = Field(0, ge=0, description="Worker processes that load and process images.")
+
+
+class StageSettings(StrictModel):
+    data: Path | None = Field(None, description="Training JSONL in the canonical format (see README).")
+    max_length: int | None = Field(
+        2048,
+        ge=16,
+        description="Longest sample in tokens (text + image tokens). Samples are never cut: longer ones are "
+        "reported, then dropped or fatal per `on_overlong`. None = no limit.",
+    )
+    on_overlong: Literal["error", "drop"] = Field(
+        "error", description="What to do with samples longer than max_length: stop with a report, or drop them."
+    )
+    quant: QuantSettings = Field(default_factory=QuantSettings, description="Base-model quantization.")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Optimizer and loop settings.")
+
+
+class AlignStage(StageSettings):
+    """Stage 1, vision-language alignment: only the projector learns, on caption data."""
+
+    quant: QuantSettings = Field(
+        default_factory=lambda: QuantSettings(load_in_4bit=False),
+        description="Base precision; align defaults to a non-quantized base (LLaVA-style).",
+    )
+    train: TrainSettings = Field(
+        default_factory=lambda: TrainSettings(learning_rate=1e-3, grad_accum=4),
+        description="Optimizer and loop settings; projector-only training takes a high learning rate.",
+    )
+
+
+class SftStage(StageSettings):
+    """Stage 3, visual instruction tuning: QLoRA on the language model, projector full or frozen."""
+
+    projector: ComponentMode = Field(
+        "full", description="Train the projector fully (full) or keep it as align left it (frozen)."
+    )
+    vision: VisionMode = Field("frozen", description="Keep the vision tower frozen, or adapt it with LoRA.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="The LoRA adapter on the language model.")
+
+    @model_validator(mode="after")
+    def _vision_lora_needs_targets(self) -> SftStage:
+        if self.vision == "lora" and not self.lora.vision_targets:
+            raise ValueError(
+                "vision is 'lora' but lora.vision_targets is empty: name the vision tower's linear layers "
+                "(e.g. [qkv, proj, fc1, fc2] for Qwen2-VL) or set vision: frozen"
+            )
+        return self
+
+
+class Recipe(StrictModel):
+    """A whole recipe: the backbone and the settings of each stage."""
+
+    backbone: BackboneSettings = Field(default_factory=BackboneSettings, description="The model to adapt.")
+    align: AlignStage = Field(default_factory=AlignStage, description="Stage 1: projector alignment.")
+    sft: SftStage = Field(default_factory=SftStage, description="Stage 3: visual instruction tuning (QLoRA).")
+
+    @model_validator(mode="after")
+    def _stages_consistent(self) -> Recipe:
+        for name, stage in (("align", self.align), ("sft", self.sft)):
+            t = stage.train
+            if t.max_steps > 0 and t.save_steps > t.max_steps:
+                raise ValueError(
+                    f"{name}.train.save_steps ({t.save_steps}) exceeds {name}.train.max_steps ({t.max_steps}): "
+                    "no checkpoint would ever be written, so --resume could not work; lower save_steps"
+                )
+            if stage.quant.quantize_vision and not stage.quant.load_in_4bit:
+                raise ValueError(
+                    f"{name}.quant.quantize_vision is true but {name}.quant.load_in_4bit is false: there is no "
+                    "4-bit base to put the vision tower in; enable load_in_4bit or disable quantize_vision"
+                )
+        return self

@@ -1,0 +1,14 @@
+"""Data: the canonical sample schema, image checks, and the collator that builds labels."""
+
+from ecomtune.data.collator import IGNORE_INDEX, VisionChatCollator, count_tokens, render_with_spans
+from ecomtune.data.schema import Sample, load_samples, parse_record
+
+__all__ = [
+    "IGNORE_INDEX",
+    "Sample",
+    "VisionChatCollator",
+    "count_tokens",
+    "load_samples",
+    "parse_record",
+    "render_with_spans",
+]

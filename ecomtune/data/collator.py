@@ -1,0 +1,109 @@
+"""Batches for training: chat template -> processor -> labels on the assistant's answers only.
+
+How labels are found, for any family whose chat template is prefix-preserving (rendering the first
+k messages is a prefix of rendering all of them; true of Qwen, LLaVA and Gemma templates):
+1. render the conversation to text with the family's own chat template;
+2. an assistant turn spans from the end of `render(messages[:i], add_generation_prompt=True)` to the
+   end of `render(messages[:i+1])`: its answer and its end-of-turn token, so the model learns to stop;
+3. the real processor expands image placeholders and tokenizes, reporting each token's character
+   offsets and where placeholders grew; tokens inside an assistant span get labels, all others -100.
+Nothing is ever truncated here: `count_tokens` measures samples up front so that over-long samples
+are reported before training (cutting through image tokens crashes Qwen-style models).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ecomtune.data.images import load_rgb
+from ecomtune.data.schema import Sample
+from ecomtune.errors import DataError, Problem
+
+IGNORE_INDEX = -100
+
+
+def render_with_spans(processor, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation as text, and the character span of every assistant turn in it."""
+    text = processor.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)) if i \
+            else 0
+        prefix = processor.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not text.startswith(prefix) or start > len(prefix):
+            raise DataError(
+                "The chat template is not prefix-preserving, so assistant tokens cannot be located",
+                [Problem("rendering the first messages is not a prefix of rendering them all", "chat template")],
+                fix="use the family's standard chat template (processor.chat_template)",
+            )
+        spans.append((start, len(prefix)))
+    return text, spans
+
+
+def _label_mask(offsets: Sequence[Sequence[int]], replacements: list[dict], spans: list[tuple[int, int]]) -> list[bool]:
+    """For each token, whether it lies inside an assistant span. Spans are in the rendered text; token
+    offsets are in the processor's expanded text (placeholders replaced by many image tokens), so span
+    ends are shifted by the characters gained at every placeholder before them."""
+    ends = [r["span"][1] for r in replacements]
+    # new_span is in expanded-text coordinates, so this difference is the total gained up to that placeholder
+    gained = [0] + [r["new_span"][1] - r["span"][1] for r in replacements]
+    shifted = [tuple(c + gained[bisect.bisect_right(ends, c)] for c in span) for span in spans]
+    mask = []
+    for start, end in offsets:
+        mask.append(end > start and any(start < e and end > s for s, e in shifted))
+    return mask
+
+
+class VisionChatCollator:
+    """Turns samples (rows of a `datasets.Dataset`) into model inputs with assistant-only labels."""
+
+    def __init__(self, processor, max_length: int | None = None) -> None:
+        self.processor = processor
+        self.max_length = max_length
+        self.processor.tokenizer.padding_side = "right"
+
+    def encode(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        texts, images, spans = [], [], []
+        for sample in samples:
+            text, turn_spans = render_with_spans(self.processor, sample.messages)
+            texts.append(text)
+            spans.append(turn_spans)
+            images.extend(load_rgb(p) for p in sample.images)
+        batch = self.processor(
+            text=texts,
+            images=images or None,
+            padding=True,
+            return_tensors="pt",
+            return_offsets_mapping=True,
+            return_text_replacement_offsets=True,
+        )
+        offsets = batch.pop("offset_mapping").tolist()
+        replacements = batch.pop("text_replacement_offsets", None) or [[] for _ in samples]
+        labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+        for row, (row_offsets, row_repl, row_spans) in enumerate(zip(offsets, replacements, spans, strict=True)):
+            mask = torch.tensor(_label_mask(row_offsets, list(row_repl), row_spans))
+            labels[row, mask] = batch["input_ids"][row, mask]
+        labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+        batch["labels"] = labels
+        if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
+            longest = max(range(len(samples)), key=lambda i: int(batch["attention_mask"][i].sum()))
+            raise DataError(f"A batch is {batch['input_ids'].shape[1]} tokens, over max_length {self.max_length}",
+                            [Problem("sample too long", samples[longest].source)],
+                            fix="raise max_length, lower backbone.max_pixels, or drop the sample")
+        return dict(batch)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return self.encode([Sample.from_row(r) for r in rows])
+
+
+def count_tokens(processor, sample: Sample) -> int:
+    """Exact length in tokens (text + image tokens) of one sample, as the model will see it."""
+    text, _ = render_with_spans(processor, sample.messages)
+    images = [load_rgb(p) for p in sample.images] or None
+    return int(processor(text=[text], images=images, return_tensors="pt")["input_ids"].shape[1])

@@ -1,0 +1,124 @@
+"""The one module that talks to TRL. Every TRL/Trainer quirk ecomtune works around lives here.
+
+Quirks handled (TRL 1.16, transformers 5.23):
+- SFTTrainer refuses packing and padding-free batching for image datasets and, for them, prepares
+  data on the fly with its own collator. ecomtune passes its own collator (assistant-only labels,
+  never truncating) and `skip_prepare_dataset`, so TRL never tokenizes or truncates.
+- `max_length` is left None in TRL's config: truncation can cut through image tokens; ecomtune
+  measures lengths itself before training.
+- TRL's config defaults to bf16, which CPUs refuse; precision is chosen from the hardware.
+- transformers' Trainer refuses to train a quantized model that has no PEFT adapter. Stage 1 on a
+  4-bit base trains only the full-precision projector, which is sound (the 4-bit weights are frozen
+  and get no gradient), so that check is relaxed for that case alone (`allow_frozen_quantized_base`).
+- SFTTrainer casts every trainable parameter of a quantized model to bfloat16 (QLoRA's advice for
+  LoRA weights). That also hits the full-precision projector: on CPU its LayerNorm then fails on
+  float32 inputs, and on GPU its optimizer updates lose precision. The dtypes each trainable
+  parameter had are restored right after construction; mixed precision still runs the matmuls in
+  the compute dtype (`keep_trainable_dtypes`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ecomtune.config.schema import TrainSettings
+from ecomtune.data.collator import VisionChatCollator
+from ecomtune.data.schema import Sample
+
+
+def sft_config(train: TrainSettings, output: Path, compute_dtype: torch.dtype):
+    """TRL's SFTConfig from ecomtune's typed settings."""
+    from trl import SFTConfig
+
+    on_gpu = torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(output),
+        max_steps=train.max_steps,
+        num_train_epochs=train.epochs,
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        optim=train.optimizer,
+        gradient_checkpointing=train.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=train.logging_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        seed=train.seed,
+        data_seed=train.seed,
+        dataloader_num_workers=train.dataloader_workers,
+        bf16=on_gpu and compute_dtype == torch.bfloat16,
+        fp16=on_gpu and compute_dtype == torch.float16,
+        use_cpu=not on_gpu,
+        report_to="none",
+        remove_unused_columns=False,  # the collator needs the raw `images` / `messages` columns
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,
+        packing=False,
+    )
+
+
+@contextlib.contextmanager
+def allow_frozen_quantized_base() -> Iterator[None]:
+    """Let Trainer accept a 4-bit model with no adapter whose trainable parameters are all full-precision
+    (projector-only alignment). Only the "purely quantized" refusal is lifted, and only inside this block."""
+    import transformers.trainer as trainer_module
+
+    original = trainer_module.validate_quantization_for_training
+
+    def validate(model):
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if trainable and all(p.dtype.is_floating_point for p in trainable):
+            return None
+        return original(model)
+
+    trainer_module.validate_quantization_for_training = validate
+    try:
+        yield
+    finally:
+        trainer_module.validate_quantization_for_training = original
+
+
+@contextlib.contextmanager
+def keep_trainable_dtypes(model) -> Iterator[None]:
+    """Undo any dtype change made to trainable parameters inside this block."""
+    before = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
+    yield
+    for name, param in model.named_parameters():
+        if name in before and param.dtype != before[name]:
+            param.data = param.data.to(before[name])
+
+
+def build_trainer(model, processor, samples: list[Sample], train: TrainSettings, output: Path,
+                  compute_dtype: torch.dtype, max_length: int | None, callbacks: list | None = None):
+    """An SFTTrainer over `samples` with ecomtune's collator."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    dataset = Dataset.from_list([s.to_row() for s in samples])
+    quantized_without_adapter = getattr(model, "is_quantized", False) and not hasattr(model, "peft_config")
+    guard = allow_frozen_quantized_base() if quantized_without_adapter else contextlib.nullcontext()
+    with guard, keep_trainable_dtypes(model):
+        return SFTTrainer(
+            model=model,
+            args=sft_config(train, output, compute_dtype),
+            train_dataset=dataset,
+            processing_class=processor,
+            data_collator=VisionChatCollator(processor, max_length),
+            callbacks=callbacks,
+        )
+
+
+def last_checkpoint(output: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output)) if Path(output).is_dir() else None
