@@ -76,6 +76,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# Names other fine-tuning tools use for ecomtune's keys, for "did you mean" where spelling alone cannot tell.
+COMMON_NAMES = {
+    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "targets",
+    "lr": "learning_rate", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "lr_scheduler_type": "lr_scheduler", "optim": "optimizer",
+    "bnb_4bit_quant_type": "quant_type", "model": "name", "model_name": "name",
+}
+
+
 def _suggest(model: type[BaseModel], loc: tuple[Any, ...], key: str) -> str:
     """A "did you mean" for an unknown key, looked up among the fields of the section it sits in."""
     section: Any = model
@@ -84,7 +93,9 @@ def _suggest(model: type[BaseModel], loc: tuple[Any, ...], key: str) -> str:
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return ""
         section = field.annotation
-    close = difflib.get_close_matches(key, list(section.model_fields), n=1, cutoff=0.5)
+    common = COMMON_NAMES.get(key)
+    close = [common] if common in section.model_fields else difflib.get_close_matches(
+        key, list(section.model_fields), n=1, cutoff=0.5)
     valid = ", ".join(section.model_fields)
     return f"did you mean '{close[0]}'? valid keys: {valid}" if close else f"valid keys: {valid}"
 
@@ -107,6 +118,7 @@ def validate_recipe_dict(
                 problems.append(Problem(f"unknown key '{dotted}'", where, _suggest(Recipe, loc, loc[-1])))
             else:
                 msg = err["msg"].removeprefix("Value error, ")
+                dotted = dotted.removesuffix(".") or "(top level)"
                 got = err.get("input")
                 shown = "" if isinstance(got, dict) or err["type"].startswith("value_error") else f" (got {got!r})"
                 problems.append(Problem(f"{dotted}: {msg}{shown}", where))

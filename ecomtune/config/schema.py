@@ -111,6 +111,21 @@ class StageSettings(StrictModel):
     quant: QuantSettings = Field(default_factory=QuantSettings, description="Base-model quantization.")
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimizer and loop settings.")
 
+    @model_validator(mode="after")
+    def _stage_consistent(self) -> StageSettings:
+        t = self.train
+        if t.max_steps > 0 and t.save_steps > t.max_steps:
+            raise ValueError(
+                f"train.save_steps ({t.save_steps}) exceeds train.max_steps ({t.max_steps}): no checkpoint would "
+                "ever be written, so --resume could not work; lower save_steps"
+            )
+        if self.quant.quantize_vision and not self.quant.load_in_4bit:
+            raise ValueError(
+                "quant.quantize_vision is true but quant.load_in_4bit is false: there is no 4-bit base to put the "
+                "vision tower in; enable load_in_4bit or disable quantize_vision"
+            )
+        return self
+
 
 class AlignStage(StageSettings):
     """Stage 1, vision-language alignment: only the projector learns, on caption data."""
@@ -150,19 +165,3 @@ class Recipe(StrictModel):
     backbone: BackboneSettings = Field(default_factory=BackboneSettings, description="The model to adapt.")
     align: AlignStage = Field(default_factory=AlignStage, description="Stage 1: projector alignment.")
     sft: SftStage = Field(default_factory=SftStage, description="Stage 3: visual instruction tuning (QLoRA).")
-
-    @model_validator(mode="after")
-    def _stages_consistent(self) -> Recipe:
-        for name, stage in (("align", self.align), ("sft", self.sft)):
-            t = stage.train
-            if t.max_steps > 0 and t.save_steps > t.max_steps:
-                raise ValueError(
-                    f"{name}.train.save_steps ({t.save_steps}) exceeds {name}.train.max_steps ({t.max_steps}): "
-                    "no checkpoint would ever be written, so --resume could not work; lower save_steps"
-                )
-            if stage.quant.quantize_vision and not stage.quant.load_in_4bit:
-                raise ValueError(
-                    f"{name}.quant.quantize_vision is true but {name}.quant.load_in_4bit is false: there is no "
-                    "4-bit base to put the vision tower in; enable load_in_4bit or disable quantize_vision"
-                )
-        return self

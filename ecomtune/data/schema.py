@@ -85,25 +85,27 @@ def parse_record(record: Any, base_dir: Path, where: str) -> tuple[Sample | None
     """Check one decoded JSON record; return the sample, or None and every problem with it."""
     problems: list[Problem] = []
     if not isinstance(record, dict):
-        return None, [Problem("record is not a JSON object", where)]
+        return None, [Problem("record is not a JSON object", where, "each line must be one {...} object")]
     if "messages" in record:
         raw_messages = record["messages"]
     elif "prompt" in record and "completion" in record:
         prompt = _as_messages(record["prompt"], "user")
         completion = _as_messages(record["completion"], "assistant")
         if prompt is None or completion is None:
-            return None, [Problem("prompt and completion must be strings or lists of messages", where)]
+            return None, [Problem("prompt and completion must be strings or lists of messages", where,
+                                  'e.g. "prompt": "<image>What colour?", "completion": "red"')]
         raw_messages = prompt + completion
     else:
         return None, [Problem(f"record has neither 'messages' nor 'prompt'+'completion' (keys: {sorted(record)})",
                               where, "see the data format in README.md")]
     if not isinstance(raw_messages, list) or not raw_messages:
-        return None, [Problem("'messages' must be a non-empty list", where)]
+        return None, [Problem("'messages' must be a non-empty list", where, "list the conversation's messages")]
 
     messages = []
     for i, message in enumerate(raw_messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
-            problems.append(Problem(f"message {i} needs a role in {sorted(ROLES)}", where))
+            problems.append(Problem(f"message {i} needs a role in {sorted(ROLES)}", where,
+                                    'write each message as {"role": "user", "content": ...}'))
             continue
         messages.append({"role": message["role"], "content": _blocks(message.get("content"), where, problems)})
     if problems:
@@ -123,7 +125,7 @@ def parse_record(record: Any, base_dir: Path, where: str) -> tuple[Sample | None
     if isinstance(images, str):
         images = [images]
     if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
-        problems.append(Problem("'images' must be a list of paths", where))
+        problems.append(Problem("'images' must be a list of paths", where, 'e.g. "images": ["img/1.jpg"]'))
         images = []
     placeholders = sum(b["type"] == "image" for m in messages for b in m["content"])
     if placeholders != len(images):

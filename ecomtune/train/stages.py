@@ -8,7 +8,7 @@ standard outputs and a manifest (main process only, so torchrun / accelerate run
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,11 @@ PROJECTOR_FILE = "projector.safetensors"
 
 @dataclass
 class StageResult:
+    """Where a stage wrote its outputs, its manifest, and the trained model (for callers that go on)."""
+
     output: Path
     manifest: dict[str, Any]
+    model: Any = field(default=None, repr=False)
 
 
 def _console():
@@ -138,7 +141,7 @@ def run_align(recipe: Recipe, output: Path, resume: bool = False, overwrite: boo
                   str(Path(output) / PROJECTOR_FILE), metadata={"module": roles.projector})
         processor.save_pretrained(output)
         write_manifest(output, **manifest)
-    return StageResult(Path(output), manifest)
+    return StageResult(Path(output), manifest, model)
 
 
 def load_aligned_projector(model, roles: ResolvedRoles, init_from: Path, backbone: ResolvedBackbone) -> str:
@@ -208,4 +211,4 @@ def run_sft(recipe: Recipe, output: Path, init_from: Path | None = None, resume:
             (Path(output) / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest has the recipe
             processor.save_pretrained(output)
             write_manifest(output, **manifest)
-    return StageResult(Path(output), manifest)
+    return StageResult(Path(output), manifest, model)

@@ -12,9 +12,10 @@ Quirks handled (TRL 1.16, transformers 5.23):
   and get no gradient), so that check is relaxed for that case alone (`allow_frozen_quantized_base`).
 - SFTTrainer casts every trainable parameter of a quantized model to bfloat16 (QLoRA's advice for
   LoRA weights). That also hits the full-precision projector: on CPU its LayerNorm then fails on
-  float32 inputs, and on GPU its optimizer updates lose precision. The dtypes each trainable
-  parameter had are restored right after construction; mixed precision still runs the matmuls in
-  the compute dtype (`keep_trainable_dtypes`).
+  float32 inputs, on GPU its optimizer updates lose precision, and an aligned projector would be
+  rounded on arrival. The original tensors are put back right after construction, so trainable
+  weights stay in full precision while mixed precision runs the matmuls in the compute dtype
+  (`keep_trainable_dtypes`).
 """
 
 from __future__ import annotations
@@ -90,12 +91,13 @@ def allow_frozen_quantized_base() -> Iterator[None]:
 
 @contextlib.contextmanager
 def keep_trainable_dtypes(model) -> Iterator[None]:
-    """Undo any dtype change made to trainable parameters inside this block."""
-    before = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
+    """Undo any dtype change made to trainable parameters inside this block. The original tensors are put
+    back as they were: casting back would keep the rounding of the round trip (bf16 keeps 8 mantissa bits)."""
+    before = {name: p.data for name, p in model.named_parameters() if p.requires_grad}
     yield
     for name, param in model.named_parameters():
-        if name in before and param.dtype != before[name]:
-            param.data = param.data.to(before[name])
+        if name in before and param.dtype != before[name].dtype:
+            param.data = before[name]
 
 
 def build_trainer(model, processor, samples: list[Sample], train: TrainSettings, output: Path,

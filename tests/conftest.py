@@ -1,0 +1,47 @@
+"""Shared fixtures: one tiny-twin cache per test session, a small synthetic catalog, and quick recipes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_cache(tmp_path_factory) -> Path:
+    """Tiny twins are built once per session into a private cache (never the user's)."""
+    cache = tmp_path_factory.mktemp("ecomtune-cache")
+    os.environ["ECOMTUNE_CACHE"] = str(cache)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def catalog(tmp_path_factory) -> dict[str, Path]:
+    from ecomtune.synth.catalog import write_catalog
+
+    return write_catalog(tmp_path_factory.mktemp("catalog"), 24, seed=3)
+
+
+def quick_overrides(stage: str, steps: int = 4, save_steps: int | None = None) -> list[str]:
+    """Recipe overrides that keep a stage to a few CPU steps."""
+    return [
+        f"{stage}.train.max_steps={steps}",
+        f"{stage}.train.save_steps={save_steps or steps}",
+        f"{stage}.train.batch_size=2",
+        f"{stage}.train.grad_accum=1",
+        f"{stage}.train.logging_steps=1",
+        f"{stage}.train.gradient_checkpointing=false",
+    ]
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
+    """Run the real `ecomtune` CLI in a subprocess (python -m ecomtune)."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}  # rich wraps at 80 columns off a terminal
+    return subprocess.run([sys.executable, "-m", "ecomtune", *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,107 @@
+"""Recipes: every shipped recipe validates; bad recipes report every problem at once, with lines and fixes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ecomtune.config.loading import apply_overrides, load_recipe
+from ecomtune.errors import ConfigError
+from tests.conftest import REPO, run_cli
+
+SHIPPED = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+def test_recipes_are_shipped():
+    names = {p.name for p in SHIPPED}
+    assert {"qwen2-vl.yaml", "tiny-qwen2-vl.yaml"} <= names
+
+
+@pytest.mark.parametrize("recipe", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(recipe: Path):
+    loaded = load_recipe(recipe)
+    assert loaded.backbone.name
+    header = recipe.read_text().splitlines()[:4]
+    assert any("ecomtune " in line for line in header), "each recipe header shows the command that runs it"
+
+
+def test_real_recipe_is_qlora_sized_for_one_gpu():
+    recipe = load_recipe(REPO / "recipes" / "qwen2-vl.yaml")
+    assert recipe.sft.quant.load_in_4bit and recipe.sft.quant.quant_type == "nf4" and recipe.sft.quant.double_quant
+    assert recipe.sft.train.gradient_checkpointing
+    assert recipe.backbone.max_pixels is not None
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_all_problems_reported_at_once_with_lines_and_suggestions(tmp_path):
+    path = write(tmp_path, """backbone:
+  name: tiny-qwen2-vl
+sft:
+  lora:
+    rank: 8
+  train:
+    learning_rat: 0.1
+    batch_size: many
+align:
+  quant:
+    quantize_vision: true
+    load_in_4bit: false
+""")
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(path)
+    error = caught.value
+    text = error.render()
+    assert len(error.problems) == 4, text
+    assert f"{path}:5" in text and "unknown key 'sft.lora.rank'" in text and "did you mean 'r'" in text
+    assert f"{path}:7" in text and "did you mean 'learning_rate'" in text
+    assert f"{path}:8" in text and "sft.train.batch_size" in text and "'many'" in text
+    assert "align: quant.quantize_vision is true but quant.load_in_4bit is false" in text
+
+
+def test_cross_field_rules(tmp_path):
+    with pytest.raises(ConfigError, match="save_steps"):
+        load_recipe(None, ["sft.train.max_steps=10", "sft.train.save_steps=50"])
+    with pytest.raises(ConfigError, match="vision_targets"):
+        load_recipe(None, ["sft.vision=lora"])
+    with pytest.raises(ConfigError, match="min_pixels"):
+        load_recipe(None, ["backbone.min_pixels=100000", "backbone.max_pixels=5000"])
+
+
+def test_overrides_parse_yaml_values():
+    data = apply_overrides({}, ["sft.lora.r=4", "sft.quant.load_in_4bit=false", "sft.lora.targets=[q_proj, v_proj]"])
+    assert data == {"sft": {"lora": {"r": 4, "targets": ["q_proj", "v_proj"]}, "quant": {"load_in_4bit": False}}}
+    recipe = load_recipe(REPO / "recipes" / "tiny-qwen2-vl.yaml", ["sft.lora.r=4"])
+    assert recipe.sft.lora.r == 4 and recipe.sft.lora.alpha == 16  # file values kept
+
+
+def test_bad_override_is_an_error():
+    with pytest.raises(ConfigError, match="not key=value"):
+        apply_overrides({}, ["sft.lora.r"])
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "sft:\n  lora: [unclosed\n")
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(path)
+    assert str(path) + ":" in caught.value.render()
+
+
+def test_validate_command(tmp_path):
+    ok = run_cli("validate", "recipes/tiny-qwen2-vl.yaml")
+    assert ok.returncode == 0 and "valid" in ok.stdout
+    bad = run_cli("validate", str(write(tmp_path, "sft:\n  lora:\n    rnk: 2\n")))
+    assert bad.returncode == 2
+    assert "did you mean 'r'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_recipes_command_lists_shipped_recipes():
+    result = run_cli("recipes")
+    assert result.returncode == 0
+    for recipe in SHIPPED:
+        assert recipe.name in result.stdout
