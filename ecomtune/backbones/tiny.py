@@ -29,6 +29,16 @@ TINY_VOCAB = 1024
 # (input features >= the 64-element quantization block).
 TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=4096)
+# The frozen random lm_head must be able to make one token clearly likelier than the rest. With RMSNorm
+# bounding hidden states near sqrt(64) = 8, the widest logit gap is about 8 * std * 8: 1.3 at the usual
+# std 0.02 (the softmax stays near uniform and nothing is learnt confidently), 6.4 at 0.1. Only the head is
+# widened: wider text embeddings would drown the projector's small image features.
+TINY_HEAD_STD = 0.1
+# Width of the frozen random ViT: each 14x14x2x3 = 1176-value patch keeps this many random features. 32 keeps
+# colour but loses texture (stripes vs dots vs checks); 96 keeps enough for a toy to learn patterns.
+TINY_VISION_WIDTH = 96
+# Part of the cache key: bump it whenever a builder changes, so stale twins are rebuilt.
+TINY_VERSION = 4
 TINY_MROPE = {"type": "mrope", "mrope_section": [2, 3, 3]}  # sums to head_dim / 2 = 8
 # Images are resized to between 56x56 and 112x112 pixels: 4 to 16 image tokens after the 2x2 merge.
 TINY_MIN_PIXELS, TINY_MAX_PIXELS = 56 * 56, 112 * 112
@@ -70,6 +80,12 @@ def _token_ids(tokenizer) -> dict[str, int]:
     return {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
 
+def _widen_head(model, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, TINY_HEAD_STD, generator=generator)
+
+
 def _save(model, processor, out: Path) -> None:
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
@@ -90,13 +106,14 @@ def build_tiny_qwen2_vl(out: Path, seed: int) -> None:
     config = Qwen2VLConfig(
         text_config=dict(**TINY_TEXT, vocab_size=len(tokenizer), rope_scaling=TINY_MROPE, bos_token_id=None,
                          eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=TINY_TEXT["hidden_size"], num_heads=2, mlp_ratio=2,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_chans=3),
+        vision_config=dict(depth=1, embed_dim=TINY_VISION_WIDTH, hidden_size=TINY_TEXT["hidden_size"], num_heads=2,
+                           mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_chans=3),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config)
+    _widen_head(model, seed)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     processor = Qwen2VLProcessor(
@@ -123,7 +140,8 @@ def build_tiny_qwen2_5_vl(out: Path, seed: int) -> None:
     config = Qwen2_5_VLConfig(
         text_config=dict(**TINY_TEXT, vocab_size=len(tokenizer), rope_scaling=TINY_MROPE, bos_token_id=None,
                          eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
+        vision_config=dict(depth=2, hidden_size=TINY_VISION_WIDTH, intermediate_size=2 * TINY_VISION_WIDTH,
+                           num_heads=2, patch_size=14,
                            spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=56,
                            fullatt_block_indexes=[1], out_hidden_size=TINY_TEXT["hidden_size"]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -131,6 +149,7 @@ def build_tiny_qwen2_5_vl(out: Path, seed: int) -> None:
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
+    _widen_head(model, seed)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     processor = Qwen2_5_VLProcessor(
@@ -146,7 +165,7 @@ def ensure_tiny(alias: str, builder, seed: int, cache_dir: Path | None = None) -
     """Build a tiny twin once per (alias, seed) and return its folder. Built in a temporary folder and
     renamed into place, so an interrupted build never leaves a folder that looks complete."""
     root = cache_dir or default_cache_dir()
-    target = root / f"{alias}-seed{seed}"
+    target = root / f"{alias}-v{TINY_VERSION}-seed{seed}"
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
