@@ -1,142 +1,147 @@
-"""A deterministic synthetic catalog: products rendered with Pillow, with ground truth for every field.
+"""`ecomtune synth`: write a synthetic catalog as training data and benchmark splits.
 
-Each product is a garment or accessory silhouette (shirt, top, handbag, sneaker) in one colour and
-one pattern on a white studio background. From the ground truth it writes training data in the
-canonical JSONL: captions for stage 1, and instructions for stage 3 in the paper's families
-(visual QA, yes/no QA, attribute extraction as JSON, listing titles). The same seed always gives
-the same bytes.
+Output folder:
+- `images/`: every view of every item, PNG;
+- `captions.jsonl`: stage-1 captions (primary images of training items);
+- `instruct.jsonl`: stage-3 instructions in the paper's families: VQA (choice, yes/no, with and
+  without title & category), attribute extraction, precise instruction following, listings, and
+  multi-image item intelligence;
+- `bench/<task>.jsonl`: benchmark records for held-out items (disjoint from training by item);
+- `items.jsonl`: the ground truth, with the noisy seller aspects and each item's split.
+Training targets use only the visually verified attributes, never the seller's aspects: this is
+the paper's "visual verification" already applied.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from ecomtune.bench import prompts
+from ecomtune.synth.items import APPAREL, BRANDS, COLOURS, PATTERNS, Item, make_items
+from ecomtune.synth.render import SCENE_COLOURS, SHAPES, render_scene, render_view
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (200, 30, 30), "blue": (30, 60, 200), "green": (30, 150, 50), "yellow": (230, 200, 20),
-    "black": (20, 20, 20), "purple": (120, 40, 160),
+# Deep Fashion options per attribute (the choices a benchmark question offers).
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "colour": tuple(COLOURS), "pattern": PATTERNS, "brand": BRANDS,
+    "sleeve length": ("short sleeve", "long sleeve", "sleeveless"),
+    "neckline": tuple(sorted({n for spec in APPAREL.values() for n in spec["necklines"]})),
 }
-PATTERNS = ("solid", "striped", "dotted", "checked")
-PRODUCTS = ("shirt", "top", "handbag", "sneakers")
-DEPARTMENTS = {"shirt": "Men", "top": "Women", "handbag": "Women", "sneakers": "Unisex"}
-SIZE = 96
+FASHION_ATTRIBUTES = {"shirts": ("sleeve length", "neckline", "pattern", "colour"),
+                      "tops": ("sleeve length", "neckline", "pattern", "colour"),
+                      "handbags": ("colour", "brand"), "sneakers": ("colour", "brand")}
 
 
-@dataclass(frozen=True)
-class Product:
-    item_id: str
-    product: str
-    colour: str
-    pattern: str
-    department: str
-
-    @property
-    def title(self) -> str:
-        return f"{self.department}'s {self.colour} {self.pattern} {self.product}"
+def image_paths(item: Item) -> list[str]:
+    return [f"images/{item.item_id}_{i}.png" for i in range(len(item.views))]
 
 
-def _silhouette(draw: ImageDraw.ImageDraw, product: str) -> list[tuple[int, int]]:
-    """The outline of the product as a polygon on a SIZE x SIZE canvas."""
-    if product == "shirt":
-        return [(30, 14), (66, 14), (88, 34), (76, 44), (70, 38), (70, 86), (26, 86), (26, 38), (20, 44), (8, 34)]
-    if product == "top":
-        return [(34, 16), (62, 16), (70, 30), (70, 84), (26, 84), (26, 30)]
-    if product == "handbag":
-        draw.arc((30, 8, 66, 44), 180, 360, fill=(90, 90, 90), width=4)
-        return [(16, 30), (80, 30), (86, 84), (10, 84)]
-    return [(8, 50), (50, 50), (62, 62), (88, 66), (90, 80), (8, 80)]  # sneakers
+def chat(images: list[str], question: str, answer: str) -> dict:
+    blocks = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
+    return {"images": images, "messages": [{"role": "user", "content": blocks},
+                                           {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}
 
 
-def _pattern_layer(colour: tuple[int, int, int], pattern: str) -> Image.Image:
-    """A SIZE x SIZE fabric swatch: the colour, with white stripes, dots or checks over it."""
-    swatch = Image.new("RGB", (SIZE, SIZE), colour)
-    draw = ImageDraw.Draw(swatch)
-    light = (245, 245, 245)
-    if pattern == "striped":
-        for y in range(0, SIZE, 12):
-            draw.rectangle((0, y, SIZE, y + 4), fill=light)
-    elif pattern == "dotted":
-        for y in range(4, SIZE, 14):
-            for x in range(4, SIZE, 14):
-                draw.ellipse((x, y, x + 6, y + 6), fill=light)
-    elif pattern == "checked":
-        for y in range(0, SIZE, 16):
-            for x in range(0, SIZE, 16):
-                if (x // 16 + y // 16) % 2 == 0:
-                    draw.rectangle((x, y, x + 7, y + 7), fill=light)
-    return swatch
+def compact(mapping: dict) -> str:
+    return json.dumps(mapping, separators=(", ", ": "))
 
 
-def render(product: Product) -> Image.Image:
-    """The product's studio photo: its pattern clipped to its silhouette on white."""
-    canvas = Image.new("RGB", (SIZE, SIZE), (255, 255, 255))
-    mask = Image.new("L", (SIZE, SIZE), 0)
-    outline = _silhouette(ImageDraw.Draw(canvas), product.product)
-    ImageDraw.Draw(mask).polygon(outline, fill=255)
-    canvas.paste(_pattern_layer(COLOURS[product.colour], product.pattern), (0, 0), mask)
-    return canvas
+def caption(item: Item) -> str:
+    words = " ".join(item.attributes[k] for k in ("colour", "pattern") if k in item.attributes)
+    return f"A {words} {item.product} on a white background."
 
 
-def make_products(count: int, seed: int) -> list[Product]:
-    """`count` products with balanced colours and patterns, shuffled by `seed`."""
-    rng = random.Random(seed)
-    combos = [(c, p, pr) for c in COLOURS for p in PATTERNS for pr in PRODUCTS]
-    rng.shuffle(combos)
-    return [Product(f"item{i:04d}", pr, c, p, DEPARTMENTS[pr])
-            for i, (c, p, pr) in enumerate(combos[i % len(combos)] for i in range(count))]
+def instructions(item: Item, rng: random.Random) -> list[dict]:
+    """Training instructions for one item, one or more per family."""
+    primary = image_paths(item)[:1]
+    records = [chat(primary, prompts.choice_prompt(attr, list(OPTIONS[attr])), item.attributes[attr])
+               for attr in FASHION_ATTRIBUTES.get(item.subset, ()) if attr in item.attributes]
+    attr = rng.choice([a for a in item.attributes if a in OPTIONS])  # every item has a colour
+    asked = item.attributes[attr] if rng.random() < 0.5 else rng.choice(
+        [o for o in OPTIONS[attr] if o != item.attributes[attr]])
+    records.append(chat(primary, prompts.yes_no_prompt(attr, asked), "yes" if asked == item.attributes[attr] else "no"))
+    with_context = rng.random() < 0.5
+    records.append(chat(primary, prompts.aspect_prompt(list(item.aspects), item.title if with_context else None,
+                                                       item.category if with_context else None), compact(item.aspects)))
+    records.append(chat(primary, prompts.extraction_prompt(), compact(item.attributes)))
+    keyword = rng.choice(item.title.split())
+    records.append(chat(primary, prompts.title_prompt(keyword), item.title))
+    if item.compliance:
+        records.append(chat(image_paths(item), prompts.compliance_prompt(len(item.views)), compact(item.compliance)))
+    return records
 
 
-def _chat(image: str, question: str, answer: str) -> dict:
-    return {"images": [image], "messages": [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
-        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
-    ]}
+def bench_records(item: Item) -> dict[str, list[dict]]:
+    """Benchmark records for one held-out item, per task (see ecomtune/bench/tasks.py for the formats)."""
+    primary = image_paths(item)[:1]
+    out: dict[str, list[dict]] = {"aspect-prediction": [], "deep-fashion": [], "attribute-extraction": [],
+                                  "item-intelligence": []}
+    subsets = ["general"] if item.kind == "packaged" else ["fashion", "fashion+context"]
+    for subset in subsets:
+        record = {"id": f"{item.item_id}:{subset}", "images": primary, "subset": subset, "aspects": item.aspects}
+        if subset == "fashion+context":
+            record.update(title=item.title, category=item.category)
+        out["aspect-prediction"].append(record)
+    for attr in FASHION_ATTRIBUTES.get(item.subset, ()):
+        out["deep-fashion"].append({"id": f"{item.item_id}:{attr}", "images": primary, "subset": item.subset,
+                                    "attribute": attr, "options": list(OPTIONS[attr]),
+                                    "answer": item.attributes[attr]})
+    out["attribute-extraction"].append({"id": item.item_id, "images": primary, "attributes": item.attributes})
+    if item.compliance:
+        out["item-intelligence"].append({"id": item.item_id, "images": image_paths(item), "category": item.category,
+                                         "fields": item.compliance})
+    return out
 
 
-def caption_record(product: Product, image: str) -> dict:
-    return _chat(image, "Describe the product in the image.",
-                 f"A {product.colour} {product.pattern} {product.product} on a white background.")
-
-
-def instruction_records(product: Product, image: str, rng: random.Random) -> list[dict]:
-    """One sample of each instruction family for a product."""
-    other = rng.choice([c for c in COLOURS if c != product.colour])
-    asked = rng.choice([product.colour, other])
-    attrs = {"colour": product.colour, "pattern": product.pattern, "department": product.department}
-    return [
-        _chat(image, "What is the main colour of this item? Answer with one word.", product.colour),
-        _chat(image, f"Which pattern is shown? Choose one of: {', '.join(PATTERNS)}.", product.pattern),
-        _chat(image, f"Is this item {asked}? Answer yes or no.", "yes" if asked == product.colour else "no"),
-        _chat(image, "Extract the visible attributes as JSON key-value pairs.", json.dumps(attrs)),
-        _chat(image, "Write a listing title for this item.", product.title),
-    ]
+def general_records(count: int, seed: int, out_dir: Path) -> list[dict]:
+    """Out-of-domain probe: shapes, counts and colours of generic scenes."""
+    records = []
+    for i in range(count):
+        image, facts = render_scene(seed * 100_000 + i)
+        path = f"images/scene{i:04d}.png"
+        image.save(out_dir / path, format="PNG")
+        question, options = [("shape", SHAPES), ("colour", SCENE_COLOURS), ("count", ("1", "2", "3", "4"))][i % 3]
+        records.append({"id": f"scene{i:04d}:{question}", "images": [path], "attribute": question,
+                        "options": list(options), "answer": facts[question]})
+    return records
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     tmp.replace(path)
 
 
-def write_catalog(out_dir: Path, count: int, seed: int) -> dict[str, Path]:
-    """Render `count` products and write captions.jsonl, instruct.jsonl and products.jsonl (ground truth)."""
+def write_catalog(out_dir: Path, count: int, seed: int, general: int = 24) -> dict[str, Path]:
+    """Render `count` items and write the training files, the benchmark splits and the ground truth."""
+    from rich.progress import track
+
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    items = make_items(count, seed)
     rng = random.Random(seed + 1)
-    products = make_products(count, seed)
-    captions, instructions = [], []
-    for product in products:
-        image = f"images/{product.item_id}.png"
-        render(product).save(out_dir / image, format="PNG", optimize=False)
-        captions.append(caption_record(product, image))
-        instructions.extend(instruction_records(product, image, rng))
+    captions, instruct, bench = [], [], {}
+    for item in track(items, description="rendering catalog", transient=True, disable=count < 200):
+        for index, (view, path) in enumerate(zip(item.views, image_paths(item), strict=True)):
+            render_view(item, view, index).save(out_dir / path, format="PNG")
+        if item.split == "train":
+            captions.append(chat(image_paths(item)[:1], prompts.caption_prompt(), caption(item)))
+            instruct.extend(instructions(item, rng))
+        else:
+            for task, records in bench_records(item).items():
+                bench.setdefault(task, []).extend(records)
+    bench["general"] = general_records(general, seed, out_dir)
     paths = {"captions": out_dir / "captions.jsonl", "instruct": out_dir / "instruct.jsonl",
-             "products": out_dir / "products.jsonl"}
+             "items": out_dir / "items.jsonl", "bench": out_dir / "bench"}
     _write_jsonl(paths["captions"], captions)
-    _write_jsonl(paths["instruct"], instructions)
-    _write_jsonl(paths["products"], [asdict(p) for p in products])
+    _write_jsonl(paths["instruct"], instruct)
+    _write_jsonl(paths["items"], [asdict(i) for i in items])
+    for task, records in bench.items():
+        # bench image paths are relative to the bench folder
+        for record in records:
+            record["images"] = [f"../{p}" for p in record["images"]]
+        _write_jsonl(paths["bench"] / f"{task}.jsonl", records)
     return paths

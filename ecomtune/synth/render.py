@@ -1,0 +1,180 @@
+"""Drawing items with Pillow: studio views on white, cluttered "user photos", and out-of-domain scenes.
+
+Every function is pure: the same item (or seed) draws the same pixels.
+"""
+
+from __future__ import annotations
+
+import random
+import textwrap
+from functools import lru_cache
+
+from PIL import Image, ImageDraw, ImageFont
+
+from ecomtune.synth.items import COLOURS, Item
+
+SIZE = 96  # drawing canvas of apparel and accessories
+OUT_SIZE = 112  # delivered size: 4x4 merged image tokens in the tiny processor, enough to tell patterns apart
+PACK_SIZE = 128  # packaged goods carry text
+WHITE = (255, 255, 255)
+LIGHT = (245, 245, 245)
+
+
+@lru_cache(maxsize=8)
+def font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def swatch(colour: tuple[int, int, int], pattern: str, size: int = SIZE) -> Image.Image:
+    """Fabric: the colour with white stripes, dots or checks over it."""
+    image = Image.new("RGB", (size, size), colour)
+    draw = ImageDraw.Draw(image)
+    if pattern == "striped":  # bold horizontal bands
+        for y in range(0, size, 12):
+            draw.rectangle((0, y, size, y + 5), fill=LIGHT)
+    elif pattern == "dotted":  # small round dots on a grid
+        for y in range(3, size, 12):
+            for x in range(3, size, 12):
+                draw.ellipse((x, y, x + 5, y + 5), fill=LIGHT)
+    elif pattern == "checked":  # a full checkerboard
+        for y in range(0, size, 12):
+            for x in range(0, size, 12):
+                if (x // 12 + y // 12) % 2 == 0:
+                    draw.rectangle((x, y, x + 11, y + 11), fill=LIGHT)
+    return image
+
+
+def garment_outline(sleeve: str) -> list[tuple[int, int]]:
+    """Torso with sleeves: long sleeves reach the hem, short ones stop at the chest, sleeveless has none."""
+    if sleeve == "long sleeve":
+        return [(30, 14), (66, 14), (90, 80), (80, 84), (70, 44), (70, 88), (26, 88), (26, 44), (16, 84), (6, 80)]
+    if sleeve == "short sleeve":
+        return [(30, 14), (66, 14), (88, 34), (76, 44), (70, 38), (70, 88), (26, 88), (26, 38), (20, 44), (8, 34)]
+    return [(34, 14), (62, 14), (70, 30), (70, 88), (26, 88), (26, 30)]
+
+
+def draw_neckline(draw: ImageDraw.ImageDraw, neckline: str) -> None:
+    if neckline == "v-neck":
+        draw.polygon([(38, 13), (58, 13), (48, 34)], fill=WHITE)
+    elif neckline == "crew neck":
+        draw.ellipse((38, 6, 58, 22), fill=WHITE)
+    elif neckline == "collared":
+        draw.polygon([(36, 12), (48, 14), (40, 28)], fill=(230, 230, 230), outline=(60, 60, 60))
+        draw.polygon([(60, 12), (48, 14), (56, 28)], fill=(230, 230, 230), outline=(60, 60, 60))
+
+
+def draw_apparel(item: Item, view: str) -> Image.Image:
+    canvas = Image.new("RGB", (SIZE, SIZE), WHITE)
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask).polygon(garment_outline(item.attributes["sleeve length"]), fill=255)
+    canvas.paste(swatch(COLOURS[item.attributes["colour"]], item.attributes["pattern"]), (0, 0), mask)
+    if view == "front":
+        draw_neckline(ImageDraw.Draw(canvas), item.attributes["neckline"])
+    return canvas
+
+
+def draw_accessory(item: Item, view: str) -> Image.Image:
+    canvas = Image.new("RGB", (SIZE, SIZE), WHITE)
+    draw = ImageDraw.Draw(canvas)
+    colour = COLOURS[item.attributes["colour"]]
+    if item.product == "handbag":
+        draw.arc((30, 6, 66, 44), 180, 360, fill=(90, 90, 90), width=4)
+        body = [(16, 28), (80, 28), (86, 84), (10, 84)] if view == "front" else [(30, 28), (66, 28), (70, 84), (26, 84)]
+        draw.polygon(body, fill=colour)
+        text_at = (24, 50)
+    else:
+        body = [(6, 48), (50, 48), (62, 60), (90, 64), (90, 80), (6, 80)] if view == "front" else \
+            [(20, 40), (76, 40), (80, 82), (16, 82)]
+        draw.polygon(body, fill=colour)
+        draw.rectangle((6, 76, 90, 84), fill=WHITE)
+        text_at = (12, 58) if view == "front" else (26, 52)
+    draw.text(text_at, item.attributes["brand"], fill=WHITE, font=font(13))
+    return canvas
+
+
+def draw_barcode(draw: ImageDraw.ImageDraw, digits: str, x: int, y: int) -> None:
+    for i, digit in enumerate(digits):
+        width = 1 + int(digit) % 3
+        draw.rectangle((x + i * 7, y, x + i * 7 + width, y + 18), fill=(0, 0, 0))
+    draw.text((x, y + 20), digits, fill=(0, 0, 0), font=font(10))
+
+
+def draw_packaged(item: Item, view: str) -> Image.Image:
+    canvas = Image.new("RGB", (PACK_SIZE, PACK_SIZE), WHITE)
+    draw = ImageDraw.Draw(canvas)
+    ident, safety = item.compliance["identifiers"], item.compliance["safety"]
+    colour = COLOURS[item.attributes["colour"]]
+    text = (0, 0, 0)
+    if view == "front":
+        draw.rectangle((14, 10, 114, 118), fill=colour)
+        draw.text((22, 30), ident["brand"], fill=WHITE, font=font(22))
+        draw.text((22, 70), item.product, fill=WHITE, font=font(14))
+    elif view == "back":
+        draw.rectangle((14, 10, 114, 118), outline=colour, width=4)
+        draw.text((20, 18), f"MODEL {ident['model number']}", fill=text, font=font(11))
+        draw_barcode(draw, ident["barcode"], 20, 40)
+        draw.text((20, 92), f"Made in {item.compliance['origin']['country of manufacture']}", fill=text,
+                  font=font(11))
+    elif view == "label":
+        y = 8
+        for mark in safety.get("certification marks", "").split(", "):
+            if mark:
+                draw.rectangle((8, y, 40, y + 18), outline=text, width=2)
+                draw.text((12, y + 2), mark, fill=text, font=font(12))
+                y += 24
+        for key in ("warning", "ingredients"):
+            if key in safety:
+                for line in textwrap.wrap(f"{key.title()}: {safety[key]}", width=26):
+                    draw.text((8, y), line, fill=text, font=font(9))
+                    y += 12
+    else:  # box: the pack at an angle, brand on the side
+        draw.polygon([(20, 30), (90, 20), (110, 40), (110, 110), (40, 118), (20, 100)], fill=colour)
+        draw.text((40, 60), ident["brand"], fill=WHITE, font=font(14))
+    return canvas
+
+
+def clutter(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A user photo: the product smaller and off-centre on a busy background."""
+    size = image.size[0]
+    scene = Image.new("RGB", image.size, tuple(rng.randint(90, 200) for _ in range(3)))
+    draw = ImageDraw.Draw(scene)
+    for _ in range(12):
+        x, y = rng.randint(0, size), rng.randint(0, size)
+        draw.rectangle((x, y, x + rng.randint(5, 30), y + rng.randint(5, 30)),
+                       fill=tuple(rng.randint(0, 255) for _ in range(3)))
+    small = image.resize((size * 3 // 4, size * 3 // 4))
+    scene.paste(small, (rng.randint(0, size // 4), rng.randint(0, size // 4)))
+    return scene
+
+
+def render_view(item: Item, view: str, index: int) -> Image.Image:
+    """View `index` of an item, e.g. "front" or "user-back"."""
+    base_view = view.removeprefix("user-")
+    drawer = {"apparel": draw_apparel, "accessory": draw_accessory, "packaged": draw_packaged}[item.kind]
+    image = drawer(item, base_view)
+    if item.kind != "packaged":
+        image = image.resize((OUT_SIZE, OUT_SIZE), Image.Resampling.NEAREST)
+    return clutter(image, random.Random(f"{item.item_id}:{index}")) if view.startswith("user-") else image
+
+
+SHAPES = ("circle", "square", "triangle")
+SCENE_COLOURS = ("red", "blue", "green", "yellow")
+
+
+def render_scene(seed: int) -> tuple[Image.Image, dict[str, str]]:
+    """Out-of-domain probe: 1-4 shapes of one kind and colour on grey. Returns the image and its facts."""
+    rng = random.Random(f"scene:{seed}")
+    shape, colour, count = rng.choice(SHAPES), rng.choice(SCENE_COLOURS), rng.randint(1, 4)
+    image = Image.new("RGB", (SIZE, SIZE), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    for i in range(count):
+        x, y = 6 + (i % 2) * 46, 6 + (i // 2) * 46
+        box = (x, y, x + 36, y + 36)
+        fill = COLOURS[colour]
+        if shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(x + 18, y), (x + 36, y + 36), (x, y + 36)], fill=fill)
+    return image, {"shape": shape, "colour": colour, "count": str(count)}
