@@ -1,0 +1,111 @@
+"""Judges for Multi-image Item Intelligence: each predicted field is verifiable-correct,
+verifiable-incorrect, or unverifiable (the reference says nothing about it), as in the paper.
+
+- `FieldMatchJudge` (default): deterministic; the field exists in the reference and the normalised
+  values match.
+- `EndpointJudge`: an OpenAI-compatible chat-completions endpoint given by URL (vLLM, TGI, ...).
+- `LocalModelJudge`: a local Hugging Face causal LM.
+Model judges see the reference facts and one claimed field, and answer with one word.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from ecomtune.bench.metrics import flatten, normalise, values_match
+from ecomtune.errors import EcomtuneError
+
+Verdict = Literal["correct", "incorrect", "unverifiable"]
+VERDICTS: tuple[Verdict, ...] = ("correct", "incorrect", "unverifiable")
+
+
+class Judge(Protocol):
+    name: str
+
+    def judge(self, key: str, value: object, reference: Mapping[str, object]) -> Verdict: ...
+
+
+class FieldMatchJudge:
+    name = "field-match"
+
+    def judge(self, key: str, value: object, reference: Mapping[str, object]) -> Verdict:
+        if key not in reference:
+            return "unverifiable"
+        return "correct" if values_match(value, reference[key]) else "incorrect"
+
+
+def judge_prompt(key: str, value: object, reference: Mapping[str, object]) -> str:
+    facts = "\n".join(f"- {k}: {v}" for k, v in reference.items())
+    return (f"Reference facts about a product:\n{facts}\n\nA model claims: {key} = {value}\n"
+            "Is the claim correct, incorrect (the facts say otherwise), or unverifiable (the facts do not cover "
+            "it)? Answer with one word: correct, incorrect or unverifiable.")
+
+
+def parse_verdict(text: str) -> Verdict:
+    """The first verdict word in a judge's reply; anything else counts as unverifiable."""
+    words = normalise(text).replace(",", " ").split()
+    return next((w for w in words if w in VERDICTS), "unverifiable")  # type: ignore[return-value]
+
+
+@dataclass
+class EndpointJudge:
+    url: str
+    model: str = "judge"
+    timeout: float = 60.0
+    name: str = "endpoint"
+
+    def judge(self, key: str, value: object, reference: Mapping[str, object]) -> Verdict:
+        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 5,
+                           "messages": [{"role": "user", "content": judge_prompt(key, value, reference)}]}).encode()
+        headers = {"Content-Type": "application/json"}
+        if os.environ.get("ECOMTUNE_JUDGE_API_KEY"):
+            headers["Authorization"] = f"Bearer {os.environ['ECOMTUNE_JUDGE_API_KEY']}"
+        url = self.url.rstrip("/") + ("" if self.url.rstrip("/").endswith("/chat/completions")
+                                      else "/v1/chat/completions")
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                reply = json.loads(response.read())
+        except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as exc:
+            raise EcomtuneError(f"Judge endpoint {url} failed: {exc}",
+                                fix="check --judge-url points at an OpenAI-compatible server that is running") from None
+        return parse_verdict(reply["choices"][0]["message"]["content"])
+
+
+class LocalModelJudge:
+    name = "local-model"
+
+    def __init__(self, model_id: str) -> None:
+        from transformers import pipeline
+
+        self.pipe = pipeline("text-generation", model=model_id)
+
+    def judge(self, key: str, value: object, reference: Mapping[str, object]) -> Verdict:
+        prompt = judge_prompt(key, value, reference)
+        out = self.pipe(prompt, max_new_tokens=5, do_sample=False, return_full_text=False)
+        return parse_verdict(out[0]["generated_text"])
+
+
+def make_judge(spec: str | None) -> Judge:
+    """`None`/"field-match", an http(s) URL (endpoint judge), or a local model folder / hub id."""
+    if not spec or spec == "field-match":
+        return FieldMatchJudge()
+    if spec.startswith(("http://", "https://")):
+        return EndpointJudge(spec)
+    return LocalModelJudge(spec)
+
+
+def judge_item(judge: Judge, predicted: Mapping, reference: Mapping) -> dict[str, int]:
+    """Verdict counts for one item, over its flattened fields (section.field)."""
+    ref = flatten(reference)
+    counts = {v: 0 for v in VERDICTS}
+    for key, value in flatten(predicted).items():
+        counts[judge.judge(key, value, ref)] += 1
+    counts["reference"] = len(ref)
+    return counts

@@ -1,0 +1,83 @@
+"""Rich tables for bench results, and the side-by-side comparison of two results files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ecomtune.errors import ConfigError
+
+
+def flat_scores(results: dict[str, Any]) -> dict[str, float]:
+    """Every numeric score as `task/metric[/group...]` -> value."""
+    flat: dict[str, float] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}/{key}", inner)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and not prefix.endswith("/n"):
+            flat[prefix] = float(value)
+
+    for task, entry in results["tasks"].items():
+        walk(task, entry["scores"])
+    return flat
+
+
+def results_table(results: dict[str, Any], title: str = "ecomtune bench") -> Table:
+    """Top-level scores of each task (groups such as by_attribute are in the JSON and `attribute_table`)."""
+    table = Table(title=f"{title}: {results['model']['spec']}")
+    for column in ("task", "metric", "value", "n", "ex/s"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for task, entry in results["tasks"].items():
+        scalars = [(k, v) for k, v in entry["scores"].items() if isinstance(v, (int, float))]
+        for i, (metric, value) in enumerate(scalars):
+            table.add_row(task if i == 0 else "", metric, f"{value:.3f}", str(entry["n"]) if i == 0 else "",
+                          f"{entry['examples_per_second']}" if i == 0 else "")
+    return table
+
+
+def attribute_table(results: dict[str, Any], task: str = "deep-fashion") -> Table:
+    """Accuracy per attribute beside the majority-class and random-choice baselines."""
+    table = Table(title=f"{task} per attribute: {results['model']['spec']}")
+    for column in ("attribute", "n", "accuracy", "majority", "random", "beats majority"):
+        table.add_column(column, justify="left" if column == "attribute" else "right")
+    for attribute, row in results["tasks"][task]["scores"]["by_attribute"].items():
+        beats = row["accuracy"] > row["majority_baseline"]
+        table.add_row(attribute, str(row["n"]), f"{row['accuracy']:.3f}", f"{row['majority_baseline']:.3f}",
+                      f"{row['random_baseline']:.3f}", "[green]yes[/green]" if beats else "[red]no[/red]")
+    return table
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"Results file not found: {path}",
+                          fix="pass files written by `ecomtune bench --out`") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not a results JSON ({exc.msg})") from None
+
+
+def compare_table(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str] = ("A", "B"),
+                  exclude: tuple[str, ...] = ()) -> Table:
+    """Metrics present in both, side by side, with the difference (B - A). Metrics whose path has a part in
+    `exclude` (e.g. "by_subset") are left out."""
+    a, b = flat_scores(before), flat_scores(after)
+    a = {k: v for k, v in a.items() if not set(k.split("/")) & set(exclude)}
+    table = Table(title=f"{labels[0]}: {before['model']['spec']}  vs  {labels[1]}: {after['model']['spec']}")
+    for column in ("metric", labels[0], labels[1], "delta"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key in [k for k in a if k in b]:
+        delta = b[key] - a[key]
+        style = "green" if delta > 0 else "red" if delta < 0 else ""
+        table.add_row(key, f"{a[key]:.3f}", f"{b[key]:.3f}", f"[{style}]{delta:+.3f}[/{style}]" if style else "+0.000")
+    return table
+
+
+def print_table(table: Table) -> None:
+    Console().print(table)

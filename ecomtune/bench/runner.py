@@ -1,0 +1,194 @@
+"""`ecomtune bench`: load a model, generate greedily in batches, score every task, write results JSON.
+
+A model is a backbone alias / hub id / local folder, an `ecomtune align` run (base + aligned
+projector) or an `ecomtune sft` run / any PEFT adapter folder (base + adapter, through PEFT).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ecomtune.bench.judges import Judge, make_judge
+from ecomtune.bench.tasks import TASKS, Task
+from ecomtune.data.images import check_image, load_rgb
+from ecomtune.errors import ConfigError, DataError, Problem
+from ecomtune.train.manifest import read_manifest, versions, write_json_atomic
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    processor: Any
+    info: dict[str, Any]
+
+
+def _sha256_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _fingerprint_model_folder(folder: Path) -> str:
+    """config.json plus the size and first MiB of every weight file: tells apart models that share a config
+    (tiny twins of different seeds) without reading gigabytes of weights."""
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for weights in sorted(folder.glob("*.safetensors")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+        with weights.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+    return digest.hexdigest()
+
+
+def trained_in_4bit(manifest: dict | None) -> bool:
+    """Whether an ecomtune run trained on a 4-bit base (its adapter is then evaluated on one too)."""
+    if not manifest:
+        return False
+    stage = manifest.get("stage", "")
+    return bool(manifest.get("recipe", {}).get(stage, {}).get("quant", {}).get("load_in_4bit", False))
+
+
+def load_for_inference(spec: str, load_in_4bit: bool | None = None) -> LoadedModel:
+    """Resolve `spec` to a model ready for generation (eval mode), its processor and a description.
+    `load_in_4bit=None` follows the run: a QLoRA adapter is evaluated on the 4-bit base it was trained on."""
+    from transformers import AutoProcessor
+
+    from ecomtune.backbones.loading import load_model, load_processor
+    from ecomtune.backbones.registry import resolve_backbone
+    from ecomtune.backbones.spec import resolve_roles
+    from ecomtune.config.schema import QuantSettings
+    from ecomtune.train.stages import load_aligned_projector
+
+    folder = Path(spec)
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    quant = QuantSettings(load_in_4bit=trained_in_4bit(manifest) if load_in_4bit is None else load_in_4bit)
+    if folder.is_dir() and (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        backbone = resolve_backbone(base)
+        model = PeftModel.from_pretrained(load_model(backbone, quant), str(folder))
+        processor = AutoProcessor.from_pretrained(folder)  # saved beside the adapter by `ecomtune sft`
+        fingerprint = _sha256_files([folder / "adapter_model.safetensors"])
+        kind = "adapter"
+    elif manifest is not None and manifest.get("stage") == "align":
+        backbone = resolve_backbone(manifest["backbone"]["source"])
+        model = load_model(backbone, quant)
+        load_aligned_projector(model, resolve_roles(model, backbone.spec), folder, backbone)
+        processor = load_processor(backbone)
+        fingerprint = _sha256_files([folder / "projector.safetensors"])
+        kind = "aligned"
+    else:
+        backbone = resolve_backbone(spec)
+        processor = load_processor(backbone)
+        model = load_model(backbone, quant)
+        source = Path(backbone.source)
+        fingerprint = _fingerprint_model_folder(source) if backbone.is_local else backbone.source
+        kind = "base"
+    model.eval()
+    return LoadedModel(model, processor, {"spec": spec, "kind": kind, "base": backbone.source,
+                                          "family": backbone.spec.family, "fingerprint": fingerprint,
+                                          "load_in_4bit": quant.load_in_4bit})
+
+
+def read_task_records(path: Path, task: str) -> list[dict]:
+    """A task's JSONL with absolute image paths; every problem reported with file:line."""
+    if not path.is_file():
+        raise DataError(f"No data for task {task}: {path} does not exist",
+                        fix=f"create {path.name} in --data (see the formats in ecomtune/bench/tasks.py)")
+    records, problems = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(f"malformed JSON ({exc.msg})", where, "one JSON object per line"))
+            continue
+        if not isinstance(record, dict) or "id" not in record or not record.get("images"):
+            problems.append(Problem("record needs an 'id' and a non-empty 'images' list", where))
+            continue
+        images = [str((path.parent / p).resolve()) for p in record["images"]]
+        for image in images:
+            error = check_image(Path(image))
+            if error:
+                problems.append(Problem(f"image {image}: {error}", where, "fix the file or drop the record"))
+        records.append({**record, "images": images})
+    if problems:
+        raise DataError(f"{path}: {len(problems)} problem(s)", problems[:20])
+    return records
+
+
+def generate(loaded: LoadedModel, prompts: list[str], images: list[list[str]], max_new_tokens: int,
+             batch_size: int, description: str) -> list[str]:
+    """Greedy, batched, left-padded generation; returns the decoded new text of each prompt."""
+    from rich.progress import Progress
+
+    processor = loaded.processor
+    processor.tokenizer.padding_side = "left"
+    device = next(loaded.model.parameters()).device
+    answers: list[str] = []
+    with Progress(transient=True) as progress:
+        bar = progress.add_task(description, total=len(prompts))
+        for start in range(0, len(prompts), batch_size):
+            texts, pixels = [], []
+            for prompt, paths in zip(prompts[start:start + batch_size], images[start:start + batch_size], strict=True):
+                content = [{"type": "image"} for _ in paths] + [{"type": "text", "text": prompt}]
+                texts.append(processor.apply_chat_template([{"role": "user", "content": content}],
+                                                           add_generation_prompt=True))
+                pixels.extend(load_rgb(p) for p in paths)
+            inputs = processor(text=texts, images=pixels or None, padding=True, return_tensors="pt").to(device)
+            with torch.no_grad():
+                out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            answers.extend(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+            progress.advance(bar, len(texts))
+    return [a.strip() for a in answers]
+
+
+def resolve_tasks(names: str) -> list[Task]:
+    if names.strip() == "all":
+        return list(TASKS.values())
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in TASKS]
+    if unknown:
+        raise ConfigError(f"Unknown task(s): {', '.join(unknown)}", fix=f"choose from all, {', '.join(TASKS)}")
+    return [TASKS[n] for n in chosen]
+
+
+def run_bench(model: str, tasks: str, data: Path, out: Path | None = None, limit: int | None = None,
+              batch_size: int = 16, judge: str | None = None, load_in_4bit: bool | None = None) -> dict[str, Any]:
+    """Run the chosen tasks on `model` over `data/<task>.jsonl`; write and return the results."""
+    chosen = resolve_tasks(tasks)
+    task_records = {t.name: read_task_records(Path(data) / f"{t.name}.jsonl", t.name)[:limit] for t in chosen}
+    the_judge: Judge = make_judge(judge)
+    loaded = load_for_inference(model, load_in_4bit)
+    results: dict[str, Any] = {"model": loaded.info, "created_at": datetime.now(timezone.utc).isoformat(),
+                               "data": {"dir": str(data)}, "versions": versions(), "tasks": {}}
+    data_files: list[Path] = []
+    for task in chosen:
+        records = task_records[task.name]
+        data_files.append(Path(data) / f"{task.name}.jsonl")
+        started = time.perf_counter()
+        answers = generate(loaded, [task.prompt(r) for r in records], [r["images"] for r in records],
+                           task.max_new_tokens, batch_size, task.name)
+        seconds = time.perf_counter() - started
+        scores, details = task.score(records, answers, the_judge)
+        examples = [{**d, "prompt": task.prompt(r), "prediction": a} for d, r, a in zip(details, records, answers,
+                                                                                       strict=True)]
+        results["tasks"][task.name] = {"scores": scores, "n": len(records), "seconds": round(seconds, 3),
+                                       "examples_per_second": round(len(records) / seconds, 3) if seconds else None,
+                                       "examples": examples}
+    results["data"]["fingerprint"] = _sha256_files(data_files)
+    if out is not None:
+        write_json_atomic(Path(out), results)
+    return results
