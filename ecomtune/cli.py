@@ -19,7 +19,7 @@ from ecomtune.errors import EcomtuneError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt any Hugging Face vision-language model to e-commerce understanding: align -> sft.")
 console = Console(stderr=True)
-out = Console()
+stdout = Console()
 
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -74,7 +74,7 @@ def backbones() -> None:
         multi = "yes" if spec.max_images is None else ("no" if spec.max_images == 1 else f"up to {spec.max_images}")
         table.add_row(alias, hub_id or "(built locally, random weights)", spec.family, spec.projector[0],
                       ", ".join(spec.lora_targets), multi)
-    out.print(table)
+    stdout.print(table)
 
 
 @app.command()
@@ -92,7 +92,7 @@ def recipes() -> None:
             lines = [line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")]
             table.add_row(str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path),
                           lines[0] if lines else "")
-    out.print(table)
+    stdout.print(table)
 
 
 @app.command()
@@ -101,7 +101,7 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML to check."), s
     from ecomtune.config.loading import load_recipe
 
     load_recipe(recipe, sets)
-    out.print(f"[green]{recipe}: valid[/green]")
+    stdout.print(f"[green]{recipe}: valid[/green]")
 
 
 @app.command()
@@ -137,10 +137,57 @@ def _report(result) -> None:
     trained = ", ".join(f"{r['component']} ({r['mode']}, {r['trainable']:,} params)"
                         for r in m["parameters"] if r["trainable"])
     metrics = m["metrics"]
-    out.print(f"[bold]{m['stage']}[/bold] on {m['backbone']['name']}: trained {trained}")
-    out.print(f"  steps {metrics['global_step']}, final mean train loss {metrics['train_loss']:.4f}, "
+    stdout.print(f"[bold]{m['stage']}[/bold] on {m['backbone']['name']}: trained {trained}")
+    stdout.print(f"  steps {metrics['global_step']}, final mean train loss {metrics['train_loss']:.4f}, "
               f"{metrics.get('train_runtime', 0):.1f}s")
-    out.print(f"  saved to {result.output} (manifest.json, {', '.join(m['outputs'])})")
+    stdout.print(f"  saved to {result.output} (manifest.json, {', '.join(m['outputs'])})")
+
+
+bench_app = typer.Typer(help="The compact benchmark suite.", invoke_without_command=True, no_args_is_help=False)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback()
+def bench(
+    ctx: typer.Context,
+    model: str = typer.Option(None, "--model", "-m", help="Backbone alias, hub id, local folder, or a run folder."),
+    tasks: str = typer.Option("all", "--tasks", "-t", help="all, or a comma list of task names."),
+    data: Path = typer.Option(None, "--data", "-d",
+                              help="Folder with <task>.jsonl files; default: data_samples/bench."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the results JSON here."),
+    limit: int = typer.Option(None, "--limit", min=1, help="At most N examples per task."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts per generation batch."),
+    judge: str = typer.Option(None, "--judge", help="Item-intelligence judge: field-match (default), an "
+                              "OpenAI-compatible URL, or a local model folder / hub id."),
+    load_in_4bit: bool = typer.Option(None, "--load-in-4bit/--no-4bit",
+                                      help="Base precision; default: 4-bit when the run trained on a 4-bit base."),
+) -> None:
+    """Run the benchmark tasks on a model: `ecomtune bench --model runs/sft --tasks all`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None:
+        raise typer.BadParameter("--model is required", param_hint="--model")
+    _quiet_libraries()
+    from ecomtune.bench.report import attribute_table, print_table, results_table
+    from ecomtune.bench.runner import run_bench
+
+    data = data or Path("data_samples/bench")
+    results = run_bench(model, tasks, data, out=out, limit=limit, batch_size=batch_size, judge=judge,
+                        load_in_4bit=load_in_4bit)
+    print_table(results_table(results))
+    if "deep-fashion" in results["tasks"]:
+        print_table(attribute_table(results))
+    if out:
+        stdout.print(f"results: {out}")
+
+
+@bench_app.command("compare")
+def bench_compare(a: Path = typer.Argument(..., help="Results JSON (before)."),
+                  b: Path = typer.Argument(..., help="Results JSON (after).")) -> None:
+    """Print two results files side by side with the deltas (B - A)."""
+    from ecomtune.bench.report import compare_table, load_results, print_table
+
+    print_table(compare_table(load_results(a), load_results(b)))
 
 
 @app.command()
@@ -162,7 +209,7 @@ def synth(out_dir: Path = typer.Option(..., "--out", help="Folder to write image
 
     written = write_catalog(out_dir, items, seed)
     for name, path in written.items():
-        out.print(f"{name}: {path}")
+        stdout.print(f"{name}: {path}")
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -59,7 +60,9 @@ def test_sft_under_torchrun_two_processes(align_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["metrics"]["global_step"] == 4
-    # 2 processes x batch 4 per step: twice the samples of a single process in the same steps
-    assert manifest["metrics"]["epoch"] == pytest.approx(4 * 4 * 2 / manifest["data"]["tokens"]["samples"], rel=1e-3)
+    # 2 processes x the recipe's batch per step: an epoch is half the steps it would be in one process
+    batch = manifest["recipe"]["sft"]["train"]["batch_size"]
+    samples = manifest["data"]["tokens"]["samples"]
+    assert manifest["metrics"]["epoch"] == pytest.approx(4 / math.ceil(samples / (2 * batch)), rel=1e-6)
     assert result.stdout.count("sft on tiny-qwen2-vl") == 1, "only rank 0 reports"
     assert (out / "adapter_model.safetensors").is_file()

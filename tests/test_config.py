@@ -77,7 +77,9 @@ def test_overrides_parse_yaml_values():
     data = apply_overrides({}, ["sft.lora.r=4", "sft.quant.load_in_4bit=false", "sft.lora.targets=[q_proj, v_proj]"])
     assert data == {"sft": {"lora": {"r": 4, "targets": ["q_proj", "v_proj"]}, "quant": {"load_in_4bit": False}}}
     recipe = load_recipe(REPO / "recipes" / "tiny-qwen2-vl.yaml", ["sft.lora.r=4"])
-    assert recipe.sft.lora.r == 4 and recipe.sft.lora.alpha == 16  # file values kept
+    from_file = load_recipe(REPO / "recipes" / "tiny-qwen2-vl.yaml")
+    assert recipe.sft.lora.r == 4 != from_file.sft.lora.r
+    assert recipe.sft.lora.alpha == from_file.sft.lora.alpha  # the keys not overridden keep the file's values
 
 
 def test_bad_override_is_an_error():
