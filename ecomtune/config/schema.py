@@ -93,6 +93,12 @@ class TrainSettings(StrictModel):
     logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
     save_steps: int = Field(200, ge=1, description="Write a resumable checkpoint every N steps.")
     save_total_limit: int = Field(2, ge=1, description="Keep at most this many checkpoints.")
+    loss_average: Literal["token", "sample"] = Field(
+        "token",
+        description="token: mean over all answer tokens of a batch (TRL's default; long answers weigh more). "
+        "sample: mean within each sample, then over samples (every instruction counts once; keeps one-word "
+        "VQA answers from being drowned by long JSON answers; materialises the full logits).",
+    )
     seed: int = Field(42, description="Seed for data order and adapter initialisation.")
     dataloader_workers: int = Field(0, ge=0, description="Worker processes that load and process images.")
 

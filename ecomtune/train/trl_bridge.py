@@ -16,6 +16,9 @@ Quirks handled (TRL 1.16, transformers 5.23):
   rounded on arrival. The original tensors are put back right after construction, so trainable
   weights stay in full precision while mixed precision runs the matmuls in the compute dtype
   (`keep_trainable_dtypes`).
+- SFTTrainer's loss is a mean over answer tokens. `loss_average: sample` swaps in a per-sample mean
+  (`ecomtune.train.losses`) through a subclass, and tells Trainer the loss is not yet scaled for
+  gradient accumulation (`loss_is_scaled_for_ga = False`), so it divides by the accumulation steps.
 """
 
 from __future__ import annotations
@@ -100,6 +103,27 @@ def keep_trainable_dtypes(model) -> Iterator[None]:
             param.data = before[name]
 
 
+def sample_averaged_trainer_class():
+    """SFTTrainer whose loss is the mean over samples of each sample's mean answer-token loss."""
+    from trl import SFTTrainer
+
+    from ecomtune.train.losses import per_sample_mean_loss
+
+    class SampleAveragedSFTTrainer(SFTTrainer):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.loss_is_scaled_for_ga = False  # Trainer divides by the accumulation steps
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            outputs = model(**inputs, use_cache=False)
+            loss = per_sample_mean_loss(outputs.logits, labels)
+            return (loss, outputs) if return_outputs else loss
+
+    return SampleAveragedSFTTrainer
+
+
 def build_trainer(model, processor, samples: list[Sample], train: TrainSettings, output: Path,
                   compute_dtype: torch.dtype, max_length: int | None, callbacks: list | None = None):
     """An SFTTrainer over `samples` with ecomtune's collator."""
@@ -109,8 +133,9 @@ def build_trainer(model, processor, samples: list[Sample], train: TrainSettings,
     dataset = Dataset.from_list([s.to_row() for s in samples])
     quantized_without_adapter = getattr(model, "is_quantized", False) and not hasattr(model, "peft_config")
     guard = allow_frozen_quantized_base() if quantized_without_adapter else contextlib.nullcontext()
+    trainer_class = sample_averaged_trainer_class() if train.loss_average == "sample" else SFTTrainer
     with guard, keep_trainable_dtypes(model):
-        return SFTTrainer(
+        return trainer_class(
             model=model,
             args=sft_config(train, output, compute_dtype),
             train_dataset=dataset,
