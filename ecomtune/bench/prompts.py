@@ -48,6 +48,11 @@ def title_prompt(keyword: str | None = None) -> str:
         "Write a listing title for this item."
 
 
+def listing_prompt() -> str:
+    """Listings: a whole listing (title, category, aspects) from the images alone."""
+    return "Write a listing for this item as JSON with its title, category and aspects."
+
+
 def caption_prompt() -> str:
     return "Describe the product in the image."
 

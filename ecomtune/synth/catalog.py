@@ -68,6 +68,8 @@ def instructions(item: Item, rng: random.Random) -> list[dict]:
     records.append(chat(primary, prompts.extraction_prompt(), compact(item.attributes)))
     keyword = rng.choice(item.title.split())
     records.append(chat(primary, prompts.title_prompt(keyword), item.title))
+    listing = {"title": item.title, "category": item.category, "aspects": item.aspects}
+    records.append(chat(image_paths(item), prompts.listing_prompt(), compact(listing)))
     if item.compliance:
         records.append(chat(image_paths(item), prompts.compliance_prompt(len(item.views)), compact(item.compliance)))
     return records
