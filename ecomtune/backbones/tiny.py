@@ -91,74 +91,52 @@ def _save(model, processor, out: Path) -> None:
     processor.save_pretrained(out)
 
 
-def build_tiny_qwen2_vl(out: Path, seed: int) -> None:
-    """Tiny Qwen2-VL: real Qwen2VLForConditionalGeneration and Qwen2VLProcessor (~150k parameters)."""
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-    )
+def _build_qwen_vl(out: Path, seed: int, config_class, model_class, processor_class, vision_config: dict) -> None:
+    """A tiny member of the Qwen VL families: the family's config, model and processor classes, Qwen2-VL's
+    image processor, and the family's chat template (Qwen2-VL's and Qwen2.5-VL's are byte-identical)."""
+    from transformers import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     tokenizer = train_tokenizer()
     ids = _token_ids(tokenizer)
-    config = Qwen2VLConfig(
+    config = config_class(
         text_config=dict(**TINY_TEXT, vocab_size=len(tokenizer), rope_scaling=TINY_MROPE, bos_token_id=None,
                          eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=1, embed_dim=TINY_VISION_WIDTH, hidden_size=TINY_TEXT["hidden_size"], num_heads=2,
-                           mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_chans=3),
+        vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config)
+    model = model_class(config)
     _widen_head(model, seed)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    processor = Qwen2VLProcessor(
+    processor = processor_class(
         image_processor=Qwen2VLImageProcessor(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),  # required by the class even for image-only use
-        chat_template=_family_chat_template("qwen2_5_vl.jinja"),  # Qwen2-VL's template is byte-identical
+        chat_template=_family_chat_template("qwen2_5_vl.jinja"),
     )
     _save(model, processor, out)
+
+
+def build_tiny_qwen2_vl(out: Path, seed: int) -> None:
+    """Tiny Qwen2-VL: real Qwen2VLForConditionalGeneration and Qwen2VLProcessor (~560k parameters)."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    vision = dict(depth=1, embed_dim=TINY_VISION_WIDTH, hidden_size=TINY_TEXT["hidden_size"], num_heads=2,
+                  mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
+    _build_qwen_vl(out, seed, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, vision)
 
 
 def build_tiny_qwen2_5_vl(out: Path, seed: int) -> None:
     """Tiny Qwen2.5-VL: real Qwen2_5_VLForConditionalGeneration (windowed ViT) and Qwen2_5_VLProcessor."""
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-    )
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
-    tokenizer = train_tokenizer()
-    ids = _token_ids(tokenizer)
-    config = Qwen2_5_VLConfig(
-        text_config=dict(**TINY_TEXT, vocab_size=len(tokenizer), rope_scaling=TINY_MROPE, bos_token_id=None,
-                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=2, hidden_size=TINY_VISION_WIDTH, intermediate_size=2 * TINY_VISION_WIDTH,
-                           num_heads=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=56,
-                           fullatt_block_indexes=[1], out_hidden_size=TINY_TEXT["hidden_size"]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    _widen_head(model, seed)
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS),
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
-        chat_template=_family_chat_template("qwen2_5_vl.jinja"),
-    )
-    _save(model, processor, out)
+    vision = dict(depth=2, hidden_size=TINY_VISION_WIDTH, intermediate_size=2 * TINY_VISION_WIDTH, num_heads=2,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=56,
+                  fullatt_block_indexes=[1], out_hidden_size=TINY_TEXT["hidden_size"])
+    _build_qwen_vl(out, seed, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, vision)
 
 
 def ensure_tiny(alias: str, builder, seed: int, cache_dir: Path | None = None) -> Path:
