@@ -19,6 +19,7 @@ import torch
 from ecomtune.bench.judges import Judge, make_judge
 from ecomtune.bench.tasks import TASKS, Task
 from ecomtune.data.images import check_image, load_rgb
+from ecomtune.data.jsonl import read_jsonl
 from ecomtune.errors import ConfigError, DataError, Problem
 from ecomtune.train.manifest import read_manifest, versions, write_json_atomic
 
@@ -106,14 +107,9 @@ def read_task_records(path: Path, task: str) -> list[dict]:
         raise DataError(f"No data for task {task}: {path} does not exist",
                         fix=f"create {path.name} in --data (see the formats in ecomtune/bench/tasks.py)")
     records, problems = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(f"malformed JSON ({exc.msg})", where, "one JSON object per line"))
+    for where, record, problem in read_jsonl(path):
+        if problem is not None:
+            problems.append(problem)
             continue
         if not isinstance(record, dict) or "id" not in record or not record.get("images"):
             problems.append(Problem("record needs an 'id' and a non-empty 'images' list", where))

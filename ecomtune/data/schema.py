@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ecomtune.data.images import check_image
+from ecomtune.data.jsonl import read_jsonl
 from ecomtune.errors import DataError, Problem
 
 IMAGE_MARKER = "<image>"
@@ -151,19 +152,13 @@ def load_samples(path: Path, max_images: int | None = None, family: str = "") ->
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Data file not found: {path}", fix="pass an existing JSONL file with --data")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    records = list(read_jsonl(path))
     samples: list[Sample] = []
     problems: list[Problem] = []
-    for number, line in track(list(enumerate(lines, start=1)), description=f"checking {path.name}",
-                              transient=True, disable=len(lines) < 200):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(f"malformed JSON ({exc.msg} at column {exc.colno})", where,
-                                    "each line must be one complete JSON object"))
+    for where, record, problem in track(records, description=f"checking {path.name}", transient=True,
+                                        disable=len(records) < 200):
+        if problem is not None:
+            problems.append(problem)
             continue
         sample, found = parse_record(record, path.parent, where)
         if sample is not None and max_images is not None and len(sample.images) > max_images:

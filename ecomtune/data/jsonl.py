@@ -1,0 +1,24 @@
+"""Reading JSONL files line by line, with the `file:line` of every record for error messages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ecomtune.errors import Problem
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[str, Any, Problem | None]]:
+    """Each non-empty line as (where, record, problem): `record` is the decoded JSON, or None with a
+    `problem` when the line is malformed. Reading goes on past bad lines so that all are reported."""
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            yield where, json.loads(line), None
+        except json.JSONDecodeError as exc:
+            yield where, None, Problem(f"malformed JSON ({exc.msg} at column {exc.colno})", where,
+                                       "each line must be one complete JSON object")
