@@ -68,12 +68,12 @@ def backbones() -> None:
     from ecomtune.backbones.registry import aliases
 
     table = Table(title="ecomtune backbones")
-    for column in ("alias", "hub id", "family", "projector", "default LoRA targets", "multi-image"):
+    for column in ("alias", "hub id", "family", "projector", "default LoRA targets", "image token", "multi-image"):
         table.add_column(column)
     for alias, (spec, hub_id) in aliases().items():
         multi = "yes" if spec.max_images is None else ("no" if spec.max_images == 1 else f"up to {spec.max_images}")
         table.add_row(alias, hub_id or "(built locally, random weights)", spec.family, spec.projector[0],
-                      ", ".join(spec.lora_targets), multi)
+                      ", ".join(spec.lora_targets), spec.image_placeholder, multi)
     stdout.print(table)
 
 

@@ -169,6 +169,21 @@ def test_sft_with_frozen_projector_keeps_align_weights(aligned, catalog, tmp_pat
     assert all(torch.equal(saved[k], aligned_weights[k]) for k in saved), "align's projector travels in the adapter"
 
 
+def test_sft_with_lora_on_the_vision_tower(catalog, tmp_path):
+    snapshot = Snapshot()
+    recipe = load_recipe(None, [f"sft.data={catalog['instruct']}", *quick_overrides("sft", steps=3),
+                                "sft.max_length=1024", "sft.vision=lora", "sft.lora.vision_targets=[qkv, fc1]",
+                                "sft.train.warmup_ratio=0"])
+    result = run_sft(recipe, tmp_path / "vision-lora", callbacks=[snapshot])
+    roles = roles_of(result.manifest)
+    lora_names = [n for n, _ in result.model.named_parameters() if ".lora_" in n]
+    vision_lora = [n for n in lora_names if f"{roles.vision_tower}.blocks" in n]
+    assert vision_lora and all(("qkv" in n or "fc1" in n) for n in vision_lora)
+    assert not any("merger" in n for n in lora_names), "the projector is trained fully, never through LoRA"
+    seen = changes(result.model, snapshot, roles)
+    assert seen["vision_tower"] == {False} and seen["lora"] == {True}
+
+
 class StopAfterFirstSave(TrainerCallback):
     """Simulates an interruption right after the first checkpoint is written."""
 

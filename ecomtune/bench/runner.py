@@ -105,7 +105,8 @@ def read_task_records(path: Path, task: str) -> list[dict]:
     """A task's JSONL with absolute image paths; every problem reported with file:line."""
     if not path.is_file():
         raise DataError(f"No data for task {task}: {path} does not exist",
-                        fix=f"create {path.name} in --data (see the formats in ecomtune/bench/tasks.py)")
+                        fix=f"pass --data FOLDER holding {path.name} (formats in README, 'Benchmark'), or make a "
+                        "compact instance with `ecomtune synth --out catalog` and use --data catalog/bench")
     records, problems = [], []
     for where, record, problem in read_jsonl(path):
         if problem is not None:
