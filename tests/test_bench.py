@@ -97,3 +97,22 @@ def test_endpoint_judge_against_a_local_openai_compatible_server():
         server.shutdown()
         server.server_close()
     assert counts == {"correct": 1, "incorrect": 0, "unverifiable": 1, "reference": 1}
+
+
+def test_local_model_judge_runs_a_real_causal_lm(tmp_path):
+    """A tiny random Qwen2 text model as the judge: its reply goes through the real text-generation
+    pipeline and is mapped onto one of the three verdicts."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from ecomtune.backbones.registry import resolve_backbone
+    from ecomtune.bench.judges import VERDICTS, make_judge
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("tiny-qwen2-vl").source)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "judge")
+    tokenizer.save_pretrained(tmp_path / "judge")
+    judge = make_judge(str(tmp_path / "judge"))
+    assert judge.name == "local-model"
+    assert judge.judge("origin.country", "China", {"origin.country": "Italy"}) in VERDICTS
