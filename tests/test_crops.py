@@ -1,0 +1,79 @@
+"""Cropping utilities: hand-computed boxes, squares, tiles and perceptual hashes."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image, ImageDraw
+
+from ecomtune.data import crops
+from ecomtune.errors import DataError
+
+
+def product_on_white(size=(100, 80), box=(30, 20, 60, 50), colour=(200, 0, 0)) -> Image.Image:
+    image = Image.new("RGB", size, (255, 255, 255))
+    ImageDraw.Draw(image).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=colour)
+    return image
+
+
+def test_trim_background_finds_the_product():
+    assert crops.trim_background(product_on_white()) == (30, 20, 60, 50)
+
+
+def test_trim_background_tolerates_noise_and_keeps_uniform_images_whole():
+    image = product_on_white()
+    image.putpixel((0, 40), (250, 250, 250))  # off-white speck within tolerance
+    assert crops.trim_background(image) == (30, 20, 60, 50)
+    assert crops.trim_background(Image.new("RGB", (40, 30), (9, 9, 9))) == (0, 0, 40, 30)
+
+
+def test_expand_box_by_a_fraction_and_clamp():
+    assert crops.expand_box((30, 20, 60, 50), 0.1, (100, 80)) == (27, 17, 63, 53)
+    assert crops.expand_box((0, 0, 50, 40), 0.5, (60, 50)) == (0, 0, 60, 50)
+
+
+def test_merge_boxes_unions_overlapping_groups_only():
+    boxes = [(0, 0, 10, 10), (5, 5, 15, 15), (14, 14, 20, 20), (50, 50, 60, 60)]
+    # the first three chain together; the last stays alone; edge-touching boxes do not overlap
+    assert crops.merge_boxes(boxes) == [(0, 0, 20, 20), (50, 50, 60, 60)]
+    assert crops.merge_boxes([(0, 0, 10, 10), (10, 0, 20, 10)]) == [(0, 0, 10, 10), (10, 0, 20, 10)]
+
+
+def test_enclosing_square_is_smallest_centred_and_inside():
+    # union (20, 30)-(40, 40): 20 wide, 10 high -> 20x20 square centred at (30, 35)
+    assert crops.enclosing_square([(20, 30, 30, 40), (30, 30, 40, 35)], (100, 100)) == (20, 25, 40, 45)
+    # near the right edge: shifted left, not shrunk
+    assert crops.enclosing_square([(90, 10, 100, 40)], (100, 100)) == (70, 10, 100, 40)
+    # wider than the image's short side: the square is the short side
+    assert crops.enclosing_square([(0, 10, 120, 20)], (120, 50)) == (35, 0, 85, 50)
+
+
+def test_tiles_cover_the_image_with_edge_aligned_last_tiles():
+    assert crops.tiles((100, 50), 50) == [(0, 0, 50, 50), (50, 0, 100, 50)]
+    assert crops.tiles((120, 50), 50, overlap=0.0) == [(0, 0, 50, 50), (50, 0, 100, 50), (70, 0, 120, 50)]
+    assert crops.tiles((60, 60), 40, overlap=0.5) == [(0, 0, 40, 40), (20, 0, 60, 40), (0, 20, 40, 60),
+                                                      (20, 20, 60, 60)]
+
+
+def test_phash_near_duplicates_are_close_and_different_pictures_far():
+    a = product_on_white((128, 128), (30, 30, 90, 90))
+    resized = a.resize((96, 96))
+    other = product_on_white((128, 128), (0, 90, 128, 128), colour=(0, 0, 200))
+    assert crops.hamming(crops.phash(a), crops.phash(a)) == 0
+    assert crops.hamming(crops.phash(a), crops.phash(resized)) <= 4
+    assert crops.hamming(crops.phash(a), crops.phash(other)) > 16
+    assert crops.dedupe([a, resized, other, a]) == [0, 2]
+
+
+def test_hamming_by_hand():
+    assert crops.hamming(0b1011, 0b0001) == 2
+
+
+def test_boxes_outside_the_image_are_clear_errors():
+    assert crops.check_box((-5, 10, 20.4, 200), (100, 80)) == (0, 10, 20, 80)
+    with pytest.raises(DataError, match="outside the 100x80 image") as caught:
+        crops.check_box((120, 10, 150, 20), (100, 80), where="boxes.json:3")
+    assert "boxes.json:3" in caught.value.render()
+    with pytest.raises(DataError, match="4 numbers"):
+        crops.check_box((1, 2, 3), (100, 80))
+    with pytest.raises(DataError):
+        crops.enclosing_square([], (10, 10))
