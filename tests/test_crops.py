@@ -77,3 +77,43 @@ def test_boxes_outside_the_image_are_clear_errors():
         crops.check_box((1, 2, 3), (100, 80))
     with pytest.raises(DataError):
         crops.enclosing_square([], (10, 10))
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ('[{"bbox_2d": [10, 20, 30, 40], "label": "CE mark"}]', [[10, 20, 30, 40]]),
+    ('Here you go:\n```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox": [5, 6, 7, 8]},]\n```',
+     [[1, 2, 3, 4], [5, 6, 7, 8]]),
+    ("[{'bbox_2d': [1, 2, 3, 4]}, {'bbox_2d': [5, 6", [[1, 2, 3, 4]]),  # truncated last entry is skipped
+    ("[[0, 0, 10, 10], [1, 2]]", [[0, 0, 10, 10]]),
+    ('{"bbox_2d": [3, 3, 9, 9]}', [[3, 3, 9, 9]]),
+    ("I see no text on this product.", []),
+])
+def test_parse_grounding_boxes(answer, expected):
+    from ecomtune.data.item_crops import parse_grounding_boxes
+
+    assert parse_grounding_boxes(answer) == expected
+
+
+def test_crop_item_adds_one_square_crop_per_boxed_image_dedupes_and_caps():
+    from ecomtune.data.item_crops import crop_item
+
+    front = product_on_white((128, 128), (20, 20, 100, 100))
+    label = Image.new("RGB", (128, 128), (255, 255, 255))
+    ImageDraw.Draw(label).rectangle((70, 10, 120, 30), fill=(0, 0, 0))
+    ImageDraw.Draw(label).rectangle((10, 90, 40, 120), fill=(0, 120, 0))
+    result = crop_item([front, label, front.copy()], [[], [[70, 10, 120, 30], [72, 12, 110, 28]], []])
+    # label's two overlapping boxes merge into one crop; the third image duplicates the first
+    assert result.sources == ["original:0", "original:1", "crop:1"]
+    assert result.crops_made == 1 and result.duplicates_dropped == 1 and result.capped == 0
+    crop = result.images[2]
+    assert crop.width == crop.height == 60  # merged box (65, 8, 125, 32) widened by 10%, squared on its width
+    capped = crop_item([front, label], [[], [[70, 10, 120, 30]]], max_images=2)
+    assert capped.sources == ["original:0", "original:1"] and capped.capped == 1
+
+
+def test_crop_item_rejects_boxes_outside_the_image():
+    from ecomtune.data.item_crops import crop_item
+
+    with pytest.raises(DataError, match="outside") as caught:
+        crop_item([product_on_white()], [[[500, 500, 600, 600]]], where="items.jsonl:4")
+    assert "items.jsonl:4 image 0" in caught.value.render()

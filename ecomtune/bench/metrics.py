@@ -6,10 +6,11 @@ scores 0 and is counted, never an exception.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+
+from ecomtune.data.json_repair import parse_json_value
 
 # Values that mean the same thing in listings; both sides are mapped to the left-hand form.
 SYNONYMS: dict[str, str] = {
@@ -54,54 +55,10 @@ def values_match(predicted: object, reference: object) -> bool:
     return bool(normalise(reference)) and normalise(predicted) == normalise(reference)
 
 
-def _balance(text: str) -> str:
-    """Close unclosed strings, objects and arrays: the usual damage when generation stops early."""
-    stack: list[str] = []
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "{[":
-            stack.append("}" if char == "{" else "]")
-        elif char in "}]" and stack:
-            stack.pop()
-    repaired = text + ('"' if in_string else "")
-    repaired = re.sub(r"[,:]\s*$", "", repaired.rstrip())
-    return repaired + "".join(reversed(stack))
-
-
 def parse_json_object(text: str) -> dict | None:
-    """The first JSON object in a model's answer, repaired when possible (code fences, single quotes,
-    trailing commas, truncation). None when nothing usable is there. Duplicate keys: the last one wins."""
-    if not text:
-        return None
-    body = re.sub(r"```(?:json)?", "", text).strip()
-    start = body.find("{")
-    if start < 0:
-        return None
-    body = body[start:]
-    candidates = [body]
-    end = body.rfind("}")
-    if end >= 0:
-        candidates.insert(0, body[: end + 1])
-    for candidate in candidates:
-        for attempt in (candidate, _balance(candidate)):
-            fixed = re.sub(r",\s*([}\]])", r"\1", attempt)
-            for variant in (fixed, fixed.replace("'", '"')):
-                try:
-                    value = json.loads(variant)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(value, dict):
-                    return value
-    return None
+    """The first JSON object in a model's answer, repaired when possible. Duplicate keys: the last wins."""
+    value = parse_json_value(text, dict)
+    return value if isinstance(value, dict) else None
 
 
 def parse_key_values(text: str) -> dict[str, str]:
