@@ -191,6 +191,40 @@ def bench_compare(a: Path = typer.Argument(..., help="Results JSON (before)."),
 
 
 @app.command()
+def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL format (several images each)."),
+         out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for images/ and items.jsonl."),
+         boxes: Path = typer.Option(None, "--boxes", help='JSON {"image path": [[x0, y0, x1, y1], ...]}; default: '
+                                    "each record's own 'boxes' (one list per image)."),
+         margin: float = typer.Option(0.1, min=0.0, help="Grow each box by this fraction of its size."),
+         max_images: int = typer.Option(10, "--max-images", min=1, help="Images per item after cropping."),
+         threshold: int = typer.Option(6, "--dedupe-threshold", min=0, help="pHash bits under which two images "
+                                       "count as duplicates."),
+         backbone: str = typer.Option("tiny-qwen2-vl", "--backbone", "-b",
+                                      help="Whose processor counts the visual tokens.")) -> None:
+    """Originals plus one square crop per boxed image, de-duplicated and capped; prints images and visual
+    tokens per item before and after."""
+    _quiet_libraries()
+    from statistics import median
+
+    from ecomtune.backbones.loading import load_processor
+    from ecomtune.backbones.registry import resolve_backbone
+    from ecomtune.data.item_crops import boxes_from_file, crop_file
+
+    processor = load_processor(resolve_backbone(backbone))
+    summaries = crop_file(items, out_dir, boxes_from_file(boxes) if boxes else None, processor, margin,
+                          max_images, threshold)
+    table = Table(title=f"ecomtune crop: {len(summaries)} items -> {out_dir / 'items.jsonl'}")
+    for column in ("per item", "median before", "median after", "max before", "max after"):
+        table.add_column(column, justify="left" if column == "per item" else "right")
+    for label, before, after in (("images", "images_before", "images_after"),
+                                 ("visual tokens", "tokens_before", "tokens_after")):
+        b = [getattr(s, before) for s in summaries]
+        a = [getattr(s, after) for s in summaries]
+        table.add_row(label, f"{median(b):g}", f"{median(a):g}", str(max(b)), str(max(a)))
+    stdout.print(table)
+
+
+@app.command()
 def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Folder for the demo's runs."),
          seed: int = typer.Option(0, help="Seed of the synthetic catalog.")) -> None:
     """Run the recipe end to end on the embedded default: tiny Qwen2-VL, synthetic catalog, CPU."""

@@ -117,3 +117,48 @@ def test_crop_item_rejects_boxes_outside_the_image():
     with pytest.raises(DataError, match="outside") as caught:
         crop_item([product_on_white()], [[[500, 500, 600, 600]]], where="items.jsonl:4")
     assert "items.jsonl:4 image 0" in caught.value.render()
+
+
+def _items_file(catalog, name: str, boxes_for_second: list) -> tuple:
+    import json
+
+    from ecomtune.data.schema import load_samples
+
+    multi = [s for s in load_samples(catalog["instruct"]) if len(s.images) >= 3][:2]
+    path = catalog["instruct"].parent / name
+    lines = []
+    for sample in multi:
+        boxes = [[] for _ in sample.images]
+        boxes[1] = boxes_for_second
+        lines.append(json.dumps({"images": sample.images, "messages": sample.messages, "boxes": boxes}))
+    path.write_text("\n".join(lines) + "\n")
+    return path, multi
+
+
+@pytest.mark.slow
+def test_crop_command_writes_items_with_crops_and_reports_tokens(catalog, tmp_path):
+    from ecomtune.data.schema import load_samples
+    from tests.conftest import run_cli
+
+    items, originals = _items_file(catalog, "crop-items.jsonl", [[20, 80, 110, 120]])
+    result = run_cli("crop", str(items), "--out", str(tmp_path / "cropped"), "--max-images", "10")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "visual tokens" in result.stdout and "images" in result.stdout
+    cropped = load_samples(tmp_path / "cropped" / "items.jsonl")  # valid canonical data again
+    assert len(cropped) == len(originals)
+    for before, after in zip(originals, cropped, strict=True):
+        assert any("crop1" in p for p in after.images), "the boxed second image got its crop"
+        assert len(after.images) <= len(before.images) + 1
+        first_user = after.messages[0]["content"]
+        assert [b["type"] for b in first_user[: len(after.images)]] == ["image"] * len(after.images)
+
+
+@pytest.mark.slow
+def test_crop_command_bad_box_is_a_clear_error_and_writes_no_items(catalog, tmp_path):
+    from tests.conftest import run_cli
+
+    items, _ = _items_file(catalog, "crop-bad.jsonl", [[900, 900, 950, 950]])
+    result = run_cli("crop", str(items), "--out", str(tmp_path / "bad"))
+    assert result.returncode == 2 and "outside" in result.stderr and "crop-bad.jsonl:1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "bad" / "items.jsonl").exists()

@@ -107,3 +107,14 @@ def count_tokens(processor, sample: Sample) -> int:
     text, _ = render_with_spans(processor, sample.messages)
     images = [load_rgb(p) for p in sample.images] or None
     return int(processor(text=[text], images=images, return_tensors="pt")["input_ids"].shape[1])
+
+
+def count_image_tokens(processor, images: list) -> int:
+    """How many image tokens the model sees for `images` (one user turn holding them all), counted from
+    the real processor's output, so it holds for any family's resizing and merging rules."""
+    if not images:
+        return 0
+    content = [{"type": "image"} for _ in images]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False)
+    ids = processor(text=[text], images=list(images), return_tensors="pt")["input_ids"]
+    return int((ids == processor.image_token_id).sum())

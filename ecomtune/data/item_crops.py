@@ -14,13 +14,22 @@ in the Qwen2.5-VL JSON style (`[{"bbox_2d": [x0, y0, x1, y1], "label": "..."}]`)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
+from ecomtune.data.collator import count_image_tokens
 from ecomtune.data.crops import Box, check_box, dedupe, enclosing_square, expand_box, merge_boxes
+from ecomtune.data.images import load_rgb
 from ecomtune.data.json_repair import parse_json_value
+from ecomtune.data.jsonl import read_jsonl
+from ecomtune.data.schema import load_samples
+from ecomtune.errors import DataError, Problem
 
 GROUNDING_PROMPT = ('Find every region with text or numbers on the product (labels, logos, model numbers, '
                     'barcodes, warnings). Answer as JSON: [{"bbox_2d": [x0, y0, x1, y1], "label": "..."}].')
@@ -81,3 +90,77 @@ def crop_item(images: Sequence[Image.Image], boxes: Sequence[Sequence[Sequence[f
     capped = kept[:max_images]
     return CropResult([candidates[i] for i in capped], [sources[i] for i in capped], len(images), crops_made,
                       len(candidates) - len(kept), len(kept) - len(capped))
+
+
+@dataclass(frozen=True)
+class ItemSummary:
+    source: str
+    images_before: int
+    images_after: int
+    tokens_before: int
+    tokens_after: int
+
+
+def boxes_from_file(path: Path) -> Callable[[str, int], list]:
+    """Boxes from a JSON file mapping an image path (as written in the items file, or absolute) to a list of
+    [x0, y0, x1, y1] boxes; images it does not name get none."""
+    try:
+        table = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"Cannot read boxes file {path}: {exc}",
+                        fix='write {"images/a.png": [[x0, y0, x1, y1], ...], ...}') from None
+    resolved = {str((Path(path).parent / k).resolve()): v for k, v in table.items()}
+    return lambda image, index: resolved.get(image, table.get(image, []))
+
+
+def with_images(messages: list[dict], count: int) -> list[dict]:
+    """The conversation with every image placeholder removed and `count` put at the start of the first
+    user turn (crops change how many images there are and where they came from)."""
+    out, placed = [], False
+    for message in messages:
+        content = [b for b in message["content"] if b["type"] != "image"]
+        if message["role"] == "user" and not placed:
+            content = [{"type": "image"} for _ in range(count)] + content
+            placed = True
+        out.append({"role": message["role"], "content": content})
+    return out
+
+
+def crop_file(items: Path, out_dir: Path, boxes_for: Callable[[str, int], list] | None, processor,
+              margin: float = 0.1, max_images: int = 10, dedupe_threshold: int = 6) -> list[ItemSummary]:
+    """Crop every item of a canonical JSONL file into `out_dir` (images/ plus items.jsonl, written last and
+    atomically); record-level `boxes` (a list per image) are used when no `boxes_for` is given."""
+    from rich.progress import track
+
+    samples = load_samples(items)  # every record checked first; a bad file stops here with file:line
+    raw = {where: record for where, record, _ in read_jsonl(items)}
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "items.jsonl").unlink(missing_ok=True)  # a failed run must not leave an older result behind
+    records, summaries = [], []
+    for n, sample in enumerate(track(samples, description="cropping items", transient=True)):
+        images = [load_rgb(p) for p in sample.images]
+        record_boxes = raw.get(sample.source, {}).get("boxes")
+        if boxes_for is not None:
+            boxes = [boxes_for(path, i) for i, path in enumerate(sample.images)]
+        elif record_boxes is not None:
+            if len(record_boxes) != len(images):
+                raise DataError("'boxes' needs one list per image", [Problem(
+                    f"{len(record_boxes)} lists for {len(images)} images", sample.source)])
+            boxes = record_boxes
+        else:
+            boxes = [[] for _ in images]
+        result = crop_item(images, boxes, margin, max_images, dedupe_threshold, where=sample.source)
+        paths = []
+        for k, (image, origin) in enumerate(zip(result.images, result.sources, strict=True)):
+            name = f"images/item{n:05d}_{k}_{origin.replace(':', '')}.png"
+            image.save(out_dir / name, format="PNG")
+            paths.append(name)
+        records.append({"images": paths, "messages": with_images(sample.messages, len(paths))})
+        summaries.append(ItemSummary(sample.source, len(images), len(paths),
+                                     count_image_tokens(processor, images),
+                                     count_image_tokens(processor, result.images)))
+    fd, tmp = tempfile.mkstemp(prefix=".items.", dir=out_dir)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, out_dir / "items.jsonl")
+    return summaries
