@@ -53,7 +53,6 @@ class ResolvedBackbone:
 
     spec: BackboneSpec
     source: str  # local folder or hub id, as given to from_pretrained
-    alias: str | None  # registry alias it came from, if any
     is_local: bool
     revision: str | None = None
 
@@ -96,8 +95,8 @@ def resolve_backbone(name: str, seed: int = 0, revision: str | None = None) -> R
         if hub_id is None:
             assert spec.tiny_builder is not None
             folder = ensure_tiny(name, spec.tiny_builder, seed)
-            return ResolvedBackbone(spec, str(folder), name, is_local=True)
-        return ResolvedBackbone(spec, hub_id, name, is_local=False, revision=revision)
+            return ResolvedBackbone(spec, str(folder), is_local=True)
+        return ResolvedBackbone(spec, hub_id, is_local=False, revision=revision)
     path = Path(name).expanduser()
     if path.is_dir():
         config = path / "config.json"
@@ -112,7 +111,7 @@ def resolve_backbone(name: str, seed: int = 0, revision: str | None = None) -> R
                 [Problem(f"known model types: {sorted(t for s in FAMILIES for t in s.model_types)}", str(config))],
                 fix="use a supported family, or add a BackboneSpec for it in ecomtune/backbones/registry.py",
             )
-        return ResolvedBackbone(spec, str(path), None, is_local=True)
+        return ResolvedBackbone(spec, str(path), is_local=True)
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         lowered = name.lower()
         spec = next((s for s in FAMILIES if any(h.lower() == lowered for h in s.hub_ids.values())), None)
@@ -123,7 +122,7 @@ def resolve_backbone(name: str, seed: int = 0, revision: str | None = None) -> R
                 f"Hub id '{name}' does not name a family ecomtune knows",
                 fix=f"known families: {', '.join(s.family for s in FAMILIES)}; or download it and pass the folder",
             )
-        return ResolvedBackbone(spec, name, None, is_local=False, revision=revision)
+        return ResolvedBackbone(spec, name, is_local=False, revision=revision)
     if any(c in name for c in "/\\") or name.startswith((".", "~")):
         raise BackboneError(f"Backbone folder {name} does not exist", fix="check the path, or use an alias")
     raise _unknown(name)
