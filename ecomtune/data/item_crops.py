@@ -15,8 +15,6 @@ in the Qwen2.5-VL JSON style (`[{"bbox_2d": [x0, y0, x1, y1], "label": "..."}]`)
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from ecomtune.data.collator import count_image_tokens
 from ecomtune.data.crops import Box, check_box, dedupe, enclosing_square, expand_box, merge_boxes
 from ecomtune.data.images import load_rgb
 from ecomtune.data.json_repair import parse_json_value
-from ecomtune.data.jsonl import read_jsonl
+from ecomtune.data.jsonl import read_jsonl, write_jsonl_atomic
 from ecomtune.data.schema import load_samples
 from ecomtune.errors import DataError, Problem
 
@@ -159,8 +157,5 @@ def crop_file(items: Path, out_dir: Path, boxes_for: Callable[[str, int], list] 
         summaries.append(ItemSummary(sample.source, len(images), len(paths),
                                      count_image_tokens(processor, images),
                                      count_image_tokens(processor, result.images)))
-    fd, tmp = tempfile.mkstemp(prefix=".items.", dir=out_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(tmp, out_dir / "items.jsonl")
+    write_jsonl_atomic(out_dir / "items.jsonl", records)
     return summaries

@@ -22,3 +22,13 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, Any, Problem | None]]:
         except json.JSONDecodeError as exc:
             yield where, None, Problem(f"malformed JSON ({exc.msg} at column {exc.colno})", where,
                                        "each line must be one complete JSON object")
+
+
+def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
+    """Write one JSON object per line through a temporary file renamed into place, so a reader never
+    sees a half-written file (and a crash leaves the previous file, or none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ecomtune.bench import prompts
+from ecomtune.data.jsonl import write_jsonl_atomic
 from ecomtune.synth.items import APPAREL, BRANDS, COLOURS, PATTERNS, Item, make_items
 from ecomtune.synth.render import SCENE_COLOURS, SHAPES, render_scene, render_view
 
@@ -110,13 +111,6 @@ def general_records(count: int, seed: int, out_dir: Path) -> list[dict]:
     return records
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_catalog(out_dir: Path, count: int, seed: int, general: int = 24) -> dict[str, Path]:
     """Render `count` items and write the training files, the benchmark splits and the ground truth."""
     from rich.progress import track
@@ -138,12 +132,12 @@ def write_catalog(out_dir: Path, count: int, seed: int, general: int = 24) -> di
     bench["general"] = general_records(general, seed, out_dir)
     paths = {"captions": out_dir / "captions.jsonl", "instruct": out_dir / "instruct.jsonl",
              "items": out_dir / "items.jsonl", "bench": out_dir / "bench"}
-    _write_jsonl(paths["captions"], captions)
-    _write_jsonl(paths["instruct"], instruct)
-    _write_jsonl(paths["items"], [asdict(i) for i in items])
+    write_jsonl_atomic(paths["captions"], captions)
+    write_jsonl_atomic(paths["instruct"], instruct)
+    write_jsonl_atomic(paths["items"], [asdict(i) for i in items])
     for task, records in bench.items():
         # bench image paths are relative to the bench folder
         for record in records:
             record["images"] = [f"../{p}" for p in record["images"]]
-        _write_jsonl(paths["bench"] / f"{task}.jsonl", records)
+        write_jsonl_atomic(paths["bench"] / f"{task}.jsonl", records)
     return paths
