@@ -8,6 +8,7 @@ de-duplication of originals plus crops, which cut images per item from a median 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,22 +57,21 @@ def _overlap(a: Box, b: Box) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def _union(a: Box, b: Box) -> Box:
+    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+
+
 def merge_boxes(boxes: Sequence[Box]) -> list[Box]:
-    """Replace every group of overlapping boxes by their union, until no two boxes overlap."""
+    """Replace every group of overlapping boxes by their union, until no two boxes overlap (a union can
+    reach boxes that none of its parts touched, hence the repeat)."""
     merged = [tuple(b) for b in boxes]
-    changed = True
-    while changed:
-        changed = False
-        for i in range(len(merged)):
-            for j in range(i + 1, len(merged)):
-                if _overlap(merged[i], merged[j]):
-                    a, b = merged[i], merged.pop(j)
-                    merged[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-                    changed = True
-                    break
-            if changed:
-                break
-    return sorted(merged)  # type: ignore[return-value]
+    while True:
+        pair = next(((i, j) for i in range(len(merged)) for j in range(i + 1, len(merged))
+                     if _overlap(merged[i], merged[j])), None)
+        if pair is None:
+            return sorted(merged)  # type: ignore[return-value]
+        i, j = pair
+        merged[i] = _union(merged[i], merged.pop(j))
 
 
 def enclosing_square(boxes: Sequence[Box], size: tuple[int, int]) -> Box:
@@ -81,8 +81,7 @@ def enclosing_square(boxes: Sequence[Box], size: tuple[int, int]) -> Box:
     if not boxes:
         raise DataError("enclosing_square needs at least one box")
     width, height = size
-    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
-    x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    x0, y0, x1, y1 = functools.reduce(_union, boxes)
     side = min(max(x1 - x0, y1 - y0), width, height)
     centre_x, centre_y = (x0 + x1) / 2, (y0 + y1) / 2
     left = min(max(0, round(centre_x - side / 2)), width - side)

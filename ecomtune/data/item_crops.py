@@ -99,7 +99,7 @@ class ItemSummary:
     tokens_after: int
 
 
-def boxes_from_file(path: Path) -> Callable[[str, int], list]:
+def boxes_from_file(path: Path) -> Callable[[str], list]:
     """Boxes from a JSON file mapping an image path (as written in the items file, or absolute) to a list of
     [x0, y0, x1, y1] boxes; images it does not name get none."""
     try:
@@ -108,7 +108,7 @@ def boxes_from_file(path: Path) -> Callable[[str, int], list]:
         raise DataError(f"Cannot read boxes file {path}: {exc}",
                         fix='write {"images/a.png": [[x0, y0, x1, y1], ...], ...}') from None
     resolved = {str((Path(path).parent / k).resolve()): v for k, v in table.items()}
-    return lambda image, index: resolved.get(image, table.get(image, []))
+    return lambda image: resolved.get(image, table.get(image, []))
 
 
 def with_images(messages: list[dict], count: int) -> list[dict]:
@@ -124,7 +124,7 @@ def with_images(messages: list[dict], count: int) -> list[dict]:
     return out
 
 
-def crop_file(items: Path, out_dir: Path, boxes_for: Callable[[str, int], list] | None, processor,
+def crop_file(items: Path, out_dir: Path, boxes_for: Callable[[str], list] | None, processor,
               margin: float = 0.1, max_images: int = 10, dedupe_threshold: int = 6) -> list[ItemSummary]:
     """Crop every item of a canonical JSONL file into `out_dir` (images/ plus items.jsonl, written last and
     atomically); record-level `boxes` (a list per image) are used when no `boxes_for` is given."""
@@ -139,7 +139,7 @@ def crop_file(items: Path, out_dir: Path, boxes_for: Callable[[str, int], list] 
         images = [load_rgb(p) for p in sample.images]
         record_boxes = raw.get(sample.source, {}).get("boxes")
         if boxes_for is not None:
-            boxes = [boxes_for(path, i) for i, path in enumerate(sample.images)]
+            boxes = [boxes_for(path) for path in sample.images]
         elif record_boxes is not None:
             if len(record_boxes) != len(images):
                 raise DataError("'boxes' needs one list per image", [Problem(
