@@ -151,7 +151,8 @@ def load_samples(path: Path, max_images: int | None = None, family: str = "") ->
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"Data file not found: {path}", fix="pass an existing JSONL file with --data")
+        raise DataError(f"Data file not found: {path}",
+                        fix="check the path (relative paths start from the current folder)")
     records = list(read_jsonl(path))
     samples: list[Sample] = []
     problems: list[Problem] = []
