@@ -63,17 +63,43 @@ def recipe_dirs() -> list[Path]:
 
 
 @app.command()
-def backbones() -> None:
-    """List the backbone registry: aliases, hub ids, module roles, LoRA targets, multi-image support."""
-    from ecomtune.backbones.registry import aliases
+def backbones(
+    inspect: str = typer.Option(None, "--inspect", help="A model (alias, hub id or folder) to show the resolved "
+                                "roles and parameter counts of; weights are not loaded."),
+    vision_tower: str = typer.Option(None, "--vision-tower", help="With --inspect: the vision tower's module path."),
+    projector: list[str] = typer.Option(None, "--projector", help="With --inspect: the projector's module path(s)."),
+    language_model: str = typer.Option(None, "--language-model", help="With --inspect: the LM's module path."),
+) -> None:
+    """The capability matrix of every family, or (--inspect MODEL) what ecomtune finds in one model."""
+    if inspect:
+        _quiet_libraries()
+        from ecomtune.backbones.report import inspect_backbone
+        from ecomtune.backbones.spec import RoleOverrides
 
-    table = Table(title="ecomtune backbones")
-    for column in ("alias", "hub id", "family", "projector", "default LoRA targets", "image token", "multi-image"):
+        overrides = RoleOverrides(vision_tower, tuple(projector) if projector else None, language_model)
+        found = inspect_backbone(inspect, overrides)
+        stdout.print(f"{found.source}: {found.model_class} ({found.family}), roles found by {found.found_by}",
+                     markup=False, highlight=False, soft_wrap=True)
+        table = Table()
+        for column in ("component", "module path", "parameters"):
+            table.add_column(column, justify="right" if column == "parameters" else "left")
+        paths = {"vision_tower": found.roles.vision_tower, "projector": "\n".join(found.roles.projector),
+                 "language_model": f"{found.roles.language_model}\n{found.roles.lm_head}", "other": ""}
+        for component, path in paths.items():
+            if component in found.parameters:
+                table.add_row(component, path, f"{found.parameters[component]:,}")
+        table.add_row("all", "", f"{sum(found.parameters.values()):,}", style="bold")
+        stdout.print(table)
+        return
+    from ecomtune.backbones.report import capability_rows
+
+    rows = capability_rows()
+    table = Table(title="ecomtune backbones: one row per family (--inspect MODEL for any other model)",
+                  show_lines=True)
+    for column in rows[0]:
         table.add_column(column)
-    for alias, (spec, hub_id) in aliases().items():
-        multi = "yes" if spec.max_images is None else ("no" if spec.max_images == 1 else f"up to {spec.max_images}")
-        table.add_row(alias, hub_id or "(built locally, random weights)", spec.family, spec.projector[0],
-                      ", ".join(spec.lora_targets), spec.image_placeholder, multi)
+    for row in rows:
+        table.add_row(*row.values())
     stdout.print(table)
 
 

@@ -30,7 +30,7 @@ def test_real_recipe_is_qlora_sized_for_one_gpu():
     recipe = load_recipe(REPO / "recipes" / "qwen2-vl.yaml")
     assert recipe.sft.quant.load_in_4bit and recipe.sft.quant.quant_type == "nf4" and recipe.sft.quant.double_quant
     assert recipe.sft.train.gradient_checkpointing
-    assert recipe.backbone.max_pixels is not None
+    assert recipe.backbone.resolution.max_pixels is not None
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -67,10 +67,16 @@ align:
 def test_cross_field_rules(tmp_path):
     with pytest.raises(ConfigError, match="save_steps"):
         load_recipe(None, ["sft.train.max_steps=10", "sft.train.save_steps=50"])
-    with pytest.raises(ConfigError, match="vision_targets"):
-        load_recipe(None, ["sft.vision=lora"])
+    assert load_recipe(None, ["sft.vision=lora"]).sft.lora.vision_targets is None  # the family's defaults apply
     with pytest.raises(ConfigError, match="min_pixels"):
-        load_recipe(None, ["backbone.min_pixels=100000", "backbone.max_pixels=5000"])
+        load_recipe(None, ["backbone.resolution.min_pixels=100000", "backbone.resolution.max_pixels=5000"])
+
+
+def test_resolution_settings_live_under_one_key():
+    with pytest.raises(ConfigError, match="did you mean 'resolution'"):
+        load_recipe(None, ["backbone.max_pixels=401408"])
+    recipe = load_recipe(None, ["backbone.resolution.longest_edge=512", "backbone.resolution.splitting=false"])
+    assert recipe.backbone.resolution.chosen() == {"longest_edge": 512, "splitting": False}
 
 
 def test_overrides_parse_yaml_values():

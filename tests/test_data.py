@@ -87,9 +87,11 @@ def test_every_bad_record_is_reported_together(folder):
 
 
 def test_too_many_images_for_the_backbone(folder):
+    from ecomtune.backbones.families import MLLAMA
+
     record = {"images": ["red.png"] * 3, "prompt": "<image><image><image>Same item?", "completion": "yes"}
-    with pytest.raises(DataError, match="takes at most 1 per sample"):
-        load_samples(write_jsonl(folder, [json.dumps(record)]), max_images=1, family="single-image")
+    with pytest.raises(DataError, match=r"3 images, but Llama 3\.2 Vision takes at most 1 per sample"):
+        load_samples(write_jsonl(folder, [json.dumps(record)]), MLLAMA)
 
 
 def test_data_is_checked_before_any_model_is_loaded(folder, tmp_path):

@@ -66,9 +66,10 @@ def test_align_trains_only_the_projector(aligned):
     assert seen["projector"] == {True}, "every projector parameter changed"
     assert seen["vision_tower"] == {False} and seen["language_model"] == {False}, "everything else bit-identical"
     saved = load_file(str(result.output / PROJECTOR_FILE))
-    projector = result.model.get_submodule(result.manifest["roles"]["projector"])
-    assert saved.keys() == projector.state_dict().keys()
-    assert all(torch.equal(saved[k], v) for k, v in projector.state_dict().items())
+    (path,) = result.manifest["roles"]["projector"]
+    projector = result.model.get_submodule(path)
+    assert saved.keys() == {f"{path}.{k}" for k in projector.state_dict()}
+    assert all(torch.equal(saved[f"{path}.{k}"], v) for k, v in projector.state_dict().items())
     assert (result.output / "processor_config.json").is_file()
     manifest = json.loads((result.output / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["stage"] == "align"
@@ -112,10 +113,10 @@ def test_sft_is_qlora_on_a_real_4bit_base(tuned):
 
 def test_sft_starts_from_the_aligned_projector(aligned, tuned):
     _, snapshot = tuned
-    projector = aligned[0].manifest["roles"]["projector"]
+    (path,) = aligned[0].manifest["roles"]["projector"]
     aligned_weights = load_file(str(aligned[0].output / PROJECTOR_FILE))
     for key, value in aligned_weights.items():
-        start = snapshot.params[f"base_model.model.{projector}.modules_to_save.default.{key}"]
+        start = snapshot.params[f"base_model.model.{path}.modules_to_save.default.{key.removeprefix(path + '.')}"]
         assert torch.equal(start, value.to(start.dtype))
 
 
@@ -146,7 +147,7 @@ print(json.dumps({{"new": out.shape[1] - inputs["input_ids"].shape[1], "ecomtune
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["new"] >= 1 and report["ecomtune"] is False
-    projector = result.manifest["roles"]["projector"]
+    (projector,) = result.manifest["roles"]["projector"]
     trained = result.model.get_submodule(f"base_model.model.{projector}").modules_to_save["default"]
     assert report["projector"] == pytest.approx(trained.mlp[0].weight.sum().item(), rel=1e-5)
     for name in ("adapter_model.safetensors", "adapter_config.json", "processor_config.json", "manifest.json"):
@@ -164,7 +165,7 @@ def test_sft_with_frozen_projector_keeps_align_weights(aligned, catalog, tmp_pat
     assert seen["projector"] == {False} and seen["lora"] == {True}
     adapter = load_file(str(result.output / "adapter_model.safetensors"))
     aligned_weights = load_file(str(aligned[0].output / PROJECTOR_FILE))
-    saved = {k.split("merger.")[-1]: v for k, v in adapter.items() if "merger" in k}
+    saved = {"model.visual.merger." + k.split("merger.")[-1]: v for k, v in adapter.items() if "merger" in k}
     assert saved.keys() == aligned_weights.keys()
     assert all(torch.equal(saved[k], aligned_weights[k]) for k in saved), "align's projector travels in the adapter"
 

@@ -1,10 +1,12 @@
-"""Backbones: per-family specs as data, the registry, tiny twins, and loading."""
+"""Backbones: per-family specs as data, the registry, tiny twins, role discovery, and loading."""
 
-from ecomtune.backbones.registry import FAMILIES, ResolvedBackbone, aliases, resolve_backbone, tiny_aliases
-from ecomtune.backbones.spec import BackboneSpec, ResolvedRoles, lora_target_regex, resolve_roles
+from ecomtune.backbones.families import FAMILIES
+from ecomtune.backbones.registry import ResolvedBackbone, aliases, resolve_backbone, tiny_aliases
+from ecomtune.backbones.spec import GENERIC, BackboneSpec, ResolvedRoles, lora_target_regex, resolve_roles
 
 __all__ = [
     "FAMILIES",
+    "GENERIC",
     "BackboneSpec",
     "ResolvedBackbone",
     "ResolvedRoles",

@@ -1,4 +1,5 @@
-"""Loading a resolved backbone: processor and model, optionally 4-bit, with offline failures made clear.
+"""Loading a resolved backbone: processor (resolution, chat template) and model, optionally 4-bit, with offline
+failures made clear.
 
 The code path is the same for a tiny twin on disk and a 7B model on the hub. A hub id that cannot be
 reached fails at once (no minutes of retries) with one message naming the local alternatives.
@@ -8,14 +9,15 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
 from ecomtune.backbones.registry import ResolvedBackbone, tiny_aliases
-from ecomtune.backbones.spec import resolve_roles
-from ecomtune.config.schema import BackboneSettings, QuantSettings
-from ecomtune.errors import BackboneError
+from ecomtune.backbones.spec import BackboneSpec, RoleOverrides, resolve_roles
+from ecomtune.config.schema import BackboneSettings, QuantSettings, ResolutionSettings
+from ecomtune.errors import BackboneError, ConfigError, Problem
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -58,20 +60,64 @@ def pick_compute_dtype(requested: str = "auto") -> torch.dtype:
     return torch.float32
 
 
+def role_overrides(settings: BackboneSettings | None) -> RoleOverrides:
+    """The module paths a recipe names explicitly (backbone.vision_tower / projector / language_model)."""
+    if settings is None:
+        return RoleOverrides()
+    projector = settings.projector
+    return RoleOverrides(settings.vision_tower, (projector,) if isinstance(projector, str) else
+                         (tuple(projector) if projector else None), settings.language_model)
+
+
+def apply_resolution(processor, spec: BackboneSpec, resolution: ResolutionSettings) -> None:
+    """Set the recipe's resolution settings on the family's image processor, through the attributes the spec
+    maps them to. A setting the family has no knob for is an error, not silently ignored."""
+    chosen = resolution.chosen()
+    unsupported = [knob for knob in chosen if knob not in spec.image_knobs]
+    if unsupported:
+        offered = ", ".join(spec.image_knobs) or "none (a fixed input size)"
+        raise ConfigError(
+            f"{spec.title} has no {', '.join(unsupported)} setting",
+            [Problem(f"{knob} = {chosen[knob]}", f"backbone.resolution.{knob}") for knob in unsupported],
+            fix=f"{spec.title} supports: {offered}; remove the others")
+    image_processor = processor.image_processor
+    for knob, value in chosen.items():
+        for attribute in spec.image_knobs[knob]:
+            name, _, entry = attribute.partition(".")
+            if entry:
+                table = dict(getattr(image_processor, name, None) or {})
+                table[entry] = value
+                value_to_set = table
+            else:
+                value_to_set = value
+            setattr(image_processor, name, value_to_set)
+            # A processor's own `images_kwargs` defaults (InternVL's crop_to_patches, Gemma 3's do_pan_and_scan)
+            # win over the image processor's attributes at call time, so the setting goes there too.
+            defaults = getattr(processor, "images_kwargs", None)
+            if isinstance(defaults, dict) and name in defaults:
+                processor.images_kwargs = {**defaults, name: value_to_set}
+
+
 def load_processor(backbone: ResolvedBackbone, settings: BackboneSettings | None = None):
-    """The family's real processor, with the recipe's resolution bounds applied."""
+    """The family's real processor, with the recipe's resolution settings and chat template applied."""
     from transformers import AutoProcessor
+
+    from ecomtune.backbones.tiny import chat_template_text
 
     check_available(backbone)
     processor = AutoProcessor.from_pretrained(backbone.source, revision=backbone.revision)
-    if settings is not None and (settings.max_pixels or settings.min_pixels):
-        image_processor = processor.image_processor
-        size = dict(getattr(image_processor, "size", None) or {})
-        if settings.min_pixels:
-            size["shortest_edge"] = image_processor.min_pixels = settings.min_pixels
-        if settings.max_pixels:
-            size["longest_edge"] = image_processor.max_pixels = settings.max_pixels
-        image_processor.size = size
+    if settings is not None:
+        apply_resolution(processor, backbone.spec, settings.resolution)
+    if settings is not None and settings.chat_template is not None:
+        path = Path(settings.chat_template)
+        if not path.is_file():
+            raise ConfigError(f"Chat template file not found: {path}", [Problem(str(path), "backbone.chat_template")])
+        processor.chat_template = path.read_text(encoding="utf-8")
+    elif not getattr(processor, "chat_template", None) and backbone.spec.chat_template:
+        processor.chat_template = chat_template_text(backbone.spec.chat_template)
+    if not getattr(processor, "chat_template", None):
+        raise BackboneError(f"The processor of '{backbone.source}' has no chat template",
+                            fix="give one in the recipe: backbone.chat_template: path/to/template.jinja")
     return processor
 
 
@@ -90,13 +136,14 @@ def quantization_config(quant: QuantSettings, skip_modules: list[str]):
     )
 
 
-def load_model(backbone: ResolvedBackbone, quant: QuantSettings):
+def load_model(backbone: ResolvedBackbone, quant: QuantSettings, overrides: RoleOverrides | None = None):
     """Load the model for training: 4-bit LM when asked, the rest in the compute dtype. Under torchrun or
     accelerate each process puts its copy on its own GPU."""
     from accelerate import PartialState
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoConfig
 
     check_available(backbone)
+    auto_class = backbone.spec.model_class()
     dtype = pick_compute_dtype(quant.compute_dtype)
     kwargs: dict = {"dtype": dtype, "revision": backbone.revision}
     if torch.cuda.is_available():
@@ -105,12 +152,15 @@ def load_model(backbone: ResolvedBackbone, quant: QuantSettings):
         # Role paths are known from the spec before loading; resolve them on a weightless skeleton.
         config = AutoConfig.from_pretrained(backbone.source, revision=backbone.revision)
         with torch.device("meta"):
-            skeleton = AutoModelForImageTextToText.from_config(config)
-        roles = resolve_roles(skeleton, backbone.spec)
-        skip = [roles.projector, roles.lm_head] + ([] if quant.quantize_vision else [roles.vision_tower])
+            skeleton = auto_class.from_config(config)
+        roles = resolve_roles(skeleton, backbone.spec, overrides)
+        skip = [*roles.projector, roles.lm_head] + ([] if quant.quantize_vision else [roles.vision_tower])
         kwargs["quantization_config"] = quantization_config(quant, skip)
     try:
-        return AutoModelForImageTextToText.from_pretrained(backbone.source, **kwargs)
+        return auto_class.from_pretrained(backbone.source, **kwargs)
+    except ValueError as exc:  # a config class the auto class has no model for
+        raise BackboneError(f"'{backbone.source}' is not an image-text-to-text model: {str(exc).splitlines()[0]}",
+                            fix=f"use a vision-language model that {auto_class.__name__} loads") from None
     except OSError as exc:
         raise BackboneError(f"Could not load model weights from '{backbone.source}': {exc}".splitlines()[0],
                             fix="check the folder has config.json and *.safetensors, or use another backbone") from None

@@ -1,7 +1,9 @@
-"""The backbone registry: every family ecomtune knows, and the lookup from a user's `--backbone` value.
+"""The backbone registry: the lookup from a user's `--backbone` value to a family spec and a source.
 
 A backbone is a `tiny-` alias (built locally), a registry alias (-> hub id), a local folder, or any
-hub id. Lookups that match nothing list the valid aliases and the closest one.
+hub id. A folder or hub id whose `model_type` is in no family gets the generic spec: its roles are
+found by inspection when the model loads. Lookups that match nothing list the valid aliases and
+the closest one.
 """
 
 from __future__ import annotations
@@ -11,40 +13,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ecomtune.backbones.spec import BackboneSpec
-from ecomtune.backbones.tiny import build_tiny_qwen2_5_vl, build_tiny_qwen2_vl, ensure_tiny
-from ecomtune.errors import BackboneError, Problem
-
-# transformers >= 5 nests the vision tower and language model under `model.`; 4.x kept them at the top.
-QWEN2_VL = BackboneSpec(
-    family="qwen2-vl",
-    model_types=("qwen2_vl",),
-    hub_ids={
-        "qwen2-vl": "Qwen/Qwen2-VL-7B-Instruct",
-        "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
-        "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct",
-    },
-    vision_tower=("model.visual", "visual"),
-    projector=("model.visual.merger", "visual.merger"),
-    language_model=("model.language_model", "model"),
-    tiny_builder=build_tiny_qwen2_vl,
-)
-
-QWEN2_5_VL = BackboneSpec(
-    family="qwen2.5-vl",
-    model_types=("qwen2_5_vl",),
-    hub_ids={
-        "qwen2.5-vl": "Qwen/Qwen2.5-VL-7B-Instruct",
-        "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
-        "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
-    },
-    vision_tower=("model.visual", "visual"),
-    projector=("model.visual.merger", "visual.merger"),
-    language_model=("model.language_model", "model"),
-    tiny_builder=build_tiny_qwen2_5_vl,
-)
-
-FAMILIES: tuple[BackboneSpec, ...] = (QWEN2_VL, QWEN2_5_VL)
+from ecomtune.backbones.families import FAMILIES
+from ecomtune.backbones.spec import GENERIC, BackboneSpec
+from ecomtune.backbones.tiny import ensure_tiny
+from ecomtune.errors import BackboneError
 
 
 @dataclass(frozen=True)
@@ -63,7 +35,7 @@ def aliases() -> dict[str, tuple[BackboneSpec, str | None]]:
     for spec in FAMILIES:
         for alias, hub_id in spec.hub_ids.items():
             table[alias] = (spec, hub_id)
-        if spec.tiny_builder is not None:
+        if spec.tiny is not None:
             table[f"tiny-{spec.family}"] = (spec, None)
     return table
 
@@ -72,8 +44,9 @@ def tiny_aliases() -> list[str]:
     return [a for a, (_, hub) in aliases().items() if hub is None]
 
 
-def spec_for_model_type(model_type: str) -> BackboneSpec | None:
-    return next((s for s in FAMILIES if model_type in s.model_types), None)
+def spec_for_model_type(model_type: str) -> BackboneSpec:
+    """The family of a config's `model_type`, or the generic spec for a model type no family claims."""
+    return next((s for s in FAMILIES if model_type in s.model_types), GENERIC)
 
 
 def _unknown(name: str) -> BackboneError:
@@ -87,14 +60,28 @@ def _unknown(name: str) -> BackboneError:
     )
 
 
+def _hub_model_type(repo_id: str, revision: str | None) -> str:
+    """`model_type` from a hub repository's config.json (cached or downloaded: a few kB)."""
+    from transformers import AutoConfig
+
+    from ecomtune.backbones.loading import check_available
+
+    check_available(ResolvedBackbone(GENERIC, repo_id, is_local=False, revision=revision))
+    try:
+        return AutoConfig.from_pretrained(repo_id, revision=revision).model_type
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"Cannot read the config of '{repo_id}': {str(exc).splitlines()[0]}",
+                            fix="check the hub id (owner/name) and revision, or pass a local folder") from None
+
+
 def resolve_backbone(name: str, seed: int = 0, revision: str | None = None) -> ResolvedBackbone:
     """Turn a `--backbone` value into a spec and a loadable source. Builds tiny twins on first use."""
     table = aliases()
     if name in table:
         spec, hub_id = table[name]
         if hub_id is None:
-            assert spec.tiny_builder is not None
-            folder = ensure_tiny(name, spec.tiny_builder, seed)
+            assert spec.tiny is not None
+            folder = ensure_tiny(name, spec.tiny, seed)
             return ResolvedBackbone(spec, str(folder), is_local=True)
         return ResolvedBackbone(spec, hub_id, is_local=False, revision=revision)
     path = Path(name).expanduser()
@@ -103,25 +90,14 @@ def resolve_backbone(name: str, seed: int = 0, revision: str | None = None) -> R
         if not config.is_file():
             raise BackboneError(f"{path} is a folder but has no config.json",
                                 fix="point --backbone at a folder written by save_pretrained")
-        model_type = json.loads(config.read_text()).get("model_type", "")
-        spec = spec_for_model_type(model_type)
-        if spec is None:
-            raise BackboneError(
-                f"Model type '{model_type}' in {config} is not in the registry",
-                [Problem(f"known model types: {sorted(t for s in FAMILIES for t in s.model_types)}", str(config))],
-                fix="use a supported family, or add a BackboneSpec for it in ecomtune/backbones/registry.py",
-            )
-        return ResolvedBackbone(spec, str(path), is_local=True)
+        try:
+            model_type = json.loads(config.read_text()).get("model_type", "")
+        except json.JSONDecodeError as exc:
+            raise BackboneError(f"{config} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        return ResolvedBackbone(spec_for_model_type(model_type), str(path), is_local=True)
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        lowered = name.lower()
-        spec = next((s for s in FAMILIES if any(h.lower() == lowered for h in s.hub_ids.values())), None)
-        spec = spec or next((s for s in FAMILIES if s.family.replace("-", "").replace(".", "")
-                             in lowered.replace("-", "").replace(".", "")), None)
-        if spec is None:
-            raise BackboneError(
-                f"Hub id '{name}' does not name a family ecomtune knows",
-                fix=f"known families: {', '.join(s.family for s in FAMILIES)}; or download it and pass the folder",
-            )
+        known = next((s for s in FAMILIES if name.lower() in (h.lower() for h in s.hub_ids.values())), None)
+        spec = known or spec_for_model_type(_hub_model_type(name, revision))
         return ResolvedBackbone(spec, name, is_local=False, revision=revision)
     if any(c in name for c in "/\\") or name.startswith((".", "~")):
         raise BackboneError(f"Backbone folder {name} does not exist", fix="check the path, or use an alias")

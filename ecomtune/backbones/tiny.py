@@ -1,8 +1,12 @@
 """Tiny twins of real families: random weights from a real config class, a tokenizer trained on the spot.
 
 They are what runs offline on a CPU (demo, tests). Everything else is the real thing: the family's
-model class, its processor class with its image processor, and its chat template (the one TRL
-ships for the family). The same seed always gives the same weights and tokenizer.
+config and model classes, its processor class with its image processor, and its chat template
+(the one TRL ships for the family, or ecomtune's rendering of the family's format in `templates/`).
+The same seed always gives the same weights and tokenizer.
+
+A family's twin is data (`TinyTwin`): class names, small sizes, the tokens its processor looks
+for. One builder (`build_tiny`) turns any of them into a folder that `from_pretrained` loads.
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import torch
 
-SPECIAL_TOKENS = (
+QWEN_TOKENS = (
     "<|endoftext|>",
     "<|im_start|>",
     "<|im_end|>",
@@ -44,16 +50,48 @@ TINY_MROPE = {"type": "mrope", "mrope_section": [2, 3, 3]}  # sums to head_dim /
 TINY_MIN_PIXELS, TINY_MAX_PIXELS = 56 * 56, 112 * 112
 
 
+@dataclass(frozen=True)
+class TinyTwin:
+    """How to build a tiny member of a family with its real classes.
+
+    Token fields name token *strings*; the builder turns them into ids once the tokenizer exists.
+    """
+
+    config_class: str
+    processor_class: str
+    image_processor: tuple[str, dict[str, Any]]
+    vision: dict[str, Any] = field(compare=False)
+    special_tokens: tuple[str, ...]
+    eos: str
+    pad: str
+    chat_template: str  # "trl:<file>" (TRL's copy of the family template) or "ecomtune:<file>" (templates/)
+    bos: str | None = None
+    adds_bos: bool = False  # the real tokenizer prepends bos when asked for special tokens (Llama, Gemma, Mistral)
+    named_tokens: dict[str, str] = field(default_factory=dict, compare=False)  # tokenizer.image_token, ...
+    text: dict[str, Any] = field(default_factory=dict, compare=False)  # text_config beyond TINY_TEXT
+    text_token_ids: bool = True  # bos/eos/pad ids go into text_config (else only the top-level config)
+    config_token_ids: dict[str, str] = field(default_factory=dict, compare=False)  # config key -> token
+    config_extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    video_processor: tuple[str, dict[str, Any]] | None = None
+    processor_extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    generation_eos: str | None = None  # end-of-turn token generation stops at (default: eos)
+    # Parameters (by name suffix) set to a constant after random init, where a fresh model differs from every
+    # trained one in a way that matters (Mllama's cross-attention gates start at 0 and shut the image out).
+    fill: dict[str, float] = field(default_factory=dict, compare=False)
+
+
 def default_cache_dir() -> Path:
     """Where built tiny twins live; `ECOMTUNE_CACHE` overrides it."""
     root = os.environ.get("ECOMTUNE_CACHE") or Path.home() / ".cache" / "ecomtune"
     return Path(root) / "tiny"
 
 
-def train_tokenizer():
+def train_tokenizer(special_tokens: tuple[str, ...] = QWEN_TOKENS, eos: str = "<|im_end|>",
+                    pad: str = "<|endoftext|>", bos: str | None = None, adds_bos: bool = False,
+                    named_tokens: dict[str, str] | None = None):
     """A byte-level BPE tokenizer trained with `tokenizers` on the text ecomtune ships (BPE training is
     deterministic: the same corpus always gives the same vocabulary)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     corpus = (files("ecomtune.backbones") / "tiny_corpus.txt").read_text(encoding="utf-8").splitlines()
@@ -62,22 +100,86 @@ def train_tokenizer():
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=TINY_VOCAB,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator([line for line in corpus if line.strip()], trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None
-    )
+    if adds_bos and bos is not None:
+        bos_id = tok.token_to_id(bos)
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                           special_tokens=[(bos, bos_id)])
+    kwargs: dict[str, Any] = {"extra_special_tokens": dict(named_tokens)} if named_tokens else {}
+    if bos is not None:
+        kwargs["bos_token"] = bos
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad, unk_token=None, **kwargs)
 
 
-def _family_chat_template(name: str) -> str:
-    return (files("trl") / "chat_templates" / name).read_text(encoding="utf-8")
+def chat_template_text(name: str) -> str:
+    """A chat template by reference: `trl:<file>` from TRL's shipped copies, `ecomtune:<file>` from ours."""
+    source, _, filename = name.partition(":")
+    package = {"trl": "trl", "ecomtune": "ecomtune.backbones"}[source]
+    folder = files(package) / ("chat_templates" if source == "trl" else "templates")
+    return (folder / filename).read_text(encoding="utf-8")
 
 
-def _token_ids(tokenizer) -> dict[str, int]:
-    return {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+def _transformers_class(name: str):
+    import transformers
+
+    if hasattr(transformers, name):
+        return getattr(transformers, name)
+    # video processors are not all exported at the top level
+    from importlib import import_module
+
+    for module in ("transformers.models.qwen2_vl.video_processing_qwen2_vl",
+                   "transformers.models.qwen3_vl.video_processing_qwen3_vl",
+                   "transformers.models.llava_onevision.video_processing_llava_onevision",
+                   "transformers.models.smolvlm.video_processing_smolvlm",
+                   "transformers.models.internvl.video_processing_internvl"):
+        found = getattr(import_module(module), name, None)
+        if found is not None:
+            return found
+    raise AttributeError(f"transformers has no class {name}")
+
+
+def build_tiny(twin: TinyTwin, out: Path, seed: int) -> None:
+    """Build one tiny twin into `out`: tokenizer -> processor (which may add tokens of its own, as PaliGemma's
+    and Idefics3's do) -> config sized to the final vocabulary -> random weights (seeded) -> save."""
+    from transformers import AutoModelForImageTextToText
+
+    tokenizer = train_tokenizer(twin.special_tokens, twin.eos, twin.pad, twin.bos, twin.adds_bos, twin.named_tokens)
+    image_class, image_kwargs = twin.image_processor
+    parts: dict[str, Any] = {"image_processor": _transformers_class(image_class)(**image_kwargs),
+                             "tokenizer": tokenizer}
+    if twin.video_processor is not None:
+        video_class, video_kwargs = twin.video_processor
+        parts["video_processor"] = _transformers_class(video_class)(**video_kwargs)
+    processor = _transformers_class(twin.processor_class)(
+        **parts, chat_template=chat_template_text(twin.chat_template), **twin.processor_extra)
+    tokenizer = processor.tokenizer
+
+    def token_id(token: str) -> int:
+        return tokenizer.convert_tokens_to_ids(token)
+
+    ids = {"eos_token_id": token_id(twin.eos), "pad_token_id": token_id(twin.pad),
+           "bos_token_id": token_id(twin.bos) if twin.bos else None}
+    text = dict(**TINY_TEXT, vocab_size=len(tokenizer), **twin.text, **(ids if twin.text_token_ids else {}))
+    config = _transformers_class(twin.config_class)(
+        text_config=text, vision_config=dict(twin.vision),
+        **{key: token_id(token) for key, token in twin.config_token_ids.items()},
+        **({} if twin.text_token_ids else ids), **twin.config_extra)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)
+    _widen_head(model, seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            value = next((v for suffix, v in twin.fill.items() if name.endswith(suffix)), None)
+            if value is not None:
+                param.fill_(value)
+    model.generation_config.eos_token_id = token_id(twin.generation_eos or twin.eos)
+    model.generation_config.pad_token_id = ids["pad_token_id"]
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
 
 
 def _widen_head(model, seed: int) -> None:
@@ -86,60 +188,7 @@ def _widen_head(model, seed: int) -> None:
         model.lm_head.weight.normal_(0.0, TINY_HEAD_STD, generator=generator)
 
 
-def _save(model, processor, out: Path) -> None:
-    model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
-
-
-def _build_qwen_vl(out: Path, seed: int, config_class, model_class, processor_class, vision_config: dict) -> None:
-    """A tiny member of the Qwen VL families: the family's config, model and processor classes, Qwen2-VL's
-    image processor, and the family's chat template (Qwen2-VL's and Qwen2.5-VL's are byte-identical)."""
-    from transformers import Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-    tokenizer = train_tokenizer()
-    ids = _token_ids(tokenizer)
-    config = config_class(
-        text_config=dict(**TINY_TEXT, vocab_size=len(tokenizer), rope_scaling=TINY_MROPE, bos_token_id=None,
-                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
-    torch.manual_seed(seed)
-    model = model_class(config)
-    _widen_head(model, seed)
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    processor = processor_class(
-        image_processor=Qwen2VLImageProcessor(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS),
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),  # required by the class even for image-only use
-        chat_template=_family_chat_template("qwen2_5_vl.jinja"),
-    )
-    _save(model, processor, out)
-
-
-def build_tiny_qwen2_vl(out: Path, seed: int) -> None:
-    """Tiny Qwen2-VL: real Qwen2VLForConditionalGeneration and Qwen2VLProcessor (~560k parameters)."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
-
-    vision = dict(depth=1, embed_dim=TINY_VISION_WIDTH, hidden_size=TINY_TEXT["hidden_size"], num_heads=2,
-                  mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
-    _build_qwen_vl(out, seed, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, vision)
-
-
-def build_tiny_qwen2_5_vl(out: Path, seed: int) -> None:
-    """Tiny Qwen2.5-VL: real Qwen2_5_VLForConditionalGeneration (windowed ViT) and Qwen2_5_VLProcessor."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-
-    vision = dict(depth=2, hidden_size=TINY_VISION_WIDTH, intermediate_size=2 * TINY_VISION_WIDTH, num_heads=2,
-                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=56,
-                  fullatt_block_indexes=[1], out_hidden_size=TINY_TEXT["hidden_size"])
-    _build_qwen_vl(out, seed, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, vision)
-
-
-def ensure_tiny(alias: str, builder, seed: int, cache_dir: Path | None = None) -> Path:
+def ensure_tiny(alias: str, twin: TinyTwin, seed: int, cache_dir: Path | None = None) -> Path:
     """Build a tiny twin once per (alias, seed) and return its folder. Built in a temporary folder and
     renamed into place, so an interrupted build never leaves a folder that looks complete."""
     root = cache_dir or default_cache_dir()
@@ -149,7 +198,7 @@ def ensure_tiny(alias: str, builder, seed: int, cache_dir: Path | None = None) -
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=root))
     try:
-        builder(tmp, seed)
+        build_tiny(twin, tmp, seed)
         try:
             tmp.rename(target)
         except OSError:  # another process finished first

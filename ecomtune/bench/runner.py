@@ -18,6 +18,7 @@ import torch
 
 from ecomtune.bench.judges import Judge, make_judge
 from ecomtune.bench.tasks import TASKS, Task
+from ecomtune.data.collator import adds_own_specials, batch_images
 from ecomtune.data.images import check_image, load_rgb
 from ecomtune.data.jsonl import read_jsonl
 from ecomtune.errors import ConfigError, DataError, Problem
@@ -58,6 +59,17 @@ def trained_in_4bit(manifest: dict | None) -> bool:
     return bool(manifest.get("recipe", {}).get(stage, {}).get("quant", {}).get("load_in_4bit", False))
 
 
+def reapply_resolution(processor, backbone, manifest: dict | None) -> None:
+    """The run's resolution settings, set again on its saved processor: some live in processor-level defaults
+    that `save_pretrained` does not keep (see `apply_resolution`)."""
+    from ecomtune.backbones.loading import apply_resolution
+    from ecomtune.config.schema import ResolutionSettings
+
+    settings = (manifest or {}).get("recipe", {}).get("backbone", {}).get("resolution")
+    if settings:
+        apply_resolution(processor, backbone.spec, ResolutionSettings(**settings))
+
+
 def load_for_inference(spec: str, load_in_4bit: bool | None = None) -> LoadedModel:
     """Resolve `spec` to a model ready for generation (eval mode), its processor and a description.
     `load_in_4bit=None` follows the run: a QLoRA adapter is evaluated on the 4-bit base it was trained on."""
@@ -65,7 +77,7 @@ def load_for_inference(spec: str, load_in_4bit: bool | None = None) -> LoadedMod
 
     from ecomtune.backbones.loading import load_model, load_processor
     from ecomtune.backbones.registry import resolve_backbone
-    from ecomtune.backbones.spec import resolve_roles
+    from ecomtune.backbones.spec import ResolvedRoles, RoleOverrides
     from ecomtune.config.schema import QuantSettings
     from ecomtune.train.stages import load_aligned_projector
 
@@ -79,13 +91,16 @@ def load_for_inference(spec: str, load_in_4bit: bool | None = None) -> LoadedMod
         backbone = resolve_backbone(base)
         model = PeftModel.from_pretrained(load_model(backbone, quant), str(folder))
         processor = AutoProcessor.from_pretrained(folder)  # saved beside the adapter by `ecomtune sft`
+        reapply_resolution(processor, backbone, manifest)
         fingerprint = _sha256_files([folder / "adapter_model.safetensors"])
         kind = "adapter"
     elif manifest is not None and manifest.get("stage") == "align":
         backbone = resolve_backbone(manifest["backbone"]["source"])
-        model = load_model(backbone, quant)
-        load_aligned_projector(model, resolve_roles(model, backbone.spec), folder, backbone)
-        processor = load_processor(backbone)
+        roles = ResolvedRoles(**manifest["roles"])  # as found when the run trained, recipe overrides included
+        model = load_model(backbone, quant, RoleOverrides(roles.vision_tower, roles.projector, roles.language_model))
+        load_aligned_projector(model, roles, folder, backbone)
+        processor = AutoProcessor.from_pretrained(folder)  # saved by `ecomtune align`
+        reapply_resolution(processor, backbone, manifest)
         fingerprint = _sha256_files([folder / "projector.safetensors"])
         kind = "aligned"
     else:
@@ -143,8 +158,9 @@ def generate(loaded: LoadedModel, prompts: list[str], images: list[list[str]], m
                 content = [{"type": "image"} for _ in paths] + [{"type": "text", "text": prompt}]
                 texts.append(processor.apply_chat_template([{"role": "user", "content": content}],
                                                            add_generation_prompt=True))
-                pixels.extend(load_rgb(p) for p in paths)
-            inputs = processor(text=texts, images=pixels or None, padding=True, return_tensors="pt").to(device)
+                pixels.append([load_rgb(p) for p in paths])
+            inputs = processor(text=texts, images=batch_images(pixels), padding=True, return_tensors="pt",
+                               add_special_tokens=adds_own_specials(processor, texts[0])).to(device)
             with torch.no_grad():
                 out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
             answers.extend(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))

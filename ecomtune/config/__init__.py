@@ -7,6 +7,7 @@ from ecomtune.config.schema import (
     LoraSettings,
     QuantSettings,
     Recipe,
+    ResolutionSettings,
     SftStage,
     TrainSettings,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "LoraSettings",
     "QuantSettings",
     "Recipe",
+    "ResolutionSettings",
     "SftStage",
     "TrainSettings",
     "apply_overrides",

@@ -82,6 +82,7 @@ COMMON_NAMES = {
     "lr": "learning_rate", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
     "gradient_accumulation_steps": "grad_accum", "lr_scheduler_type": "lr_scheduler", "optim": "optimizer",
     "bnb_4bit_quant_type": "quant_type", "model": "name", "model_name": "name",
+    "max_pixels": "resolution", "min_pixels": "resolution", "image_size": "resolution",
 }
 
 

@@ -22,6 +22,39 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ResolutionSettings(StrictModel):
+    """Image resolution, one section for every family; each family supports the settings its image processor
+    has (`ecomtune backbones` lists them). Unset values keep the processor's own defaults."""
+
+    max_pixels: int | None = Field(
+        None, ge=784,
+        description="Upper bound on pixels per image (Qwen families). Fewer pixels, fewer image tokens, less memory; "
+        "more pixels, finer detail (text on labels).",
+    )
+    min_pixels: int | None = Field(None, ge=784, description="Lower bound on pixels per image (Qwen families).")
+    longest_edge: int | None = Field(
+        None, ge=28, description="Resize so the longest side is at most this many pixels (Idefics3, SmolVLM, "
+        "Mistral 3 / Pixtral)."
+    )
+    splitting: bool | None = Field(
+        None, description="Split large images into tiles seen one by one (Idefics3 / SmolVLM image splitting, "
+        "Gemma 3 pan-and-scan, InternVL crops): finer detail at more image tokens."
+    )
+    max_tiles: int | None = Field(
+        None, ge=1, description="At most this many tiles per image (Llama 3.2 Vision, InternVL, Gemma 3 pan-and-scan)."
+    )
+
+    @model_validator(mode="after")
+    def _pixels_ordered(self) -> ResolutionSettings:
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) is larger than max_pixels ({self.max_pixels})")
+        return self
+
+    def chosen(self) -> dict[str, int | bool]:
+        """The settings the recipe gives (the rest stay at the processor's defaults)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class BackboneSettings(StrictModel):
     name: str = Field(
         "tiny-qwen2-vl",
@@ -29,19 +62,19 @@ class BackboneSettings(StrictModel):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")
     seed: int = Field(0, description="Seed for building `tiny-` backbones (same seed, same weights).")
-    max_pixels: int | None = Field(
-        None,
-        ge=784,
-        description="Upper bound on pixels per image given to the processor. Fewer pixels, fewer image tokens, "
-        "less memory; more pixels, finer detail (text on labels). None keeps the processor's default.",
+    resolution: ResolutionSettings = Field(default_factory=ResolutionSettings,
+                                           description="Image resolution settings given to the processor.")
+    chat_template: Path | None = Field(
+        None, description="A Jinja chat template file, for models whose processor ships none or a wrong one."
     )
-    min_pixels: int | None = Field(None, ge=784, description="Lower bound on pixels per image.")
-
-    @model_validator(mode="after")
-    def _pixels_ordered(self) -> BackboneSettings:
-        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
-            raise ValueError(f"min_pixels ({self.min_pixels}) is larger than max_pixels ({self.max_pixels})")
-        return self
+    vision_tower: str | None = Field(
+        None, description="Module path of the vision tower, for models whose layout ecomtune cannot find itself "
+        "(`ecomtune backbones --inspect MODEL` shows what it finds)."
+    )
+    projector: str | list[str] | None = Field(
+        None, description="Module path(s) of the projector between vision tower and language model."
+    )
+    language_model: str | None = Field(None, description="Module path of the language model.")
 
 
 class QuantSettings(StrictModel):
@@ -68,7 +101,8 @@ class LoraSettings(StrictModel):
         "(all attention and MLP projections).",
     )
     vision_targets: list[str] | None = Field(
-        None, description="Linear layer names in the vision tower to adapt when `vision: lora`."
+        None, description="Linear layer names in the vision tower to adapt when `vision: lora`. None = the "
+        "backbone's defaults (`ecomtune backbones`)."
     )
 
 
@@ -154,15 +188,6 @@ class SftStage(StageSettings):
     )
     vision: VisionMode = Field("frozen", description="Keep the vision tower frozen, or adapt it with LoRA.")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="The LoRA adapter on the language model.")
-
-    @model_validator(mode="after")
-    def _vision_lora_needs_targets(self) -> SftStage:
-        if self.vision == "lora" and not self.lora.vision_targets:
-            raise ValueError(
-                "vision is 'lora' but lora.vision_targets is empty: name the vision tower's linear layers "
-                "(e.g. [qkv, proj, fc1, fc2] for Qwen2-VL) or set vision: frozen"
-            )
-        return self
 
 
 class Recipe(StrictModel):

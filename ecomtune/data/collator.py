@@ -60,28 +60,52 @@ def _label_mask(offsets: Sequence[Sequence[int]], replacements: list[dict], span
     return mask
 
 
-class VisionChatCollator:
-    """Turns samples (rows of a `datasets.Dataset`) into model inputs with assistant-only labels."""
+def batch_images(per_sample: list[list[Any]]) -> list[list[Any]] | None:
+    """Images for a processor call over a batch: one list per sample (SmolVLM, Gemma 3 and Mllama pair images
+    with prompts only this way; the others accept it too), or None when no sample has any."""
+    return per_sample if any(per_sample) else None
 
-    def __init__(self, processor, max_length: int | None = None) -> None:
+
+def adds_own_specials(processor, text: str) -> bool:
+    """Whether the tokenizer should add its special tokens to `text`: not when the chat template already
+    wrote the bos (Gemma, Llama 3, Mistral templates do; tokenizing with specials would double it)."""
+    bos = getattr(processor.tokenizer, "bos_token", None)
+    return not (bos and text.startswith(bos))
+
+
+def prefix_and_answer(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """A prefix-suffix family's two parts: the conversation up to the answer, and the answer's text."""
+    answer = "".join(b.get("text", "") for b in messages[-1]["content"])
+    return messages[:-1], answer
+
+
+class VisionChatCollator:
+    """Turns samples (rows of a `datasets.Dataset`) into model inputs with assistant-only labels.
+
+    `conversation` is the family's (see `BackboneSpec.conversation`): `chat` renders the chat template and
+    labels the assistant turns; `prefix-suffix` (PaliGemma) gives the processor the prompt as `text` and the
+    answer as `suffix`, and the processor marks the suffix (token_type_ids = 1) as what is learnt."""
+
+    def __init__(self, processor, max_length: int | None = None, conversation: str = "chat") -> None:
         self.processor = processor
         self.max_length = max_length
+        self.conversation = conversation
         self.processor.tokenizer.padding_side = "right"
 
-    def encode(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        texts, images, spans = [], [], []
+    def _encode_chat(self, samples: list[Sample], images: list[list[Any]] | None) -> dict[str, Any]:
+        texts, spans = [], []
         for sample in samples:
             text, turn_spans = render_with_spans(self.processor, sample.messages)
             texts.append(text)
             spans.append(turn_spans)
-            images.extend(load_rgb(p) for p in sample.images)
         batch = self.processor(
             text=texts,
-            images=images or None,
+            images=images,
             padding=True,
             return_tensors="pt",
             return_offsets_mapping=True,
             return_text_replacement_offsets=True,
+            add_special_tokens=adds_own_specials(self.processor, texts[0]),
         )
         offsets = batch.pop("offset_mapping").tolist()
         replacements = batch.pop("text_replacement_offsets", None) or [[] for _ in samples]
@@ -89,24 +113,39 @@ class VisionChatCollator:
         for row, (row_offsets, row_repl, row_spans) in enumerate(zip(offsets, replacements, spans, strict=True)):
             mask = torch.tensor(_label_mask(row_offsets, list(row_repl), row_spans))
             labels[row, mask] = batch["input_ids"][row, mask]
-        labels[batch["attention_mask"] == 0] = IGNORE_INDEX
         batch["labels"] = labels
+        return batch
+
+    def _encode_prefix_suffix(self, samples: list[Sample], images: list[list[Any]] | None) -> dict[str, Any]:
+        prompts, answers = zip(*(prefix_and_answer(s.messages) for s in samples), strict=True)
+        texts = [self.processor.apply_chat_template(list(p), tokenize=False) for p in prompts]
+        batch = self.processor(text=texts, images=images, suffix=list(answers), padding=True,
+                               return_tensors="pt")
+        # the suffix (answer + eos) is token type 1; labels are built here rather than taken from the processor,
+        # which documents its own `labels` output as kept for backward compatibility only
+        batch["labels"] = batch["input_ids"].masked_fill(batch["token_type_ids"] == 0, IGNORE_INDEX)
+        return batch
+
+    def encode(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        images = batch_images([[load_rgb(p) for p in sample.images] for sample in samples])
+        encode = self._encode_prefix_suffix if self.conversation == "prefix-suffix" else self._encode_chat
+        batch = encode(samples, images)
+        batch["labels"][batch["attention_mask"] == 0] = IGNORE_INDEX
         if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
             longest = max(range(len(samples)), key=lambda i: int(batch["attention_mask"][i].sum()))
             raise DataError(f"A batch is {batch['input_ids'].shape[1]} tokens, over max_length {self.max_length}",
                             [Problem("sample too long", samples[longest].source)],
-                            fix="raise max_length, lower backbone.max_pixels, or drop the sample")
+                            fix="raise max_length, lower backbone.resolution (max_pixels, longest_edge, max_tiles), "
+                            "or drop the sample")
         return dict(batch)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return self.encode([Sample.from_row(r) for r in rows])
 
 
-def count_tokens(processor, sample: Sample) -> int:
+def count_tokens(processor, sample: Sample, conversation: str = "chat") -> int:
     """Exact length in tokens (text + image tokens) of one sample, as the model will see it."""
-    text, _ = render_with_spans(processor, sample.messages)
-    images = [load_rgb(p) for p in sample.images] or None
-    return int(processor(text=[text], images=images, return_tensors="pt")["input_ids"].shape[1])
+    return int(VisionChatCollator(processor, conversation=conversation).encode([sample])["input_ids"].shape[1])
 
 
 def count_image_tokens(processor, images: list) -> int:

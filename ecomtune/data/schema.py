@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ecomtune.data.images import check_image
 from ecomtune.data.jsonl import read_jsonl
@@ -27,6 +27,9 @@ from ecomtune.errors import DataError, Problem
 IMAGE_MARKER = "<image>"
 ROLES = {"system", "user", "assistant"}
 MAX_REPORTED = 20
+
+if TYPE_CHECKING:
+    from ecomtune.backbones.spec import BackboneSpec
 
 
 @dataclass
@@ -145,8 +148,28 @@ def parse_record(record: Any, base_dir: Path, where: str) -> tuple[Sample | None
     return Sample(resolved, messages, where), []
 
 
-def load_samples(path: Path, max_images: int | None = None, family: str = "") -> list[Sample]:
-    """Read and check a whole JSONL file; raise one DataError listing every bad record."""
+def family_problems(sample: Sample, spec: BackboneSpec) -> list[Problem]:
+    """What a family cannot take, found before its weights are loaded: more images than it handles, or (for
+    prefix-suffix families such as PaliGemma) anything but one prompt with images and one answer."""
+    problems = []
+    if spec.max_images is not None and len(sample.images) > spec.max_images:
+        problems.append(Problem(
+            f"{len(sample.images)} images, but {spec.title} takes at most {spec.max_images} per sample",
+            sample.source, "keep fewer images per record (e.g. the primary image only), or stitch them into one "
+            "grid image, or pick a multi-image backbone (`ecomtune backbones`)"))
+    if spec.conversation == "prefix-suffix":
+        roles = [m["role"] for m in sample.messages]
+        if roles != ["user", "assistant"] or not sample.images:
+            problems.append(Problem(
+                f"{spec.title} learns one prompt with its image(s) and one answer; this record has turns {roles} and "
+                f"{len(sample.images)} image(s)", sample.source,
+                "split multi-turn conversations into one record per question, fold system text into the prompt"))
+    return problems
+
+
+def load_samples(path: Path, spec: BackboneSpec | None = None) -> list[Sample]:
+    """Read and check a whole JSONL file (against the backbone family's limits when `spec` is given); raise
+    one DataError listing every bad record."""
     from rich.progress import track
 
     path = Path(path)
@@ -162,10 +185,9 @@ def load_samples(path: Path, max_images: int | None = None, family: str = "") ->
             problems.append(problem)
             continue
         sample, found = parse_record(record, path.parent, where)
-        if sample is not None and max_images is not None and len(sample.images) > max_images:
-            found.append(Problem(f"{len(sample.images)} images, but the {family} backbone takes at most "
-                                 f"{max_images} per sample", where, "keep fewer images per record"))
-            sample = None
+        if sample is not None and spec is not None:
+            found = family_problems(sample, spec)
+            sample = None if found else sample
         problems.extend(found)
         if sample is not None:
             samples.append(sample)

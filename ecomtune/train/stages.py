@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecomtune.backbones.loading import load_model, load_processor, pick_compute_dtype
+from ecomtune.backbones.discovery import linear_layer_names
+from ecomtune.backbones.loading import load_model, load_processor, pick_compute_dtype, role_overrides
 from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
 from ecomtune.backbones.spec import ResolvedRoles, lora_target_regex, resolve_roles
 from ecomtune.config.schema import Recipe, StageSettings
@@ -60,11 +61,12 @@ def prepare_output(output: Path, resume: bool, overwrite: bool) -> str | None:
     return None
 
 
-def _length_report(processor, samples: list[Sample], stage: StageSettings) -> tuple[list[Sample], dict[str, Any]]:
+def _length_report(processor, samples: list[Sample], stage: StageSettings,
+                   conversation: str = "chat") -> tuple[list[Sample], dict[str, Any]]:
     """Measure every sample (text + image tokens); over-long samples are an error or dropped, never cut."""
     from rich.progress import track
 
-    lengths = [count_tokens(processor, s) for s in
+    lengths = [count_tokens(processor, s, conversation) for s in
                track(samples, description="measuring samples", transient=True, console=_console())]
     limit = stage.max_length
     over = [(s, n) for s, n in zip(samples, lengths, strict=True) if limit is not None and n > limit]
@@ -75,7 +77,8 @@ def _length_report(processor, samples: list[Sample], stage: StageSettings) -> tu
         raise DataError(
             f"{len(over)} sample(s) are longer than max_length={limit} tokens (cutting them could split image "
             "tokens)", [Problem(f"{n} tokens", s.source) for s, n in over[:20]],
-            fix="raise max_length, lower backbone.max_pixels, or set on_overlong: drop")
+            fix="raise max_length, lower backbone.resolution (max_pixels, longest_edge, max_tiles), or set "
+            "on_overlong: drop")
     if over:
         _console().print(f"[yellow]dropped {len(over)} sample(s) longer than {limit} tokens[/yellow]")
         samples = [s for s, n in zip(samples, lengths, strict=True) if limit is None or n <= limit]
@@ -86,9 +89,9 @@ def _prepare(recipe: Recipe, stage: StageSettings, stage_name: str):
     if stage.data is None:
         raise ConfigError(f"No training data for {stage_name}", fix=f"pass --data FILE or set {stage_name}.data")
     backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.seed, recipe.backbone.revision)
-    samples = load_samples(stage.data, backbone.spec.max_images, backbone.spec.family)
+    samples = load_samples(stage.data, backbone.spec)
     processor = load_processor(backbone, recipe.backbone)
-    samples, lengths = _length_report(processor, samples, stage)
+    samples, lengths = _length_report(processor, samples, stage, backbone.spec.conversation)
     return backbone, processor, samples, lengths
 
 
@@ -123,25 +126,33 @@ def run_align(recipe: Recipe, output: Path, resume: bool = False, overwrite: boo
     stage = recipe.align
     checkpoint = prepare_output(output, resume, overwrite)
     backbone, processor, samples, lengths = _prepare(recipe, stage, "align")
-    model = load_model(backbone, stage.quant)
-    roles = resolve_roles(model, backbone.spec)
+    overrides = role_overrides(recipe.backbone)
+    model = load_model(backbone, stage.quant, overrides)
+    roles = resolve_roles(model, backbone.spec, overrides)
     plan = {"vision_tower": "frozen", "projector": "full", "language_model": "frozen"}
     apply_plan(model, roles, plan)
     rows = parameter_table(model, roles, plan)
     if is_main_process():
         print_parameter_table(rows, f"align: {backbone.spec.family} ({backbone.source})")
     trainer = build_trainer(model, processor, samples, stage.train, output,
-                            pick_compute_dtype(stage.quant.compute_dtype), stage.max_length, callbacks)
+                            pick_compute_dtype(stage.quant.compute_dtype), stage.max_length, callbacks,
+                            backbone.spec.conversation)
     metrics = _train(trainer, checkpoint)
     manifest = _common_manifest("align", recipe, backbone, roles, rows, _data_record(stage, samples, lengths), metrics)
     manifest["outputs"] = {"projector": PROJECTOR_FILE, "processor": "."}
     if trainer.is_world_process_zero() and trainer.state.global_step >= trainer.state.max_steps:
-        projector = model.get_submodule(roles.projector)
-        save_file({k: v.detach().contiguous().cpu() for k, v in projector.state_dict().items()},
-                  str(Path(output) / PROJECTOR_FILE), metadata={"module": roles.projector})
+        save_file(projector_state(model, roles), str(Path(output) / PROJECTOR_FILE),
+                  metadata={"modules": ",".join(roles.projector)})
         processor.save_pretrained(output)
         write_manifest(output, **manifest)
     return StageResult(Path(output), manifest, model)
+
+
+def projector_state(model, roles: ResolvedRoles) -> dict[str, Any]:
+    """The projector's weights keyed by their path in the model (`model.multi_modal_projector.linear_1.weight`),
+    so a projector made of several modules (Qwen3-VL's merger and deepstack mergers) is one file."""
+    return {f"{path}.{key}": value.detach().contiguous().cpu() for path in roles.projector
+            for key, value in model.get_submodule(path).state_dict().items()}
 
 
 def load_aligned_projector(model, roles: ResolvedRoles, init_from: Path, backbone: ResolvedBackbone) -> str:
@@ -157,9 +168,17 @@ def load_aligned_projector(model, roles: ResolvedRoles, init_from: Path, backbon
             f"--init-from {init_from} was aligned on {manifest['backbone']['source']}, not {backbone.source}",
             fix="use the same --backbone for align and sft")
     weights = load_file(str(Path(init_from) / PROJECTOR_FILE))
-    projector = model.get_submodule(roles.projector)
-    ref = next(projector.parameters())
-    projector.load_state_dict({k: v.to(ref.device, ref.dtype) for k, v in weights.items()}, strict=True)
+    stray = [k for k in weights if not any(k.startswith(path + ".") for path in roles.projector)]
+    if stray:
+        raise ConfigError(f"{init_from / PROJECTOR_FILE} holds weights outside this model's projector",
+                          [Problem(f"{stray[:3]}", "projector modules " + ", ".join(roles.projector))],
+                          fix="align and sft must use the same backbone and the same backbone.projector")
+    for path in roles.projector:
+        module = model.get_submodule(path)
+        ref = next(module.parameters())
+        part = {k.removeprefix(path + "."): v.to(ref.device, ref.dtype) for k, v in weights.items()
+                if k.startswith(path + ".")}
+        module.load_state_dict(part, strict=True)  # a missing key is an error, never ignored
     return str(init_from)
 
 
@@ -171,21 +190,30 @@ def run_sft(recipe: Recipe, output: Path, init_from: Path | None = None, resume:
     stage = recipe.sft
     checkpoint = prepare_output(output, resume, overwrite)
     backbone, processor, samples, lengths = _prepare(recipe, stage, "sft")
-    model = load_model(backbone, stage.quant)
-    roles = resolve_roles(model, backbone.spec)
+    overrides = role_overrides(recipe.backbone)
+    model = load_model(backbone, stage.quant, overrides)
+    roles = resolve_roles(model, backbone.spec, overrides)
     if init_from is not None:
         load_aligned_projector(model, roles, init_from, backbone)
     if stage.quant.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=stage.train.gradient_checkpointing)
 
-    lm_targets = stage.lora.targets or list(backbone.spec.lora_targets)
+    lm_targets = stage.lora.targets or list(backbone.spec.lora_targets) or \
+        linear_layer_names(model, roles.language_model)
     target = lora_target_regex(roles.language_model, lm_targets)
     if stage.vision == "lora":
-        target = f"({target})|({lora_target_regex(roles.vision_tower, stage.lora.vision_targets or [])})"
+        vision_targets = stage.lora.vision_targets or list(backbone.spec.vision_lora_targets)
+        if not vision_targets:
+            raise ConfigError(
+                "sft.vision is 'lora' but no vision LoRA targets are known for this backbone",
+                [Problem(f"Linear layers in the vision tower: {linear_layer_names(model, roles.vision_tower)}",
+                         "sft.lora.vision_targets")],
+                fix="name some in sft.lora.vision_targets, or set sft.vision: frozen")
+        target = f"({target})|({lora_target_regex(roles.vision_tower, vision_targets)})"
     # The projector travels in the adapter whenever it differs from the base's: trained now, or aligned before.
     save_projector = stage.projector == "full" or init_from is not None
     lora = LoraConfig(r=stage.lora.r, lora_alpha=stage.lora.alpha, lora_dropout=stage.lora.dropout,
-                      target_modules=target, modules_to_save=[roles.projector] if save_projector else None,
+                      target_modules=target, modules_to_save=list(roles.projector) if save_projector else None,
                       task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     plan = {"vision_tower": "lora" if stage.vision == "lora" else "frozen", "projector": stage.projector,
@@ -200,7 +228,8 @@ def run_sft(recipe: Recipe, output: Path, init_from: Path | None = None, resume:
         title = f"sft: {backbone.spec.family} ({backbone.source}), 4-bit={stage.quant.load_in_4bit}"
         print_parameter_table(rows, title)
     trainer = build_trainer(model, processor, samples, stage.train, output,
-                            pick_compute_dtype(stage.quant.compute_dtype), stage.max_length, callbacks)
+                            pick_compute_dtype(stage.quant.compute_dtype), stage.max_length, callbacks,
+                            backbone.spec.conversation)
     metrics = _train(trainer, checkpoint)
     manifest = _common_manifest("sft", recipe, backbone, roles, rows, _data_record(stage, samples, lengths), metrics)
     manifest["init_from"] = str(init_from) if init_from else None

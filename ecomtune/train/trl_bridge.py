@@ -125,8 +125,9 @@ def sample_averaged_trainer_class():
 
 
 def build_trainer(model, processor, samples: list[Sample], train: TrainSettings, output: Path,
-                  compute_dtype: torch.dtype, max_length: int | None, callbacks: list | None = None):
-    """An SFTTrainer over `samples` with ecomtune's collator."""
+                  compute_dtype: torch.dtype, max_length: int | None, callbacks: list | None = None,
+                  conversation: str = "chat"):
+    """An SFTTrainer over `samples` with ecomtune's collator (`conversation`: the family's, see the collator)."""
     from datasets import Dataset
     from trl import SFTTrainer
 
@@ -140,7 +141,7 @@ def build_trainer(model, processor, samples: list[Sample], train: TrainSettings,
             args=sft_config(train, output, compute_dtype),
             train_dataset=dataset,
             processing_class=processor,
-            data_collator=VisionChatCollator(processor, max_length),
+            data_collator=VisionChatCollator(processor, max_length, conversation),
             callbacks=callbacks,
         )
 

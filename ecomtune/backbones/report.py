@@ -1,0 +1,71 @@
+"""What `ecomtune backbones` shows: the capability matrix of the registry, and any model's resolved roles.
+
+Inspection needs no weights: the model is built from its config on the meta device, so a 70B hub model
+is inspected from its few-kB config.json (cached or downloaded) in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ecomtune.backbones.families import FAMILIES
+from ecomtune.backbones.spec import BackboneSpec, ResolvedRoles, RoleOverrides, resolve_roles
+
+
+def multi_image_label(spec: BackboneSpec) -> str:
+    if spec.max_images is None:
+        return "yes"
+    return "no (1 image)" if spec.max_images == 1 else f"up to {spec.max_images}"
+
+
+def capability_rows() -> list[dict[str, str]]:
+    """One row per family. `4-bit tested` means the family's tiny twin trains 4-bit + LoRA in the test suite."""
+    rows = []
+    for spec in FAMILIES:
+        aliases = [f"{alias} -> {hub}" for alias, hub in spec.hub_ids.items()]
+        if spec.tiny is not None:
+            aliases.append(f"tiny-{spec.family} (built locally)")
+        rows.append({
+            "family": f"{spec.title} ({spec.family})",
+            "aliases -> hub ids": "\n".join(aliases),
+            "projector": "\n".join((spec.projector[0], *spec.projector_extra)),
+            "LoRA targets": ", ".join(spec.lora_targets),
+            "image token": spec.image_placeholder,
+            "multi-image": multi_image_label(spec),
+            "4-bit tested": "yes (tiny twin)" if spec.tiny is not None else "no",
+            "resolution": ", ".join(spec.image_knobs) or "fixed",
+        })
+    return rows
+
+
+@dataclass(frozen=True)
+class Inspection:
+    source: str
+    family: str
+    model_class: str
+    roles: ResolvedRoles
+    found_by: str
+    parameters: dict[str, int]  # per component, as `ResolvedRoles.component_of` assigns them
+
+
+def inspect_backbone(name: str, overrides: RoleOverrides | None = None) -> Inspection:
+    """Resolve `name` (alias, hub id or folder), build its model weightless and find its roles."""
+    import torch
+    from transformers import AutoConfig
+
+    from ecomtune.backbones.loading import check_available
+    from ecomtune.backbones.registry import resolve_backbone
+
+    backbone = resolve_backbone(name)
+    check_available(backbone)
+    config = AutoConfig.from_pretrained(backbone.source, revision=backbone.revision)
+    with torch.device("meta"):
+        model = backbone.spec.model_class().from_config(config)
+    roles = resolve_roles(model, backbone.spec, overrides)
+    counts: dict[str, int] = {}
+    for param_name, param in model.named_parameters():
+        component = roles.component_of(param_name)
+        counts[component] = counts.get(component, 0) + param.numel()
+    found_by = "recipe paths" if overrides and any(vars(overrides).values()) else (
+        "inspection (generic fallback)" if backbone.spec.is_generic else f"registry spec {backbone.spec.family}")
+    return Inspection(backbone.source, backbone.spec.family, type(model).__name__, roles, found_by, counts)
