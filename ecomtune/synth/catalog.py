@@ -8,6 +8,9 @@ Output folder:
   multi-image item intelligence;
 - `bench/<task>.jsonl`: benchmark records for held-out items (disjoint from training by item);
 - `items.jsonl`: the ground truth, with the noisy seller aspects and each item's split.
+Multi-image records (listings, compliance, item-intelligence bench) carry `boxes`: the text drawn on
+each view, exactly as rendered, standing in for a grounding model's boxes (the `crops` strategy and
+`ecomtune crop` use them).
 Training targets use only the visually verified attributes, never the seller's aspects: this is
 the paper's "visual verification" already applied.
 """
@@ -22,7 +25,7 @@ from pathlib import Path
 from ecomtune.bench import prompts
 from ecomtune.data.jsonl import write_jsonl_atomic
 from ecomtune.synth.items import APPAREL, BRANDS, COLOURS, PATTERNS, Item, make_items
-from ecomtune.synth.render import SCENE_COLOURS, SHAPES, render_scene, render_view
+from ecomtune.synth.render import SCENE_COLOURS, SHAPES, render_scene, render_view_with_boxes
 
 # Deep Fashion options per attribute (the choices a benchmark question offers).
 OPTIONS: dict[str, tuple[str, ...]] = {
@@ -39,10 +42,14 @@ def image_paths(item: Item) -> list[str]:
     return [f"images/{item.item_id}_{i}.png" for i in range(len(item.views))]
 
 
-def chat(images: list[str], question: str, answer: str) -> dict:
+def chat(images: list[str], question: str, answer: str, boxes: list | None = None) -> dict:
+    """A canonical record; `boxes` (one list per image) where the text on the views matters."""
     blocks = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
-    return {"images": images, "messages": [{"role": "user", "content": blocks},
-                                           {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}
+    record = {"images": images, "messages": [{"role": "user", "content": blocks},
+                                             {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}
+    if boxes is not None:
+        record["boxes"] = boxes
+    return record
 
 
 def compact(mapping: dict) -> str:
@@ -54,8 +61,9 @@ def caption(item: Item) -> str:
     return f"A {words} {item.product} on a white background."
 
 
-def instructions(item: Item, rng: random.Random) -> list[dict]:
-    """Training instructions for one item, one or more per family."""
+def instructions(item: Item, rng: random.Random, boxes: list) -> list[dict]:
+    """Training instructions for one item, one or more per family. Multi-image records carry the text boxes of
+    every view (`boxes`), as a grounding model would have marked them."""
     primary = image_paths(item)[:1]
     records = [chat(primary, prompts.choice_prompt(attr, list(OPTIONS[attr])), item.attributes[attr])
                for attr in FASHION_ATTRIBUTES.get(item.subset, ()) if attr in item.attributes]
@@ -70,13 +78,14 @@ def instructions(item: Item, rng: random.Random) -> list[dict]:
     keyword = rng.choice(item.title.split())
     records.append(chat(primary, prompts.title_prompt(keyword), item.title))
     listing = {"title": item.title, "category": item.category, "aspects": item.aspects}
-    records.append(chat(image_paths(item), prompts.listing_prompt(), compact(listing)))
+    records.append(chat(image_paths(item), prompts.listing_prompt(), compact(listing), boxes))
     if item.compliance:
-        records.append(chat(image_paths(item), prompts.compliance_prompt(len(item.views)), compact(item.compliance)))
+        records.append(chat(image_paths(item), prompts.compliance_prompt(len(item.views)), compact(item.compliance),
+                            boxes))
     return records
 
 
-def bench_records(item: Item) -> dict[str, list[dict]]:
+def bench_records(item: Item, boxes: list) -> dict[str, list[dict]]:
     """Benchmark records for one held-out item, per task (see ecomtune/bench/tasks.py for the formats)."""
     primary = image_paths(item)[:1]
     out: dict[str, list[dict]] = {"aspect-prediction": [], "deep-fashion": [], "attribute-extraction": [],
@@ -93,8 +102,8 @@ def bench_records(item: Item) -> dict[str, list[dict]]:
                                     "answer": item.attributes[attr]})
     out["attribute-extraction"].append({"id": item.item_id, "images": primary, "attributes": item.attributes})
     if item.compliance:
-        out["item-intelligence"].append({"id": item.item_id, "images": image_paths(item), "category": item.category,
-                                         "fields": item.compliance})
+        out["item-intelligence"].append({"id": item.item_id, "images": image_paths(item), "boxes": boxes,
+                                         "category": item.category, "fields": item.compliance})
     return out
 
 
@@ -121,13 +130,16 @@ def write_catalog(out_dir: Path, count: int, seed: int, general: int = 24) -> di
     rng = random.Random(seed + 1)
     captions, instruct, bench = [], [], {}
     for item in track(items, description="rendering catalog", transient=True, disable=count < 200):
+        boxes = []
         for index, (view, path) in enumerate(zip(item.views, image_paths(item), strict=True)):
-            render_view(item, view, index).save(out_dir / path, format="PNG")
+            image, view_boxes = render_view_with_boxes(item, view, index)
+            image.save(out_dir / path, format="PNG")
+            boxes.append([list(b) for b in view_boxes])
         if item.split == "train":
             captions.append(chat(image_paths(item)[:1], prompts.caption_prompt(), caption(item)))
-            instruct.extend(instructions(item, rng))
+            instruct.extend(instructions(item, rng, boxes))
         else:
-            for task, records in bench_records(item).items():
+            for task, records in bench_records(item, boxes).items():
                 bench.setdefault(task, []).extend(records)
     bench["general"] = general_records(general, seed, out_dir)
     paths = {"captions": out_dir / "captions.jsonl", "instruct": out_dir / "instruct.jsonl",

@@ -1,6 +1,8 @@
 """Drawing items with Pillow: studio views on white, cluttered "user photos", and out-of-domain scenes.
 
-Every function is pure: the same item (or seed) draws the same pixels.
+Every function is pure: the same item (or seed) draws the same pixels. Text is drawn through
+`Writer`, which also records the box of everything written (wordmarks, model numbers, barcodes,
+warnings): the informative regions a grounding model would be asked to find, here known exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +25,26 @@ LIGHT = (245, 245, 245)
 @lru_cache(maxsize=8)
 def font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
+
+
+Box = tuple[int, int, int, int]
+
+
+class Writer:
+    """Draws text on an image and remembers where: `boxes` are (x0, y0, x1, y1), half-open pixels."""
+
+    def __init__(self, image: Image.Image) -> None:
+        self.draw = ImageDraw.Draw(image)
+        self.boxes: list[Box] = []
+
+    def text(self, xy: tuple[int, int], text: str, fill, size: int) -> None:
+        self.draw.text(xy, text, fill=fill, font=font(size))
+        x0, y0, x1, y1 = self.draw.textbbox(xy, text, font=font(size))
+        self.boxes.append((int(x0), int(y0), int(x1) + 1, int(y1) + 1))
+
+    def region(self, box: Box) -> None:
+        """Record a drawn non-text region that carries information (a barcode's bars)."""
+        self.boxes.append(box)
 
 
 def swatch(colour: tuple[int, int, int], pattern: str, size: int = SIZE) -> Image.Image:
@@ -73,9 +95,10 @@ def draw_apparel(item: Item, view: str) -> Image.Image:
     return canvas
 
 
-def draw_accessory(item: Item, view: str) -> Image.Image:
+def draw_accessory(item: Item, view: str) -> tuple[Image.Image, list[Box]]:
     canvas = Image.new("RGB", (SIZE, SIZE), WHITE)
-    draw = ImageDraw.Draw(canvas)
+    writer = Writer(canvas)
+    draw = writer.draw
     colour = COLOURS[item.attributes["colour"]]
     if item.product == "handbag":
         draw.arc((30, 6, 66, 44), 180, 360, fill=(90, 90, 90), width=4)
@@ -88,53 +111,54 @@ def draw_accessory(item: Item, view: str) -> Image.Image:
         draw.polygon(body, fill=colour)
         draw.rectangle((6, 76, 90, 84), fill=WHITE)
         text_at = (12, 58) if view == "front" else (26, 52)
-    draw.text(text_at, item.attributes["brand"], fill=WHITE, font=font(13))
-    return canvas
+    writer.text(text_at, item.attributes["brand"], WHITE, 13)
+    return canvas, writer.boxes
 
 
-def draw_barcode(draw: ImageDraw.ImageDraw, digits: str, x: int, y: int) -> None:
+def draw_barcode(writer: Writer, digits: str, x: int, y: int) -> None:
     for i, digit in enumerate(digits):
         width = 1 + int(digit) % 3
-        draw.rectangle((x + i * 7, y, x + i * 7 + width, y + 18), fill=(0, 0, 0))
-    draw.text((x, y + 20), digits, fill=(0, 0, 0), font=font(10))
+        writer.draw.rectangle((x + i * 7, y, x + i * 7 + width, y + 18), fill=(0, 0, 0))
+    writer.region((x, y, x + 7 * len(digits), y + 19))
+    writer.text((x, y + 20), digits, (0, 0, 0), 10)
 
 
-def draw_packaged(item: Item, view: str) -> Image.Image:
+def draw_packaged(item: Item, view: str) -> tuple[Image.Image, list[Box]]:
     canvas = Image.new("RGB", (PACK_SIZE, PACK_SIZE), WHITE)
-    draw = ImageDraw.Draw(canvas)
+    writer = Writer(canvas)
+    draw = writer.draw
     ident, safety = item.compliance["identifiers"], item.compliance["safety"]
     colour = COLOURS[item.attributes["colour"]]
     text = (0, 0, 0)
     if view == "front":
         draw.rectangle((14, 10, 114, 118), fill=colour)
-        draw.text((22, 30), ident["brand"], fill=WHITE, font=font(22))
-        draw.text((22, 70), item.product, fill=WHITE, font=font(14))
+        writer.text((22, 30), ident["brand"], WHITE, 22)
+        writer.text((22, 70), item.product, WHITE, 14)
     elif view == "back":
         draw.rectangle((14, 10, 114, 118), outline=colour, width=4)
-        draw.text((20, 18), f"MODEL {ident['model number']}", fill=text, font=font(11))
-        draw_barcode(draw, ident["barcode"], 20, 40)
-        draw.text((20, 92), f"Made in {item.compliance['origin']['country of manufacture']}", fill=text,
-                  font=font(11))
+        writer.text((20, 18), f"MODEL {ident['model number']}", text, 11)
+        draw_barcode(writer, ident["barcode"], 20, 40)
+        writer.text((20, 92), f"Made in {item.compliance['origin']['country of manufacture']}", text, 11)
     elif view == "label":
         y = 8
         for mark in safety.get("certification marks", "").split(", "):
             if mark:
                 draw.rectangle((8, y, 40, y + 18), outline=text, width=2)
-                draw.text((12, y + 2), mark, fill=text, font=font(12))
+                writer.text((12, y + 2), mark, text, 12)
                 y += 24
         for key in ("warning", "ingredients"):
             if key in safety:
                 for line in textwrap.wrap(f"{key.title()}: {safety[key]}", width=26):
-                    draw.text((8, y), line, fill=text, font=font(9))
+                    writer.text((8, y), line, text, 9)
                     y += 12
     else:  # box: the pack at an angle, brand on the side
         draw.polygon([(20, 30), (90, 20), (110, 40), (110, 110), (40, 118), (20, 100)], fill=colour)
-        draw.text((40, 60), ident["brand"], fill=WHITE, font=font(14))
-    return canvas
+        writer.text((40, 60), ident["brand"], WHITE, 14)
+    return canvas, writer.boxes
 
 
-def clutter(image: Image.Image, rng: random.Random) -> Image.Image:
-    """A user photo: the product smaller and off-centre on a busy background."""
+def clutter(image: Image.Image, rng: random.Random) -> tuple[Image.Image, tuple[int, int]]:
+    """A user photo: the product at 3/4 size and off-centre on a busy background; also where it was pasted."""
     size = image.size[0]
     scene = Image.new("RGB", image.size, tuple(rng.randint(90, 200) for _ in range(3)))
     draw = ImageDraw.Draw(scene)
@@ -143,18 +167,35 @@ def clutter(image: Image.Image, rng: random.Random) -> Image.Image:
         draw.rectangle((x, y, x + rng.randint(5, 30), y + rng.randint(5, 30)),
                        fill=tuple(rng.randint(0, 255) for _ in range(3)))
     small = image.resize((size * 3 // 4, size * 3 // 4))
-    scene.paste(small, (rng.randint(0, size // 4), rng.randint(0, size // 4)))
-    return scene
+    offset = (rng.randint(0, size // 4), rng.randint(0, size // 4))
+    scene.paste(small, offset)
+    return scene, offset
+
+
+def _scaled(boxes: list[Box], scale: float, offset: tuple[int, int] = (0, 0)) -> list[Box]:
+    return [(int(x0 * scale) + offset[0], int(y0 * scale) + offset[1], -int(-x1 * scale) + offset[0],
+             -int(-y1 * scale) + offset[1]) for x0, y0, x1, y1 in boxes]
+
+
+def render_view_with_boxes(item: Item, view: str, index: int) -> tuple[Image.Image, list[Box]]:
+    """View `index` of an item, e.g. "front" or "user-back", and the boxes of the text on it."""
+    base_view = view.removeprefix("user-")
+    if item.kind == "apparel":
+        image, boxes = draw_apparel(item, base_view), []
+    else:
+        image, boxes = (draw_accessory if item.kind == "accessory" else draw_packaged)(item, base_view)
+    if item.kind != "packaged":
+        image = image.resize((OUT_SIZE, OUT_SIZE), Image.Resampling.NEAREST)
+        boxes = _scaled(boxes, OUT_SIZE / SIZE)
+    if view.startswith("user-"):
+        image, offset = clutter(image, random.Random(f"{item.item_id}:{index}"))
+        boxes = _scaled(boxes, (image.width * 3 // 4) / image.width, offset)
+    return image, boxes
 
 
 def render_view(item: Item, view: str, index: int) -> Image.Image:
     """View `index` of an item, e.g. "front" or "user-back"."""
-    base_view = view.removeprefix("user-")
-    drawer = {"apparel": draw_apparel, "accessory": draw_accessory, "packaged": draw_packaged}[item.kind]
-    image = drawer(item, base_view)
-    if item.kind != "packaged":
-        image = image.resize((OUT_SIZE, OUT_SIZE), Image.Resampling.NEAREST)
-    return clutter(image, random.Random(f"{item.item_id}:{index}")) if view.startswith("user-") else image
+    return render_view_with_boxes(item, view, index)[0]
 
 
 SHAPES = ("circle", "square", "triangle")
