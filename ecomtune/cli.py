@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -29,6 +30,9 @@ BackboneOpt = typer.Option(None, "--backbone", "-b", help="Alias, hub id or loca
 DataOpt = typer.Option(None, "--data", "-d", help="Training JSONL in the canonical format (overrides the recipe).")
 OutputOpt = typer.Option(..., "--output", "-o", help="Run folder to write.")
 ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
+ImagesOpt = typer.Option(None, "--images", help="Multi-image strategy: all, primary, grid or crops "
+                         "(default: the recipe's; for a run, the strategy it trained with).")
+MaxImagesOpt = typer.Option(None, "--max-images", min=1, help="Cap on images per item (all, crops).")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a non-empty output folder.")
 
 
@@ -47,7 +51,8 @@ def _quiet_libraries() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
-def _recipe(recipe: Path | None, sets: list[str] | None, stage: str, backbone: str | None, data: Path | None):
+def _recipe(recipe: Path | None, sets: list[str] | None, stage: str, backbone: str | None, data: Path | None,
+            images: str | None = None):
     from ecomtune.config.loading import load_recipe
 
     overrides = list(sets or [])
@@ -55,7 +60,27 @@ def _recipe(recipe: Path | None, sets: list[str] | None, stage: str, backbone: s
         overrides.append(f"backbone.name={backbone}")
     if data:
         overrides.append(f"{stage}.data={data}")
+    if images:
+        overrides.append(f"{stage}.images.strategy={images}")
     return load_recipe(recipe, overrides)
+
+
+def _image_settings(model: str, strategy: str | None, max_images: int | None):
+    """The strategy for bench / predict: the run's (or the default), with the command line's changes."""
+    from pydantic import ValidationError
+
+    from ecomtune.bench.runner import run_images
+    from ecomtune.config.schema import ImageSettings
+    from ecomtune.errors import ConfigError
+
+    if strategy is None and max_images is None:
+        return None
+    changes = {k: v for k, v in (("strategy", strategy), ("max_images", max_images)) if v is not None}
+    try:
+        return ImageSettings(**{**run_images(model).model_dump(), **changes})
+    except ValidationError as exc:
+        raise ConfigError(f"--images {strategy}: {exc.errors()[0]['msg']}",
+                          fix="choose all, primary, grid or crops") from None
 
 
 def recipe_dirs() -> list[Path]:
@@ -144,14 +169,67 @@ def align(recipe: Path = RecipeOpt, backbone: str = BackboneOpt, data: Path = Da
 @app.command()
 def sft(recipe: Path = RecipeOpt, backbone: str = BackboneOpt, data: Path = DataOpt, output: Path = OutputOpt,
         init_from: Path = typer.Option(None, "--init-from", help="A finished `ecomtune align` run folder."),
-        sets: list[str] = SetOpt, resume: bool = ResumeOpt, overwrite: bool = OverwriteOpt) -> None:
+        sets: list[str] = SetOpt, resume: bool = ResumeOpt, overwrite: bool = OverwriteOpt,
+        images: str = ImagesOpt) -> None:
     """Stage 3: visual instruction tuning with QLoRA (4-bit base + LoRA) through TRL's SFTTrainer."""
     _quiet_libraries()
     from ecomtune.train.stages import run_sft
 
-    result = run_sft(_recipe(recipe, sets, "sft", backbone, data), output, init_from=init_from, resume=resume,
-                     overwrite=overwrite)
+    result = run_sft(_recipe(recipe, sets, "sft", backbone, data, images), output, init_from=init_from,
+                     resume=resume, overwrite=overwrite)
     _report(result)
+
+
+@app.command()
+def plan(recipe: Path = typer.Argument(..., help="Recipe YAML."),
+         stage: str = typer.Option("sft", "--stage", help="Which stage to plan: align or sft."),
+         backbone: str = BackboneOpt, data: Path = DataOpt, sets: list[str] = SetOpt, images: str = ImagesOpt,
+         out: Path = typer.Option(None, "--out", "-o", help="Also write the plan as JSON.")) -> None:
+    """Measure every sample with the real processor and estimate peak GPU memory, before training."""
+    _quiet_libraries()
+    from ecomtune.errors import ConfigError
+    from ecomtune.train.manifest import write_json_atomic
+    from ecomtune.train.plan import plan_stage
+
+    if stage not in ("align", "sft"):
+        raise ConfigError(f"--stage {stage} is not a stage", fix="use --stage align or --stage sft")
+    report = plan_stage(_recipe(recipe, sets, stage, backbone, data, images), stage)
+    _print_plan(report)
+    if out:
+        write_json_atomic(out, report)
+        stdout.print(f"plan: {out}")
+
+
+def _print_plan(report: dict) -> None:
+    tokens, image_tokens, memory = report["tokens"], report["image_tokens"], report["memory"]
+    stdout.print(f"[bold]{report['stage']}[/bold] on {report['backbone']['name']}: {report['samples']} samples "
+                 f"from {report['data']}, images: {report['images']['strategy']}")
+    table = Table(title="tokens per sample (text + image)")
+    for column in ("min", "median", "p95", "max", "image tokens (median / max)", "padding"):
+        table.add_column(column, justify="right")
+    table.add_row(str(tokens["min"]), f"{tokens['median']:g}", str(tokens["p95"]), str(tokens["max"]),
+                  f"{image_tokens['median']:g} / {image_tokens['max']}",
+                  f"{report['padding']['fraction']:.1%} at batch {report['padding']['batch_size']}")
+    stdout.print(table)
+    if report["over_max_length"]:
+        action = "dropped" if report["on_overlong"] == "drop" else "fatal (on_overlong: error)"
+        stdout.print(f"[yellow]{report['over_max_length']} sample(s) longer than max_length={report['max_length']}: "
+                     f"{action}; never cut[/yellow]")
+    if report["over_image_cap"]:
+        stdout.print(f"{report['over_image_cap']} sample(s) have more than {report['image_cap']} images: the cap "
+                     f"keeps {report['images']['keep']} ones")
+    terms = Table(title=f"estimated peak GPU memory (GiB), budget {memory['budget_gib']:g}")
+    for name in memory["terms_gib"]:
+        terms.add_column(name, justify="right")
+    terms.add_row(*(f"{v:.2f}" for v in memory["terms_gib"].values()))
+    stdout.print(terms)
+    if memory["fits"]:
+        stdout.print(f"[green]fits: {memory['terms_gib']['total']:.1f} of {memory['budget_gib']:g} GiB[/green]")
+    else:
+        stdout.print(f"[red]over budget: {memory['terms_gib']['total']:.1f} of {memory['budget_gib']:g} GiB; "
+                     "lower, largest first:[/red]")
+        for line in memory["advice"]:
+            stdout.print(f"  - {line}")
 
 
 def _report(result) -> None:
@@ -187,6 +265,8 @@ def bench(
                               "OpenAI-compatible URL, or a local model folder / hub id."),
     load_in_4bit: bool = typer.Option(None, "--load-in-4bit/--no-4bit",
                                       help="Base precision; default: 4-bit when the run trained on a 4-bit base."),
+    images: str = ImagesOpt,
+    max_images: int = MaxImagesOpt,
 ) -> None:
     """Run the benchmark tasks on a model: `ecomtune bench --model runs/sft --tasks all`."""
     if ctx.invoked_subcommand is not None:
@@ -199,7 +279,7 @@ def bench(
 
     data = data or Path("data_samples/bench")
     results = run_bench(model, tasks, data, out=out, limit=limit, batch_size=batch_size, judge=judge,
-                        load_in_4bit=load_in_4bit)
+                        load_in_4bit=load_in_4bit, images=_image_settings(model, images, max_images))
     print_table(results_table(results))
     if "deep-fashion" in results["tasks"]:
         print_table(attribute_table(results))
@@ -214,6 +294,46 @@ def bench_compare(a: Path = typer.Argument(..., help="Results JSON (before)."),
     from ecomtune.bench.report import compare_table, load_results, print_table
 
     print_table(compare_table(load_results(a), load_results(b)))
+
+
+@app.command()
+def predict(
+    model: str = typer.Option(..., "--model", "-m", help="Backbone alias, hub id, local folder, or a run folder."),
+    data: Path = typer.Option(..., "--data", "-d", help="Items JSONL: id, images and the fields the task's prompt "
+                              "reads (README, 'Benchmark')."),
+    task: str = typer.Option(..., "--task", "-t", help="One benchmark task, e.g. item-intelligence."),
+    out: Path = typer.Option(..., "--out", "-o", help="Predictions JSONL (resumed if it exists)."),
+    data_root: Path = typer.Option(None, "--data-root", help="Folder that relative image paths must stay inside "
+                                   "(default: the data file's folder)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per generation batch."),
+    limit: int = typer.Option(None, "--limit", min=1, help="At most N items."),
+    load_in_4bit: bool = typer.Option(None, "--load-in-4bit/--no-4bit", help="Base precision (as bench)."),
+    images: str = ImagesOpt,
+    max_images: int = MaxImagesOpt,
+) -> None:
+    """Batched greedy predictions for one task, parsed like bench; resumable (items already answered are
+    skipped); the output file appears only once every item is answered."""
+    _quiet_libraries()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ecomtune.bench.predict import run_predict
+
+    columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]} items/s"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task("predict", total=None, rate="-")
+        clock: list[float] = []
+
+        def show(done: int, total: int) -> None:
+            clock.append(time.perf_counter())
+            rate = f"{done / (clock[-1] - clock[0]):.2f}" if done else "-"
+            progress.update(bar, completed=done, total=total, rate=rate)
+
+        summary = run_predict(model, data, task, out, _image_settings(model, images, max_images), batch_size,
+                              limit, load_in_4bit, on_progress=show, root=data_root)
+    stdout.print(f"{summary.out}: {summary.total} items ({summary.skipped} already answered, {summary.predicted} "
+                 f"predicted, {summary.parsed} parsed), {summary.items_per_second:.2f} items/s, "
+                 f"{summary.images_per_item:.1f} images per item")
 
 
 @app.command()

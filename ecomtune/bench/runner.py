@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,11 +18,13 @@ from typing import Any
 import torch
 
 from ecomtune.bench.judges import Judge, make_judge
+from ecomtune.bench.records import check_records_fit, read_task_records
 from ecomtune.bench.tasks import TASKS, Task
+from ecomtune.config.schema import ImageSettings
 from ecomtune.data.collator import adds_own_specials, batch_images
-from ecomtune.data.images import check_image, load_rgb
-from ecomtune.data.jsonl import read_jsonl
-from ecomtune.errors import ConfigError, DataError, Problem
+from ecomtune.data.schema import ImageRef
+from ecomtune.data.strategies import open_image
+from ecomtune.errors import ConfigError
 from ecomtune.train.manifest import read_manifest, versions, write_json_atomic
 
 
@@ -70,13 +73,26 @@ def reapply_resolution(processor, backbone, manifest: dict | None) -> None:
         apply_resolution(processor, backbone.spec, ResolutionSettings(**settings))
 
 
+def model_backbone(spec: str):
+    """The backbone a model argument stands on, found without loading weights: an adapter's base, an align
+    run's backbone, or the argument itself (alias, hub id, folder)."""
+    from ecomtune.backbones.registry import resolve_backbone
+
+    folder = Path(spec)
+    if folder.is_dir() and (folder / "adapter_config.json").is_file():
+        return resolve_backbone(json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"])
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    if manifest is not None and manifest.get("stage") == "align":
+        return resolve_backbone(manifest["backbone"]["source"])
+    return resolve_backbone(spec)
+
+
 def load_for_inference(spec: str, load_in_4bit: bool | None = None) -> LoadedModel:
     """Resolve `spec` to a model ready for generation (eval mode), its processor and a description.
     `load_in_4bit=None` follows the run: a QLoRA adapter is evaluated on the 4-bit base it was trained on."""
     from transformers import AutoProcessor
 
     from ecomtune.backbones.loading import load_model, load_processor
-    from ecomtune.backbones.registry import resolve_backbone
     from ecomtune.backbones.spec import ResolvedRoles, RoleOverrides
     from ecomtune.config.schema import QuantSettings
     from ecomtune.train.stages import load_aligned_projector
@@ -84,18 +100,16 @@ def load_for_inference(spec: str, load_in_4bit: bool | None = None) -> LoadedMod
     folder = Path(spec)
     manifest = read_manifest(folder) if folder.is_dir() else None
     quant = QuantSettings(load_in_4bit=trained_in_4bit(manifest) if load_in_4bit is None else load_in_4bit)
+    backbone = model_backbone(spec)
     if folder.is_dir() and (folder / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-        backbone = resolve_backbone(base)
         model = PeftModel.from_pretrained(load_model(backbone, quant), str(folder))
         processor = AutoProcessor.from_pretrained(folder)  # saved beside the adapter by `ecomtune sft`
         reapply_resolution(processor, backbone, manifest)
         fingerprint = _sha256_files([folder / "adapter_model.safetensors"])
         kind = "adapter"
     elif manifest is not None and manifest.get("stage") == "align":
-        backbone = resolve_backbone(manifest["backbone"]["source"])
         roles = ResolvedRoles(**manifest["roles"])  # as found when the run trained, recipe overrides included
         model = load_model(backbone, quant, RoleOverrides(roles.vision_tower, roles.projector, roles.language_model))
         load_aligned_projector(model, roles, folder, backbone)
@@ -104,7 +118,6 @@ def load_for_inference(spec: str, load_in_4bit: bool | None = None) -> LoadedMod
         fingerprint = _sha256_files([folder / "projector.safetensors"])
         kind = "aligned"
     else:
-        backbone = resolve_backbone(spec)
         processor = load_processor(backbone)
         model = load_model(backbone, quant)
         source = Path(backbone.source)
@@ -116,56 +129,39 @@ def load_for_inference(spec: str, load_in_4bit: bool | None = None) -> LoadedMod
                                           "load_in_4bit": quant.load_in_4bit})
 
 
-def read_task_records(path: Path, task: str) -> list[dict]:
-    """A task's JSONL with absolute image paths; every problem reported with file:line."""
-    if not path.is_file():
-        raise DataError(f"No data for task {task}: {path} does not exist",
-                        fix=f"pass --data FOLDER holding {path.name} (formats in README, 'Benchmark'), or make a "
-                        "compact instance with `ecomtune synth --out catalog` and use --data catalog/bench")
-    records, problems = [], []
-    for where, record, problem in read_jsonl(path):
-        if problem is not None:
-            problems.append(problem)
-            continue
-        if not isinstance(record, dict) or "id" not in record or not record.get("images"):
-            problems.append(Problem("record needs an 'id' and a non-empty 'images' list", where))
-            continue
-        images = [str((path.parent / p).resolve()) for p in record["images"]]
-        for image in images:
-            error = check_image(Path(image))
-            if error:
-                problems.append(Problem(f"image {image}: {error}", where, "fix the file or drop the record"))
-        records.append({**record, "images": images})
-    if problems:
-        raise DataError(f"{path}: {len(problems)} problem(s)", problems[:20])
-    return records
-
-
-def generate(loaded: LoadedModel, prompts: list[str], images: list[list[str]], max_new_tokens: int,
-             batch_size: int, description: str) -> list[str]:
-    """Greedy, batched, left-padded generation; returns the decoded new text of each prompt."""
-    from rich.progress import Progress
-
+def generate_batches(loaded: LoadedModel, prompts: list[str], images: list[list[ImageRef]], max_new_tokens: int,
+                     batch_size: int) -> Iterator[list[str]]:
+    """Greedy, batched, left-padded generation; yields the decoded new text of each batch's prompts, in order."""
     processor = loaded.processor
     processor.tokenizer.padding_side = "left"
     device = next(loaded.model.parameters()).device
+    for start in range(0, len(prompts), batch_size):
+        texts, pixels = [], []
+        for prompt, refs in zip(prompts[start:start + batch_size], images[start:start + batch_size], strict=True):
+            content = [{"type": "image"} for _ in refs] + [{"type": "text", "text": prompt}]
+            texts.append(processor.apply_chat_template([{"role": "user", "content": content}],
+                                                       add_generation_prompt=True))
+            pixels.append([open_image(ref) for ref in refs])
+        inputs = processor(text=texts, images=batch_images(pixels), padding=True, return_tensors="pt",
+                           add_special_tokens=adds_own_specials(processor, texts[0])).to(device)
+        with torch.no_grad():
+            out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        yield [a.strip() for a in processor.batch_decode(out[:, inputs["input_ids"].shape[1]:],
+                                                          skip_special_tokens=True)]
+
+
+def generate(loaded: LoadedModel, prompts: list[str], images: list[list[ImageRef]], max_new_tokens: int,
+             batch_size: int, description: str) -> list[str]:
+    """All answers of `generate_batches`, with a progress bar."""
+    from rich.progress import Progress
+
     answers: list[str] = []
     with Progress(transient=True) as progress:
         bar = progress.add_task(description, total=len(prompts))
-        for start in range(0, len(prompts), batch_size):
-            texts, pixels = [], []
-            for prompt, paths in zip(prompts[start:start + batch_size], images[start:start + batch_size], strict=True):
-                content = [{"type": "image"} for _ in paths] + [{"type": "text", "text": prompt}]
-                texts.append(processor.apply_chat_template([{"role": "user", "content": content}],
-                                                           add_generation_prompt=True))
-                pixels.append([load_rgb(p) for p in paths])
-            inputs = processor(text=texts, images=batch_images(pixels), padding=True, return_tensors="pt",
-                               add_special_tokens=adds_own_specials(processor, texts[0])).to(device)
-            with torch.no_grad():
-                out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            answers.extend(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-            progress.advance(bar, len(texts))
-    return [a.strip() for a in answers]
+        for batch in generate_batches(loaded, prompts, images, max_new_tokens, batch_size):
+            answers.extend(batch)
+            progress.advance(bar, len(batch))
+    return answers
 
 
 def resolve_tasks(names: str) -> list[Task]:
@@ -178,15 +174,34 @@ def resolve_tasks(names: str) -> list[Task]:
     return [TASKS[n] for n in chosen]
 
 
+def run_images(model: str) -> ImageSettings:
+    """The multi-image strategy a run trained with (sft's, else align's), or the default for anything else."""
+    folder = Path(model)
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    if manifest is None:
+        return ImageSettings()
+    return ImageSettings(**manifest.get("recipe", {}).get(manifest.get("stage", ""), {}).get("images", {}))
+
+
 def run_bench(model: str, tasks: str, data: Path, out: Path | None = None, limit: int | None = None,
-              batch_size: int = 16, judge: str | None = None, load_in_4bit: bool | None = None) -> dict[str, Any]:
-    """Run the chosen tasks on `model` over `data/<task>.jsonl`; write and return the results."""
+              batch_size: int = 16, judge: str | None = None, load_in_4bit: bool | None = None,
+              images: ImageSettings | None = None) -> dict[str, Any]:
+    """Run the chosen tasks on `model` over `data/<task>.jsonl`; write and return the results. `images`: the
+    multi-image strategy (default: the one the run trained with). Relative image paths may reach the data
+    folder's parent (a catalog keeps `bench/` beside `images/`) but no further."""
     chosen = resolve_tasks(tasks)
-    task_records = {t.name: read_task_records(Path(data) / f"{t.name}.jsonl", t.name)[:limit] for t in chosen}
+    images = images or run_images(model)
+    root = Path(data).resolve().parent
+    task_records = {t.name: read_task_records(Path(data) / f"{t.name}.jsonl", t, images, root)[:limit]
+                    for t in chosen}
+    spec = model_backbone(model).spec
+    for records in task_records.values():
+        check_records_fit(records, spec)
     the_judge: Judge = make_judge(judge)
     loaded = load_for_inference(model, load_in_4bit)
     results: dict[str, Any] = {"model": loaded.info, "created_at": datetime.now(timezone.utc).isoformat(),
-                               "data": {"dir": str(data)}, "versions": versions(), "tasks": {}}
+                               "data": {"dir": str(data)}, "images": images.model_dump(), "versions": versions(),
+                               "tasks": {}}
     data_files: list[Path] = []
     for task in chosen:
         records = task_records[task.name]
@@ -196,8 +211,8 @@ def run_bench(model: str, tasks: str, data: Path, out: Path | None = None, limit
                            task.max_new_tokens, batch_size, task.name)
         seconds = time.perf_counter() - started
         scores, details = task.score(records, answers, the_judge)
-        examples = [{**d, "prompt": task.prompt(r), "prediction": a} for d, r, a in zip(details, records, answers,
-                                                                                       strict=True)]
+        examples = [{**d, "prompt": task.prompt(r), "images": len(r["images"]), "prediction": a}
+                    for d, r, a in zip(details, records, answers, strict=True)]
         results["tasks"][task.name] = {"scores": scores, "n": len(records), "seconds": round(seconds, 3),
                                        "examples_per_second": round(len(records) / seconds, 3) if seconds else None,
                                        "examples": examples}

@@ -29,6 +29,9 @@ class Task:
     max_new_tokens: int
     prompt: Callable[[dict], str]
     score: Callable[[list[dict], list[str], Judge], Scored]
+    parse: Callable[[dict, str], Any] = lambda record, answer: answer  # the answer as scoring reads it
+    prompt_fields: tuple[str, ...] = ()  # record keys the prompt reads (predict needs only these)
+    reference_fields: tuple[str, ...] = ()  # record keys scoring reads (bench needs these too)
 
 
 def _grouped_accuracy(rows: list[tuple[str, bool]]) -> dict[str, float]:
@@ -119,22 +122,34 @@ def score_compliance(records: list[dict], answers: list[str], judge: Judge) -> S
     return scores, details
 
 
+def parse_choice(record: dict, answer: str) -> str | None:
+    return metrics.pick_option(answer, record["options"])
+
+
+def parse_json(record: dict, answer: str) -> dict | None:
+    return metrics.parse_json_object(answer)
+
+
 TASKS: dict[str, Task] = {
     "aspect-prediction": Task(
         "aspect-prediction", "values of named aspects; string match after normalisation", 64,
-        lambda r: prompts.aspect_prompt(list(r["aspects"]), r.get("title"), r.get("category")), score_aspects),
+        lambda r: prompts.aspect_prompt(list(r["aspects"]), r.get("title"), r.get("category")), score_aspects,
+        lambda r, a: metrics.parse_key_values(a) or None, prompt_fields=("aspects",), reference_fields=("aspects",)),
     "deep-fashion": Task(
         "deep-fashion", "pick the attribute value from given options; accuracy vs baselines", 8,
-        lambda r: prompts.choice_prompt(r["attribute"], r["options"]), score_choices),
+        lambda r: prompts.choice_prompt(r["attribute"], r["options"]), score_choices, parse_choice,
+        prompt_fields=("attribute", "options"), reference_fields=("answer",)),
     "attribute-extraction": Task(
         "attribute-extraction", "schema-free JSON of visible attributes; key-value P/R/F1, hallucinations", 96,
-        lambda r: prompts.extraction_prompt(), score_extraction),
+        lambda r: prompts.extraction_prompt(), score_extraction, parse_json, reference_fields=("attributes",)),
     "item-intelligence": Task(
         "item-intelligence", "compliance JSON from all images; judged F1 and verifiability", 192,
-        lambda r: prompts.compliance_prompt(len(r["images"])), score_compliance),
+        lambda r: prompts.compliance_prompt(len(r["images"])), score_compliance, parse_json,
+        reference_fields=("fields",)),
     "general": Task(
         "general", "out-of-domain probe (shapes, counts, colours) for retained general skill", 6,
-        lambda r: prompts.general_prompt(r["attribute"], r["options"]), score_choices),
+        lambda r: prompts.general_prompt(r["attribute"], r["options"]), score_choices, parse_choice,
+        prompt_fields=("attribute", "options"), reference_fields=("answer",)),
 }
 
 HEADLINE = {"aspect-prediction": "accuracy", "deep-fashion": "accuracy", "attribute-extraction": "f1",

@@ -4,6 +4,7 @@ from ecomtune.config.loading import apply_overrides, load_recipe, validate_recip
 from ecomtune.config.schema import (
     AlignStage,
     BackboneSettings,
+    ImageSettings,
     LoraSettings,
     QuantSettings,
     Recipe,
@@ -15,6 +16,7 @@ from ecomtune.config.schema import (
 __all__ = [
     "AlignStage",
     "BackboneSettings",
+    "ImageSettings",
     "LoraSettings",
     "QuantSettings",
     "Recipe",

@@ -137,8 +137,35 @@ class TrainSettings(StrictModel):
     dataloader_workers: int = Field(0, ge=0, description="Worker processes that load and process images.")
 
 
+class ImageSettings(StrictModel):
+    """How a sample's images reach the model (training, bench and predict alike)."""
+
+    strategy: Literal["all", "primary", "grid", "crops"] = Field(
+        "all",
+        description="all: every image, interleaved in listing order, capped at max_images. primary: the first image "
+        "only. grid: all images stitched into one canvas (for single-image backbones). crops: the primary image "
+        "plus one square crop around the boxed text of each image that has boxes, de-duplicated by pHash.",
+    )
+    max_images: int = Field(10, ge=1, description="Cap on images per sample for all and crops (the paper saw "
+                            "memory and speed suffer above ~10).")
+    keep: Literal["first", "spread"] = Field(
+        "first",
+        description="Which images `all` keeps over the cap. first: the first max_images in listing order (sellers "
+        "put the primary and their best views first). spread: the primary plus views evenly spaced over the rest "
+        "of the listing (keeps late label close-ups).",
+    )
+    grid_columns: int | None = Field(None, ge=1, description="Columns of the grid; None = ceil(sqrt(images)).")
+    grid_size: int = Field(896, ge=56, description="Longest side of the grid canvas in pixels; each image is "
+                           "fitted, aspect kept, into an equal square cell.")
+    crop_margin: float = Field(0.1, ge=0.0, le=2.0, description="Grow each box by this fraction of its size "
+                               "before merging and squaring (crops).")
+    dedupe_threshold: int = Field(6, ge=0, le=64, description="pHash bits under which two images count as "
+                                  "duplicates (crops).")
+
+
 class StageSettings(StrictModel):
     data: Path | None = Field(None, description="Training JSONL in the canonical format (see README).")
+    images: ImageSettings = Field(default_factory=ImageSettings, description="Multi-image strategy and caps.")
     max_length: int | None = Field(
         2048,
         ge=16,
@@ -150,6 +177,8 @@ class StageSettings(StrictModel):
     )
     quant: QuantSettings = Field(default_factory=QuantSettings, description="Base-model quantization.")
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimizer and loop settings.")
+    gpu_memory_gb: float = Field(24.0, gt=0, description="GPU memory one process may use; `ecomtune plan` "
+                                 "compares its estimate with it and says what to lower.")
 
     @model_validator(mode="after")
     def _stage_consistent(self) -> StageSettings:

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from ecomtune.data.images import load_rgb
 from ecomtune.data.schema import Sample
+from ecomtune.data.strategies import open_image
 from ecomtune.errors import DataError, Problem
 
 IGNORE_INDEX = -100
@@ -127,7 +127,7 @@ class VisionChatCollator:
         return batch
 
     def encode(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        images = batch_images([[load_rgb(p) for p in sample.images] for sample in samples])
+        images = batch_images([[open_image(ref) for ref in sample.images] for sample in samples])
         encode = self._encode_prefix_suffix if self.conversation == "prefix-suffix" else self._encode_chat
         batch = encode(samples, images)
         batch["labels"][batch["attention_mask"] == 0] = IGNORE_INDEX

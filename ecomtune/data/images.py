@@ -29,3 +29,9 @@ def load_rgb(path: str | Path) -> Image.Image:
     """Open an image as RGB (palette, alpha and greyscale images all become 3-channel)."""
     with Image.open(path) as image:
         return image.convert("RGB")
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels."""
+    with Image.open(path) as image:
+        return image.size

@@ -22,11 +22,12 @@ from pathlib import Path
 from PIL import Image
 
 from ecomtune.data.collator import count_image_tokens
-from ecomtune.data.crops import Box, check_box, dedupe, enclosing_square, expand_box, merge_boxes
+from ecomtune.data.crops import dedupe
 from ecomtune.data.images import load_rgb
 from ecomtune.data.json_repair import parse_json_value
-from ecomtune.data.jsonl import read_jsonl, write_jsonl_atomic
+from ecomtune.data.jsonl import write_jsonl_atomic
 from ecomtune.data.schema import load_samples
+from ecomtune.data.strategies import square_crop
 from ecomtune.errors import DataError, Problem
 
 GROUNDING_PROMPT = ('Find every region with text or numbers on the product (labels, logos, model numbers, '
@@ -78,10 +79,7 @@ def crop_item(images: Sequence[Image.Image], boxes: Sequence[Sequence[Sequence[f
         sources.append(f"original:{index}")
         if not image_boxes:
             continue
-        checked: list[Box] = [check_box(b, image.size, f"{where} image {index}") for b in image_boxes]
-        grown = [expand_box(b, margin, image.size) for b in checked]
-        square = enclosing_square(merge_boxes(grown), image.size)
-        candidates.append(image.crop(square))
+        candidates.append(image.crop(square_crop(image.size, image_boxes, margin, f"{where} image {index}")))
         sources.append(f"crop:{index}")
         crops_made += 1
     kept = dedupe(candidates, dedupe_threshold)
@@ -130,23 +128,21 @@ def crop_file(items: Path, out_dir: Path, boxes_for: Callable[[str], list] | Non
     atomically); record-level `boxes` (a list per image) are used when no `boxes_for` is given."""
     from rich.progress import track
 
-    samples = load_samples(items)  # every record checked first; a bad file stops here with file:line
-    raw = {where: record for where, record, _ in read_jsonl(items)}
+    samples = load_samples(items)  # every record checked first (boxes too); a bad file stops here with file:line
+    empty = [s.source for s in samples if not s.images]
+    if empty:
+        raise DataError(f"{len(empty)} item(s) have no images: nothing to crop",
+                        [Problem("no images", where) for where in empty[:20]],
+                        fix="give every item its images, or drop those records")
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "items.jsonl").unlink(missing_ok=True)  # a failed run must not leave an older result behind
     records, summaries = [], []
     for n, sample in enumerate(track(samples, description="cropping items", transient=True)):
         images = [load_rgb(p) for p in sample.images]
-        record_boxes = raw.get(sample.source, {}).get("boxes")
         if boxes_for is not None:
             boxes = [boxes_for(path) for path in sample.images]
-        elif record_boxes is not None:
-            if len(record_boxes) != len(images):
-                raise DataError("'boxes' needs one list per image", [Problem(
-                    f"{len(record_boxes)} lists for {len(images)} images", sample.source)])
-            boxes = record_boxes
         else:
-            boxes = [[] for _ in images]
+            boxes = sample.boxes or [[] for _ in images]
         result = crop_item(images, boxes, margin, max_images, dedupe_threshold, where=sample.source)
         paths = []
         for k, (image, origin) in enumerate(zip(result.images, result.sources, strict=True)):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ecomtune.data.images import check_image
+from ecomtune.data.images import check_image, image_size
 from ecomtune.data.jsonl import read_jsonl
 from ecomtune.errors import DataError, Problem
 
@@ -30,24 +30,30 @@ MAX_REPORTED = 20
 
 if TYPE_CHECKING:
     from ecomtune.backbones.spec import BackboneSpec
+    from ecomtune.config.schema import ImageSettings
+
+
+# An image as a path, or how to derive one from paths (a crop, a grid; see ecomtune.data.strategies).
+ImageRef = str | dict[str, Any]
 
 
 @dataclass
 class Sample:
-    """One training conversation with the absolute paths of its images."""
+    """One training conversation with its images (absolute paths, or references derived from them)."""
 
-    images: list[str]
+    images: list[ImageRef]
     messages: list[dict[str, Any]]
     source: str = ""  # file:line, for messages about this sample later on
+    boxes: list[list[list[float]]] | None = None  # per image: informative regions [x0, y0, x1, y1] (text, labels)
 
     def to_row(self) -> dict[str, Any]:
-        """A row for a `datasets.Dataset`: content blocks as JSON text, so that Arrow never merges the
-        block schemas of different rows (it would add `text: None` keys to image blocks)."""
-        return {"images": self.images, "messages": json.dumps(self.messages), "source": self.source}
+        """A row for a `datasets.Dataset`: images and content blocks as JSON text, so that Arrow never merges
+        the schemas of different rows (it would add `text: None` keys to image blocks)."""
+        return {"images": json.dumps(self.images), "messages": json.dumps(self.messages), "source": self.source}
 
     @staticmethod
     def from_row(row: dict[str, Any]) -> Sample:
-        return Sample(list(row["images"]), json.loads(row["messages"]), row.get("source", ""))
+        return Sample(json.loads(row["images"]), json.loads(row["messages"]), row.get("source", ""))
 
 
 def _blocks(content: Any, where: str, problems: list[Problem]) -> list[dict[str, Any]]:
@@ -85,8 +91,45 @@ def _as_messages(value: Any, default_role: str) -> list[dict[str, Any]] | None:
     return None
 
 
-def parse_record(record: Any, base_dir: Path, where: str) -> tuple[Sample | None, list[Problem]]:
-    """Check one decoded JSON record; return the sample, or None and every problem with it."""
+def resolve_image_path(image: str, base_dir: Path, root: Path | None = None) -> tuple[Path, str | None]:
+    """An image path from a data file, made absolute against the file's folder; the second value says what is
+    wrong when a relative path climbs out of the dataset folder `root` (default: the file's folder). Absolute
+    paths are the user's explicit choice and are taken as they are."""
+    path = Path(image)
+    if path.is_absolute():
+        return path, None
+    resolved = (base_dir / path).resolve()
+    root = (root or base_dir).resolve()
+    if not resolved.is_relative_to(root):
+        return resolved, f"relative path leaves the dataset folder {root}"
+    return resolved, None
+
+
+def parse_boxes(value: Any, sizes: list[tuple[int, int] | None], where: str) -> tuple[list | None, list[Problem]]:
+    """A record's `boxes`: one list of [x0, y0, x1, y1] pixel boxes per image, each inside its image."""
+    if value is None:
+        return None, []
+    fix = 'give one list per image, e.g. "boxes": [[], [[10, 20, 60, 40]]] for boxes on the second image'
+    if not isinstance(value, list) or len(value) != len(sizes):
+        count = len(value) if isinstance(value, list) else type(value).__name__
+        return None, [Problem(f"'boxes' needs one list per image: {len(sizes)} image(s), got {count}", where, fix)]
+    problems = []
+    for index, (boxes, size) in enumerate(zip(value, sizes, strict=True)):
+        for box in boxes if isinstance(boxes, list) else [boxes]:
+            if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+                problems.append(Problem(f"image {index}: box {box!r} is not 4 numbers", where, fix))
+            elif size is not None:
+                x0, y0, x1, y1 = box
+                if not (x0 < x1 and y0 < y1 and x1 > 0 and y1 > 0 and x0 < size[0] and y0 < size[1]):
+                    problems.append(Problem(f"image {index}: box {box} is empty or outside the {size[0]}x{size[1]} "
+                                            "image", where, "boxes are pixels of the original image, x0 < x1, y0 < y1"))
+    return (value if not problems else None), problems
+
+
+def parse_record(record: Any, base_dir: Path, where: str, root: Path | None = None) -> tuple[Sample | None,
+                                                                                              list[Problem]]:
+    """Check one decoded JSON record; return the sample, or None and every problem with it. Relative image
+    paths must stay inside `root` (default: the data file's folder)."""
     problems: list[Problem] = []
     if not isinstance(record, dict):
         return None, [Problem("record is not a JSON object", where, "each line must be one {...} object")]
@@ -136,16 +179,19 @@ def parse_record(record: Any, base_dir: Path, where: str) -> tuple[Sample | None
         problems.append(Problem(
             f"{placeholders} image placeholder(s) in the messages but {len(images)} path(s) in 'images'", where,
             'put one {"type": "image"} block (or "<image>" in a string) per image, in the order of "images"'))
-    resolved = []
+    resolved, sizes = [], []
     for image in images:
-        path = Path(image) if Path(image).is_absolute() else base_dir / image
-        error = check_image(path)
+        path, escape = resolve_image_path(image, base_dir, root)
+        error = escape or check_image(path)
         if error:
             problems.append(Problem(f"image {image!r}: {error}", where, "fix or remove the file, or drop the record"))
         resolved.append(str(path.resolve()))
+        sizes.append(None if error else image_size(path))
+    boxes, box_problems = parse_boxes(record.get("boxes"), sizes, where)
+    problems.extend(box_problems)
     if problems:
         return None, problems
-    return Sample(resolved, messages, where), []
+    return Sample(resolved, messages, where, boxes), []
 
 
 def family_problems(sample: Sample, spec: BackboneSpec) -> list[Problem]:
@@ -155,8 +201,8 @@ def family_problems(sample: Sample, spec: BackboneSpec) -> list[Problem]:
     if spec.max_images is not None and len(sample.images) > spec.max_images:
         problems.append(Problem(
             f"{len(sample.images)} images, but {spec.title} takes at most {spec.max_images} per sample",
-            sample.source, "keep fewer images per record (e.g. the primary image only), or stitch them into one "
-            "grid image, or pick a multi-image backbone (`ecomtune backbones`)"))
+            sample.source, "set the stage's images.strategy to grid (stitch the views into one image) or primary "
+            "(the first image only), or pick a multi-image backbone (`ecomtune backbones`)"))
     if spec.conversation == "prefix-suffix":
         roles = [m["role"] for m in sample.messages]
         if roles != ["user", "assistant"] or not sample.images:
@@ -167,9 +213,40 @@ def family_problems(sample: Sample, spec: BackboneSpec) -> list[Problem]:
     return problems
 
 
-def load_samples(path: Path, spec: BackboneSpec | None = None) -> list[Sample]:
-    """Read and check a whole JSONL file (against the backbone family's limits when `spec` is given); raise
-    one DataError listing every bad record."""
+def _raise_if_any(problems: list[Problem], title: str) -> None:
+    if problems:
+        more = f" (first {MAX_REPORTED} shown)" if len(problems) > MAX_REPORTED else ""
+        raise DataError(f"{title}: {len(problems)} problem(s) in the data{more}; nothing was trained",
+                        problems[:MAX_REPORTED])
+
+
+def present_samples(samples: list[Sample], spec: BackboneSpec | None = None,
+                    images: ImageSettings | None = None, title: str = "data") -> list[Sample]:
+    """Samples as the multi-image strategy presents them (`images`), checked against the backbone family's
+    limits (`spec`); one DataError lists every sample that does not fit."""
+    from ecomtune.data.strategies import apply_strategy
+
+    presented, problems = [], []
+    for sample in samples:
+        try:
+            shown = apply_strategy(sample, images) if images is not None else sample
+        except DataError as exc:  # a box the crop cannot use
+            problems.extend(exc.problems or [Problem(exc.title, sample.source)])
+            continue
+        found = family_problems(shown, spec) if spec is not None else []
+        problems.extend(found)
+        if not found:
+            presented.append(shown)
+    _raise_if_any(problems, title)
+    return presented
+
+
+def load_samples(path: Path, spec: BackboneSpec | None = None, images: ImageSettings | None = None,
+                 root: Path | None = None) -> list[Sample]:
+    """Read and check a whole JSONL file; raise one DataError listing every bad record. With `images`, each
+    sample is presented by the multi-image strategy; with `spec`, the result is checked against the backbone
+    family's limits (see `present_samples`). Relative image paths must stay inside `root` (default: the file's
+    folder)."""
     from rich.progress import track
 
     path = Path(path)
@@ -184,17 +261,11 @@ def load_samples(path: Path, spec: BackboneSpec | None = None) -> list[Sample]:
         if problem is not None:
             problems.append(problem)
             continue
-        sample, found = parse_record(record, path.parent, where)
-        if sample is not None and spec is not None:
-            found = family_problems(sample, spec)
-            sample = None if found else sample
+        sample, found = parse_record(record, path.parent, where, root)
         problems.extend(found)
         if sample is not None:
             samples.append(sample)
-    if problems:
-        shown = problems[:MAX_REPORTED]
-        more = f" (first {MAX_REPORTED} shown)" if len(problems) > MAX_REPORTED else ""
-        raise DataError(f"{path}: {len(problems)} problem(s) in the data{more}; nothing was trained", shown)
+    _raise_if_any(problems, str(path))
     if not samples:
         raise DataError(f"{path} has no records", fix="add at least one JSON line")
-    return samples
+    return present_samples(samples, spec, images, str(path)) if spec is not None or images is not None else samples

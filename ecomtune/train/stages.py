@@ -19,6 +19,7 @@ from ecomtune.backbones.spec import ResolvedRoles, lora_target_regex, resolve_ro
 from ecomtune.config.schema import Recipe, StageSettings
 from ecomtune.data.collator import count_tokens
 from ecomtune.data.schema import Sample, load_samples
+from ecomtune.data.strategies import ref_paths
 from ecomtune.errors import ConfigError, DataError, Problem
 from ecomtune.runtime import is_main_process
 from ecomtune.train.components import apply_plan, parameter_table, print_parameter_table
@@ -89,14 +90,14 @@ def _prepare(recipe: Recipe, stage: StageSettings, stage_name: str):
     if stage.data is None:
         raise ConfigError(f"No training data for {stage_name}", fix=f"pass --data FILE or set {stage_name}.data")
     backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.seed, recipe.backbone.revision)
-    samples = load_samples(stage.data, backbone.spec)
+    samples = load_samples(stage.data, backbone.spec, stage.images)
     processor = load_processor(backbone, recipe.backbone)
     samples, lengths = _length_report(processor, samples, stage, backbone.spec.conversation)
     return backbone, processor, samples, lengths
 
 
 def _data_record(stage: StageSettings, samples: list[Sample], lengths: dict[str, Any]) -> dict[str, Any]:
-    images = [p for s in samples for p in s.images]
+    images = [p for s in samples for ref in s.images for p in ref_paths(ref)]
     return {"path": str(stage.data), "sha256": fingerprint_file(stage.data, images), "tokens": lengths}
 
 

@@ -1,0 +1,89 @@
+"""Reading benchmark and prediction records: every record checked before a model loads, images presented
+by the multi-image strategy.
+
+A record is one JSON object per line with an `id`, its `images` (paths relative to the file; relative
+paths must stay inside the dataset root), optional `boxes` (one list per image) and the fields its
+task reads (`Task.prompt_fields`, plus `Task.reference_fields` when it is scored). Problems are
+collected for the whole file and reported together, each with its file:line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ecomtune.backbones.spec import BackboneSpec
+from ecomtune.bench.tasks import Task
+from ecomtune.config.schema import ImageSettings
+from ecomtune.data.images import check_image, image_size
+from ecomtune.data.jsonl import read_jsonl
+from ecomtune.data.schema import Sample, parse_boxes, resolve_image_path
+from ecomtune.data.strategies import apply_strategy
+from ecomtune.errors import DataError, Problem
+
+MAX_REPORTED = 20
+
+
+def present_images(record: dict[str, Any], settings: ImageSettings) -> list:
+    """The record's images as the strategy presents them (all, primary, a grid, or the primary plus crops)."""
+    user = {"role": "user", "content": [{"type": "image"} for _ in record["images"]]}
+    sample = Sample(list(record["images"]), [user], record.get("_source", ""), record.get("boxes"))
+    return apply_strategy(sample, settings).images
+
+
+def read_task_records(path: Path, task: Task, images: ImageSettings | None = None, root: Path | None = None,
+                      scored: bool = True) -> list[dict[str, Any]]:
+    """A task's records with absolute image paths (presented by `images` when given). `root`: the folder
+    relative image paths may not leave (default: the file's folder). `scored`: the reference fields are
+    required too."""
+    if not path.is_file():
+        raise DataError(f"No data for task {task.name}: {path} does not exist",
+                        fix=f"pass --data FOLDER holding {path.name} (formats in README, 'Benchmark'), or make a "
+                        "compact instance with `ecomtune synth --out catalog` and use --data catalog/bench")
+    needed = task.prompt_fields + (task.reference_fields if scored else ())
+    records, problems = [], []
+    for where, record, problem in read_jsonl(path):
+        if problem is not None:
+            problems.append(problem)
+            continue
+        if not isinstance(record, dict) or "id" not in record or not record.get("images"):
+            problems.append(Problem("record needs an 'id' and a non-empty 'images' list", where,
+                                    'e.g. {"id": "item1", "images": ["images/item1_0.png"], ...}'))
+            continue
+        missing = [key for key in needed if key not in record]
+        if missing:
+            problems.append(Problem(f"{task.name} record lacks {missing}", where, "see README, 'Benchmark', for the "
+                                    "fields each task reads"))
+        paths, sizes = [], []
+        for image in record["images"]:
+            resolved, escape = resolve_image_path(image, path.parent, root)
+            error = escape or check_image(resolved)
+            if error:
+                fix = ("keep images inside the dataset folder, give absolute paths, or name a wider dataset root "
+                       "(--data-root)") if escape else "fix the file or drop the record"
+                problems.append(Problem(f"image {image!r}: {error}", where, fix))
+            paths.append(str(resolved))
+            sizes.append(None if error else image_size(resolved))
+        boxes, box_problems = parse_boxes(record.get("boxes"), sizes, where)
+        problems.extend(box_problems)
+        records.append({**record, "images": paths, "boxes": boxes, "_source": where})
+    if problems:
+        more = f" (first {MAX_REPORTED} shown)" if len(problems) > MAX_REPORTED else ""
+        raise DataError(f"{path}: {len(problems)} problem(s){more}; no model was loaded", problems[:MAX_REPORTED])
+    if images is not None:
+        for record in records:
+            record["images"] = present_images(record, images)
+    return records
+
+
+def check_records_fit(records: list[dict[str, Any]], spec: BackboneSpec) -> None:
+    """Records with more images (as presented) than the backbone family takes: one DataError naming each, before
+    any weights load."""
+    if spec.max_images is None:
+        return
+    over = [r for r in records if len(r["images"]) > spec.max_images]
+    if over:
+        raise DataError(
+            f"{len(over)} record(s) have more images than {spec.title} takes ({spec.max_images} per sample)",
+            [Problem(f"{len(r['images'])} images", r["_source"]) for r in over[:MAX_REPORTED]],
+            fix="present them as one image: --images grid (stitched) or --images primary")

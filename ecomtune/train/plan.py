@@ -1,0 +1,171 @@
+"""`ecomtune plan RECIPE`: what a stage will cost, before it runs.
+
+Every sample is measured with the real processor (text and image tokens, after the multi-image
+strategy); the report gives the length distribution, what does not fit `max_length` (never cut: it
+is dropped or fatal, per `on_overlong`), the samples the image cap trims, the padding that batches
+of the recipe's size would carry, and an analytic estimate of peak GPU memory (`ecomtune.train.memory`)
+against the stage's `gpu_memory_gb`. Weights are never loaded: the model is measured from its config
+on the meta device.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import asdict
+from statistics import median
+from typing import Any
+
+import torch
+from torch import nn
+
+from ecomtune.backbones.loading import check_available, load_processor, pick_compute_dtype, role_overrides
+from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
+from ecomtune.backbones.spec import ResolvedRoles, lora_target_regex, resolve_roles
+from ecomtune.config.schema import Recipe, SftStage, StageSettings
+from ecomtune.data.collator import VisionChatCollator
+from ecomtune.data.schema import Sample, load_samples, present_samples
+from ecomtune.errors import ConfigError
+from ecomtune.train.memory import GIB, ModelShape, TrainShape, advice, estimate, optimizer_kind
+
+
+def percentile(values: list[int], q: float) -> int:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered), max(1, math.ceil(q / 100 * len(ordered)))) - 1]
+
+
+def padding_fraction(lengths: list[int], batch_size: int, seed: int = 0) -> float:
+    """The share of padded positions when `lengths` are shuffled (as the trainer's sampler does) and cut
+    into batches padded to their longest member."""
+    order = list(lengths)
+    random.Random(seed).shuffle(order)
+    padded = useful = 0
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        padded += max(batch) * len(batch)
+        useful += sum(batch)
+    return 1 - useful / padded if padded else 0.0
+
+
+def measure(processor, samples: list[Sample], conversation: str) -> list[tuple[int, int]]:
+    """(total tokens, image tokens) of every sample, as the collator builds them."""
+    from rich.progress import track
+
+    collator = VisionChatCollator(processor, conversation=conversation)
+    image_ids = torch.tensor([i for i in processor.image_token_ids if i is not None])
+    out = []
+    for sample in track(samples, description="measuring samples", transient=True):
+        ids = collator.encode([sample])["input_ids"][0]
+        out.append((int(ids.shape[0]), int(torch.isin(ids, image_ids).sum())))
+    return out
+
+
+def _weightless(backbone: ResolvedBackbone):
+    from transformers import AutoConfig
+
+    check_available(backbone)
+    config = AutoConfig.from_pretrained(backbone.source, revision=backbone.revision)
+    with torch.device("meta"):
+        return backbone.spec.model_class().from_config(config), config
+
+
+def _inside(name: str, root: str) -> bool:
+    return name == root or name.startswith(root + ".")
+
+
+def model_shape(model: nn.Module, config, roles: ResolvedRoles) -> ModelShape:
+    """Parameter counts per role and the language model's dimensions."""
+    counts = {"lm_linear": 0, "lm_rest": 0, "vision": 0, "projector": 0}
+    linear_weights = {f"{n}.weight" for n, m in model.named_modules()
+                      if isinstance(m, nn.Linear) and _inside(n, roles.language_model)}
+    for name, param in model.named_parameters():
+        role = roles.component_of(name)
+        if role == "language_model":
+            counts["lm_linear" if name in linear_weights else "lm_rest"] += param.numel()
+        elif role in ("vision_tower", "projector"):
+            counts["vision" if role == "vision_tower" else "projector"] += param.numel()
+    text = config.get_text_config()
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    vision = getattr(config, "vision_config", None)
+    vision_hidden = (getattr(vision, "embed_dim", None) or getattr(vision, "hidden_size", 0)) if vision else 0
+    merge = getattr(vision, "spatial_merge_size", None) or getattr(config, "spatial_merge_size", None) or \
+        getattr(config, "scale_factor", None) or 1
+    return ModelShape(**counts, layers=text.num_hidden_layers, hidden=text.hidden_size,
+                      kv_width=(getattr(text, "num_key_value_heads", None) or heads) * head_dim,
+                      intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size),
+                      vocab=text.vocab_size, vision_hidden=int(vision_hidden), merge=int(merge) ** 2)
+
+
+def lora_parameters(model: nn.Module, pattern: str, rank: int) -> int:
+    """r * (in + out) for every Linear layer the LoRA target regex matches."""
+    regex = re.compile(pattern)
+    return sum(rank * (m.in_features + m.out_features) for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) and regex.fullmatch(n))
+
+
+def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
+    """The plan of one stage of a recipe (see the module docstring)."""
+    from ecomtune.backbones.discovery import linear_layer_names
+
+    stage: StageSettings = getattr(recipe, stage_name)
+    if stage.data is None:
+        raise ConfigError(f"No training data for {stage_name}", fix=f"pass --data FILE or set {stage_name}.data")
+    backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.seed, recipe.backbone.revision)
+    listed = load_samples(stage.data)
+    samples = present_samples(listed, backbone.spec, stage.images, str(stage.data))
+    processor = load_processor(backbone, recipe.backbone)
+    measured = measure(processor, samples, backbone.spec.conversation)
+    totals = [t for t, _ in measured]
+    images = [i for _, i in measured]
+    limit = stage.max_length
+    kept = [t for t in totals if limit is None or t <= limit]
+    seq_len = max(kept) if kept else (limit or max(totals))
+
+    model, config = _weightless(backbone)
+    roles = resolve_roles(model, backbone.spec, role_overrides(recipe.backbone))
+    shape = model_shape(model, config, roles)
+    lora = 0
+    projector_trainable = True
+    if isinstance(stage, SftStage):
+        targets = stage.lora.targets or list(backbone.spec.lora_targets) or linear_layer_names(model,
+                                                                                             roles.language_model)
+        lora = lora_parameters(model, lora_target_regex(roles.language_model, targets), stage.lora.r)
+        if stage.vision == "lora":
+            vision_targets = stage.lora.vision_targets or list(backbone.spec.vision_lora_targets)
+            lora += lora_parameters(model, lora_target_regex(roles.vision_tower, vision_targets), stage.lora.r)
+        projector_trainable = stage.projector == "full"
+    batch = stage.train.batch_size
+    step = TrainShape(
+        batch_size=batch, seq_len=seq_len, image_tokens=round(batch * max(images)), lora_params=lora,
+        projector_trainable=projector_trainable, load_in_4bit=stage.quant.load_in_4bit,
+        double_quant=stage.quant.double_quant, quantize_vision=stage.quant.quantize_vision,
+        dtype_bytes=_dtype_bytes(stage.quant.compute_dtype), gradient_checkpointing=stage.train.gradient_checkpointing,
+        optimizer=optimizer_kind(stage.train.optimizer))
+    terms = estimate(shape, step)
+    budget = stage.gpu_memory_gb * GIB
+    cap = stage.images.max_images
+    return {
+        "stage": stage_name, "backbone": {"name": recipe.backbone.name, "family": backbone.spec.family},
+        "data": str(stage.data), "images": stage.images.model_dump(),
+        "samples": len(samples),
+        "tokens": {"min": min(totals), "median": median(totals), "p95": percentile(totals, 95), "max": max(totals)},
+        "image_tokens": {"median": median(images), "max": max(images), "total": sum(images)},
+        "max_length": limit, "on_overlong": stage.on_overlong,
+        "over_max_length": len(totals) - len(kept),
+        "over_image_cap": sum(len(s.images) > cap for s in listed) if stage.images.strategy in ("all", "crops") else 0,
+        "image_cap": cap,
+        "padding": {"batch_size": batch, "fraction": padding_fraction(kept or totals, batch, stage.train.seed)},
+        "memory": {"terms_gib": {k: v / GIB for k, v in terms.items()}, "budget_gib": stage.gpu_memory_gb,
+                   "fits": terms["total"] <= budget, "advice": [] if terms["total"] <= budget else advice(terms),
+                   "model": asdict(shape), "step": asdict(step)},
+    }
+
+
+def _dtype_bytes(compute_dtype: str) -> int:
+    """Bytes per value of the compute dtype on the planned GPU (auto: bfloat16, what a 24 GB GPU runs)."""
+    if compute_dtype == "auto":
+        return 2 if not torch.cuda.is_available() else torch.finfo(pick_compute_dtype("auto")).bits // 8
+    return torch.finfo(getattr(torch, compute_dtype)).bits // 8

@@ -1,0 +1,120 @@
+"""`ecomtune predict`: batched predictions parsed like bench, resumable, and never a partial file taken as done."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ecomtune.bench.predict import partial_path, run_predict
+from ecomtune.config.schema import ImageSettings
+from ecomtune.errors import ConfigError, DataError
+from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def items(tmp_path) -> Path:
+    """Four multi-image items of the shipped sample catalog's item-intelligence split, with absolute paths."""
+    source = REPO / "data_samples" / "bench" / "item-intelligence.jsonl"
+    records = [json.loads(line) for line in source.read_text().splitlines()][:4]
+    for record in records:
+        record["images"] = [str((source.parent / p).resolve()) for p in record["images"]]
+        record.pop("fields")  # predict needs only what the prompt reads
+    path = tmp_path / "items.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_predict_writes_every_item_parsed_and_resumes_after_an_interruption(items, tmp_path):
+    out = tmp_path / "preds.jsonl"
+    ids = [json.loads(line)["id"] for line in items.read_text().splitlines()]
+
+    def stop_after_first_batch(done: int, total: int) -> None:
+        if done:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_predict("tiny-qwen2-vl", items, "item-intelligence", out, batch_size=2, on_progress=stop_after_first_batch)
+    assert not out.exists(), "an interrupted run leaves no file that looks complete"
+    first = lines(partial_path(out))
+    assert [line["id"] for line in first] == ids[:2]
+    with partial_path(out).open("a") as handle:  # a crash in the middle of writing the next line
+        handle.write('{"id": "' + ids[2] + '", "task": "item-int')
+
+    summary = run_predict("tiny-qwen2-vl", items, "item-intelligence", out, batch_size=2)
+    assert (summary.skipped, summary.predicted, summary.total) == (2, 2, 4)
+    assert not partial_path(out).exists() and [line["id"] for line in lines(out)] == ids
+    assert lines(out)[:2] == first, "answers of the first run are kept as they were"
+    for line in lines(out):
+        assert line["task"] == "item-intelligence" and isinstance(line["raw"], str)
+        assert line["parsed"] == (line["prediction"] is not None) and line["strategy"] == "all"
+        assert line["images"] >= 2
+    again = run_predict("tiny-qwen2-vl", items, "item-intelligence", out, batch_size=2)
+    assert (again.skipped, again.predicted) == (4, 0) and len(lines(out)) == 4
+
+
+def test_predict_follows_the_strategy(items, tmp_path):
+    summary = run_predict("tiny-qwen2-vl", items, "item-intelligence", tmp_path / "p.jsonl", batch_size=4,
+                          images=ImageSettings(strategy="primary"))
+    assert summary.images_per_item == 1.0 and all(line["images"] == 1 for line in lines(tmp_path / "p.jsonl"))
+
+
+def test_choice_answers_are_picked_from_the_options(catalog, tmp_path):
+    source = catalog["bench"] / "deep-fashion.jsonl"
+    out = tmp_path / "df.jsonl"
+    run_predict("tiny-qwen2-vl", source, "deep-fashion", out, limit=3, root=catalog["bench"].parent)
+    for line, record in zip(lines(out), lines(source), strict=False):
+        assert line["prediction"] is None or line["prediction"] in record["options"]
+
+
+@pytest.mark.parametrize(("records", "expected"), [
+    ([{"id": "a", "images": []}], "needs an 'id' and a non-empty 'images' list"),
+    ([{"id": "a", "images": ["x.png"]}], "file not found"),
+    ([{"id": "a", "images": ["../x.png"]}], "relative path leaves the dataset folder"),
+])
+def test_bad_items_fail_before_any_model_loads(tmp_path, records, expected):
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "items.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(DataError) as caught:
+        run_predict("qwen2-vl", path, "item-intelligence", tmp_path / "out.jsonl")  # a hub alias: never reached
+    assert f"{path}:1" in caught.value.render() and expected in caught.value.render()
+    assert not (tmp_path / "out.jsonl").exists() and not partial_path(tmp_path / "out.jsonl").exists()
+
+
+def test_missing_prompt_fields_and_duplicate_ids_are_refused(items, tmp_path, catalog):
+    source = catalog["bench"] / "deep-fashion.jsonl"
+    record = json.loads(source.read_text().splitlines()[0])
+    record.pop("options")
+    bad = tmp_path / "df.jsonl"
+    bad.write_text(json.dumps(record) + "\n")
+    with pytest.raises(DataError, match=r"deep-fashion record lacks \['options'\]"):
+        run_predict("qwen2-vl", bad, "deep-fashion", tmp_path / "o.jsonl", root=catalog["bench"].parent)
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(items.read_text().splitlines()[0] + "\n" + items.read_text().splitlines()[0] + "\n")
+    with pytest.raises(ConfigError, match="appears more than once"):
+        run_predict("qwen2-vl", twice, "item-intelligence", tmp_path / "o.jsonl")
+
+
+def test_predict_command_reports_items_per_second(items, tmp_path):
+    out = tmp_path / "cli.jsonl"
+    result = run_cli("predict", "--model", "tiny-qwen2-vl", "--data", str(items), "--task", "item-intelligence",
+                     "--out", str(out), "--images", "crops", "--batch-size", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "4 items (0 already answered, 4 predicted" in result.stdout and "items/s" in result.stdout
+    assert all(line["strategy"] == "crops" for line in lines(out))
+    unknown = run_cli("predict", "--model", "tiny-qwen2-vl", "--data", str(items), "--task", "nope", "--out",
+                      str(tmp_path / "x.jsonl"))
+    assert unknown.returncode == 2 and "Unknown task(s): nope" in unknown.stderr and "Traceback" not in unknown.stderr
