@@ -162,3 +162,29 @@ def test_crop_command_bad_box_is_a_clear_error_and_writes_no_items(catalog, tmp_
     assert result.returncode == 2 and "outside" in result.stderr and "crop-bad.jsonl:1" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "bad" / "items.jsonl").exists()
+
+
+@pytest.mark.parametrize(("coords", "model_input", "expected"), [
+    ("pixels", None, [[10, 20, 30, 40]]),
+    ("norm1000", None, [[2, 8, 6, 16]]),  # 200 x 400 image: x / 1000 * 200, y / 1000 * 400
+    ("resized", (100, 200), [[20, 40, 60, 80]]),  # the model saw it at 100 x 200: twice smaller
+])
+def test_grounding_boxes_are_mapped_back_to_original_pixels(coords, model_input, expected):
+    from ecomtune.data.item_crops import to_image_pixels
+
+    assert to_image_pixels([[10, 20, 30, 40]], coords, (200, 400), model_input) == expected
+
+
+@pytest.mark.slow
+def test_crop_with_a_grounding_model_asks_it_for_every_image(catalog, tmp_path):
+    """The plumbing: a tiny random model answers noise, so boxes are few or none, but every image is asked,
+    the answers are parsed, and the crop still writes valid items."""
+    from tests.conftest import run_cli
+
+    items, originals = _items_file(catalog, "grounded.jsonl", [])
+    result = run_cli("crop", str(items), "--out", str(tmp_path / "g"), "--grounding", "tiny-qwen2.5-vl")
+    assert result.returncode == 0, result.stderr[-2000:]
+    asked = len({p for s in originals for p in s.images})
+    assert f"on {asked} images" in result.stdout and (tmp_path / "g" / "items.jsonl").is_file()
+    both = run_cli("crop", str(items), "--out", str(tmp_path / "h"), "--grounding", "x", "--boxes", "y.json")
+    assert both.returncode == 2 and "pass one of them" in both.stderr

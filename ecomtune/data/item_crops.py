@@ -27,7 +27,7 @@ from ecomtune.data.images import load_rgb
 from ecomtune.data.json_repair import parse_json_value
 from ecomtune.data.jsonl import write_jsonl_atomic
 from ecomtune.data.schema import load_samples
-from ecomtune.data.strategies import square_crop
+from ecomtune.data.strategies import placeholders_at_first, square_crop
 from ecomtune.errors import DataError, Problem
 
 GROUNDING_PROMPT = ('Find every region with text or numbers on the product (labels, logos, model numbers, '
@@ -97,6 +97,23 @@ class ItemSummary:
     tokens_after: int
 
 
+def to_image_pixels(boxes: list[list[float]], coords: str, size: tuple[int, int],
+                    model_input: tuple[int, int] | None = None) -> list[list[float]]:
+    """A grounding model's boxes in the original image's pixels. `coords`: `pixels` (already so), `norm1000`
+    (0..1000 on both axes: Qwen2-VL, Qwen3-VL), `resized` (pixels of the image the processor fed the model,
+    `model_input` = (width, height): Qwen2.5-VL)."""
+    width, height = size
+    if coords == "pixels":
+        sx = sy = 1.0
+    elif coords == "norm1000":
+        sx, sy = width / 1000, height / 1000
+    elif coords == "resized" and model_input is not None:
+        sx, sy = width / model_input[0], height / model_input[1]
+    else:
+        raise ValueError(f"unknown box coordinates {coords!r}")
+    return [[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in boxes]
+
+
 def boxes_from_file(path: Path) -> Callable[[str], list]:
     """Boxes from a JSON file mapping an image path (as written in the items file, or absolute) to a list of
     [x0, y0, x1, y1] boxes; images it does not name get none."""
@@ -107,19 +124,6 @@ def boxes_from_file(path: Path) -> Callable[[str], list]:
                         fix='write {"images/a.png": [[x0, y0, x1, y1], ...], ...}') from None
     resolved = {str((Path(path).parent / k).resolve()): v for k, v in table.items()}
     return lambda image: resolved.get(image, table.get(image, []))
-
-
-def with_images(messages: list[dict], count: int) -> list[dict]:
-    """The conversation with every image placeholder removed and `count` put at the start of the first
-    user turn (crops change how many images there are and where they came from)."""
-    out, placed = [], False
-    for message in messages:
-        content = [b for b in message["content"] if b["type"] != "image"]
-        if message["role"] == "user" and not placed:
-            content = [{"type": "image"} for _ in range(count)] + content
-            placed = True
-        out.append({"role": message["role"], "content": content})
-    return out
 
 
 def crop_file(items: Path, out_dir: Path, boxes_for: Callable[[str], list] | None, processor,
@@ -149,7 +153,7 @@ def crop_file(items: Path, out_dir: Path, boxes_for: Callable[[str], list] | Non
             name = f"images/item{n:05d}_{k}_{origin.replace(':', '')}.png"
             image.save(out_dir / name, format="PNG")
             paths.append(name)
-        records.append({"images": paths, "messages": with_images(sample.messages, len(paths))})
+        records.append({"images": paths, "messages": placeholders_at_first(sample.messages, len(paths))})
         summaries.append(ItemSummary(sample.source, len(images), len(paths),
                                      count_image_tokens(processor, images),
                                      count_image_tokens(processor, result.images)))

@@ -113,7 +113,7 @@ def _placeholders_kept(messages: list[dict[str, Any]], kept: set[int]) -> list[d
     return out
 
 
-def _placeholders_at_first(messages: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+def placeholders_at_first(messages: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
     """Messages with every image placeholder removed and `count` put where the first one was."""
     out, placed = [], False
     for message in messages:
@@ -160,6 +160,6 @@ def apply_strategy(sample: Sample, settings: ImageSettings) -> Sample:
     if settings.strategy == "grid":
         paths = [p for ref in images for p in ref_paths(ref)]
         grid: ImageRef = {"grid": paths, "columns": settings.grid_columns, "size": settings.grid_size}
-        return replace(sample, images=[grid], boxes=None, messages=_placeholders_at_first(sample.messages, 1))
+        return replace(sample, images=[grid], boxes=None, messages=placeholders_at_first(sample.messages, 1))
     refs = crop_refs(sample, settings)
-    return replace(sample, images=refs, boxes=None, messages=_placeholders_at_first(sample.messages, len(refs)))
+    return replace(sample, images=refs, boxes=None, messages=placeholders_at_first(sample.messages, len(refs)))
