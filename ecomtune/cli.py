@@ -296,6 +296,35 @@ def bench_compare(a: Path = typer.Argument(..., help="Results JSON (before)."),
     print_table(compare_table(load_results(a), load_results(b)))
 
 
+@bench_app.command("strategies")
+def bench_strategies(
+    output: Path = typer.Option(Path("runs/strategies"), "--output", "-o", help="Folder for the study's runs."),
+    strategies: str = typer.Option("all,crops,primary", "--strategies", help="Comma list of strategies."),
+    items: int = typer.Option(480, "--items", min=12, help="Catalog size (a quarter is held out)."),
+    seed: int = typer.Option(0, "--seed"),
+    steps: int = typer.Option(None, "--steps", min=1, help="sft steps per strategy (default: the tiny recipe's)."),
+    sets: list[str] = SetOpt,
+) -> None:
+    """Train one tiny model per multi-image strategy and compare visual tokens, items/s and item F1."""
+    _quiet_libraries()
+    from ecomtune.bench.strategy_study import run_strategy_study
+
+    chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
+    report = run_strategy_study(output, chosen, items, seed, steps, sets)
+    table = Table(title=f"multi-image strategies on {report['items']} held-out catalog items (item-intelligence)")
+    for column in ("strategy", "images / item", "visual tokens / item", "predict items/s", "F1", "precision",
+                   "recall", "JSON parse rate"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for name, row in report["strategies"].items():
+        scores = row["scores"]
+        table.add_row(name, f"{row['images_per_item']['median']:g} (max {row['images_per_item']['max']})",
+                      f"{row['visual_tokens_per_item']['median']:g} (max {row['visual_tokens_per_item']['max']})",
+                      f"{row['predict_items_per_second']:.2f}", f"{scores['f1']:.3f}", f"{scores['precision']:.3f}",
+                      f"{scores['recall']:.3f}", f"{scores['json_parse_rate']:.2f}")
+    stdout.print(table)
+    stdout.print(f"study: {output / 'study.json'}")
+
+
 @app.command()
 def predict(
     model: str = typer.Option(..., "--model", "-m", help="Backbone alias, hub id, local folder, or a run folder."),
@@ -346,7 +375,11 @@ def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL fo
          threshold: int = typer.Option(6, "--dedupe-threshold", min=0, help="pHash bits under which two images "
                                        "count as duplicates."),
          backbone: str = typer.Option("tiny-qwen2-vl", "--backbone", "-b",
-                                      help="Whose processor counts the visual tokens.")) -> None:
+                                      help="Whose processor counts the visual tokens."),
+         grounding: str = typer.Option(None, "--grounding", help="A grounding VLM (alias, folder or run) asked "
+                                       "for the boxes of every image, instead of --boxes or the records' own."),
+         grounding_coords: str = typer.Option("auto", "--grounding-coords", help="What the grounding model's boxes "
+                                              "are in: auto (by family), pixels, norm1000 or resized.")) -> None:
     """Originals plus one square crop per boxed image, de-duplicated and capped; prints images and visual
     tokens per item before and after."""
     _quiet_libraries()
@@ -355,10 +388,24 @@ def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL fo
     from ecomtune.backbones.loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
     from ecomtune.data.item_crops import boxes_from_file, crop_file
+    from ecomtune.errors import ConfigError
 
+    if grounding_coords not in ("auto", "pixels", "norm1000", "resized"):
+        raise ConfigError(f"--grounding-coords {grounding_coords} is not known",
+                          fix="use auto, pixels, norm1000 or resized")
+    if boxes and grounding:
+        raise ConfigError("--boxes and --grounding both give boxes", fix="pass one of them")
     processor = load_processor(resolve_backbone(backbone))
-    summaries = crop_file(items, out_dir, boxes_from_file(boxes) if boxes else None, processor, margin,
-                          max_images, threshold)
+    boxes_for = boxes_from_file(boxes) if boxes else None
+    if grounding:
+        from ecomtune.bench.grounding import grounding_boxes
+        from ecomtune.data.schema import load_samples
+
+        paths = list(dict.fromkeys(p for s in load_samples(items) for p in s.images))
+        boxes_for, found = grounding_boxes(grounding, paths, grounding_coords)
+        stdout.print(f"grounding {grounding}: {found['boxes']} boxes on {found['images']} images "
+                     f"({found['dropped']} outside their image, dropped)")
+    summaries = crop_file(items, out_dir, boxes_for, processor, margin, max_images, threshold)
     table = Table(title=f"ecomtune crop: {len(summaries)} items -> {out_dir / 'items.jsonl'}")
     for column in ("per item", "median before", "median after", "max before", "max after"):
         table.add_column(column, justify="left" if column == "per item" else "right")
