@@ -39,6 +39,8 @@ def test_memory_terms_by_hand():
     per_layer = (6 * 8 + 2 * 4 + 5 * 16) * 2  # 272 bytes per token
     assert terms["activations"] == 10 * 2 * 2 * 8 * 2 + 10 * per_layer
     assert terms["logits"] == 10 * 32 * 10 and terms["vision"] == 3 * 4 * 4 * 2 * 8
+    tiled = estimate(TINY_SHAPE, TrainShape(**{**step.__dict__, "full_logits": False}))
+    assert tiled["logits"] == 10 * 32 * 4, "TRL's fused head: at most one float32 tile of answer positions"
     subtotal = sum(v for k, v in terms.items() if k not in ("overhead", "total"))
     assert terms["total"] == pytest.approx(subtotal * 1.08 + 0.8 * GIB)
     no_checkpointing = estimate(TINY_SHAPE, TrainShape(**{**step.__dict__, "gradient_checkpointing": False}))
@@ -69,7 +71,7 @@ def test_the_shipped_7b_recipe_fits_24_gb_only_with_gradient_checkpointing():
     step = TrainShape(batch_size=train.batch_size, seq_len=recipe.sft.max_length, image_tokens=train.batch_size * 512,
                       lora_params=40_370_176, projector_trainable=True, load_in_4bit=True, double_quant=True,
                       quantize_vision=False, dtype_bytes=2, gradient_checkpointing=train.gradient_checkpointing,
-                      optimizer="adamw8bit")
+                      optimizer="adamw8bit", full_logits=train.loss_average == "sample")
     with_checkpointing = estimate(shape, step)
     assert 4 * GIB < with_checkpointing["weights"] < 8 * GIB, "a 7B in nf4 plus a bf16 ViT and embeddings"
     assert with_checkpointing["total"] < 24 * GIB

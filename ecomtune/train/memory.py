@@ -14,8 +14,10 @@ Terms, in bytes (d = bytes per value of the compute dtype: 2 for bfloat16/float1
                    a = (6H + 2H_kv + 5I) * d: what one decoder layer saves per token for backward
                    (norm outputs, q/k/v, attention output, residuals, gate/up/act/product/down inputs);
                    attention is sdpa / flash, so no seq^2 score matrix is kept
-    logits       = T * V * (d + 8)         logits in d, the float32 copy cross-entropy makes, and its
-                                          float32 gradient
+    logits       = T * V * (d + 8)         loss_average: sample (ecomtune's loss over the full logits): logits
+                                          in d, the float32 copy the loss makes, and its float32 gradient
+                   min(T, 4096) * V * 4    loss_average: token (TRL's fused LM head projects only answer
+                                          positions, in tiles of 4096 tokens; bounded by one float32 tile)
     vision       = N_img * H_v * d * 8     a frozen tower's transient forward (no graph is kept)
     overhead     = 0.8 GiB + 8% of the rest   CUDA context, kernels, allocator fragmentation
 
@@ -69,6 +71,7 @@ class TrainShape:
     dtype_bytes: int
     gradient_checkpointing: bool
     optimizer: str  # a key of OPTIMIZER_BYTES
+    full_logits: bool = True  # loss_average: sample builds them; token goes through TRL's fused, tiled LM head
 
 
 def optimizer_kind(name: str) -> str:
@@ -100,7 +103,7 @@ def estimate(model: ModelShape, step: TrainShape) -> dict[str, float]:
         "gradients": trainable * 4.0,
         "optimizer": trainable * OPTIMIZER_BYTES[step.optimizer],
         "activations": float(activations),
-        "logits": tokens * model.vocab * (d + 8.0),
+        "logits": tokens * model.vocab * (d + 8.0) if step.full_logits else min(tokens, 4096) * model.vocab * 4.0,
         "vision": step.image_tokens * model.merge * model.vision_hidden * d * 8.0,
     }
     subtotal = sum(terms.values())
@@ -111,7 +114,7 @@ def estimate(model: ModelShape, step: TrainShape) -> dict[str, float]:
 
 ADVICE = {
     "activations": "lower batch_size or max_length, or turn on gradient_checkpointing",
-    "logits": "lower batch_size or max_length (the vocabulary is fixed)",
+    "logits": "lower batch_size or max_length (the vocabulary is fixed), or loss_average: token (tiled)",
     "weights": "load the base in 4-bit (quant.load_in_4bit, quant.quantize_vision) or pick a smaller backbone",
     "optimizer": "use optimizer: paged_adamw_8bit, or a lower LoRA rank",
     "gradients": "a lower LoRA rank, or projector: frozen",

@@ -143,7 +143,7 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
         projector_trainable=projector_trainable, load_in_4bit=stage.quant.load_in_4bit,
         double_quant=stage.quant.double_quant, quantize_vision=stage.quant.quantize_vision,
         dtype_bytes=_dtype_bytes(stage.quant.compute_dtype), gradient_checkpointing=stage.train.gradient_checkpointing,
-        optimizer=optimizer_kind(stage.train.optimizer))
+        optimizer=optimizer_kind(stage.train.optimizer), full_logits=stage.train.loss_average == "sample")
     terms = estimate(shape, step)
     budget = stage.gpu_memory_gb * GIB
     cap = stage.images.max_images
