@@ -14,7 +14,6 @@ are reported before training (cutting through image tokens crashes Qwen-style mo
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -46,7 +45,7 @@ def render_with_spans(processor, messages: list[dict[str, Any]]) -> tuple[str, l
     return text, spans
 
 
-def _label_mask(offsets: Sequence[Sequence[int]], replacements: list[dict], spans: list[tuple[int, int]]) -> list[bool]:
+def _label_mask(offsets: torch.Tensor, replacements: list[dict], spans: list[tuple[int, int]]) -> torch.Tensor:
     """For each token, whether it lies inside an assistant span. Spans are in the rendered text; token
     offsets are in the processor's expanded text (placeholders replaced by many image tokens), so span
     ends are shifted by the characters gained at every placeholder before them."""
@@ -54,10 +53,11 @@ def _label_mask(offsets: Sequence[Sequence[int]], replacements: list[dict], span
     # new_span is in expanded-text coordinates, so this difference is the total gained up to that placeholder
     gained = [0] + [r["new_span"][1] - r["span"][1] for r in replacements]
     shifted = [tuple(c + gained[bisect.bisect_right(ends, c)] for c in span) for span in spans]
-    mask = []
-    for start, end in offsets:
-        mask.append(end > start and any(start < e and end > s for s, e in shifted))
-    return mask
+    starts, stops = offsets[:, 0], offsets[:, 1]  # (tokens,) each; vectorised: padded batches are long
+    mask = torch.zeros_like(starts, dtype=torch.bool)
+    for s, e in shifted:
+        mask |= (starts < e) & (stops > s)
+    return mask & (stops > starts)
 
 
 def batch_images(per_sample: list[list[Any]]) -> list[list[Any]] | None:
@@ -107,11 +107,11 @@ class VisionChatCollator:
             return_text_replacement_offsets=True,
             add_special_tokens=adds_own_specials(self.processor, texts[0]),
         )
-        offsets = batch.pop("offset_mapping").tolist()
+        offsets = batch.pop("offset_mapping")
         replacements = batch.pop("text_replacement_offsets", None) or [[] for _ in samples]
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
         for row, (row_offsets, row_repl, row_spans) in enumerate(zip(offsets, replacements, spans, strict=True)):
-            mask = torch.tensor(_label_mask(row_offsets, list(row_repl), row_spans))
+            mask = _label_mask(row_offsets, list(row_repl), row_spans)
             labels[row, mask] = batch["input_ids"][row, mask]
         batch["labels"] = labels
         return batch
