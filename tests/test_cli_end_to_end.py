@@ -50,19 +50,22 @@ def test_existing_output_is_not_clobbered(align_run):
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not installed")
-def test_sft_under_torchrun_two_processes(align_run, tmp_path):
-    """Same command, 2-process DDP on CPU (gloo): trains, and only rank 0 writes outputs."""
+@pytest.mark.parametrize("packing", [False, True], ids=["rows", "packed"])
+def test_sft_under_torchrun_two_processes(align_run, tmp_path, packing):
+    """Same command, 2-process DDP on CPU (gloo): trains, and only rank 0 writes outputs; packed rows are
+    shared out between the processes like samples."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     out = tmp_path / "ddp"
     cmd = [torchrun, "--nproc_per_node", "2", "-m", "ecomtune", "sft", "--recipe", TINY,
-           "--init-from", str(align_run), "--output", str(out), *short("sft", steps=4)]
+           "--init-from", str(align_run), "--output", str(out), *short("sft", steps=4),
+           "--set", f"sft.packing={str(packing).lower()}"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["metrics"]["global_step"] == 4
     # 2 processes x the recipe's batch per step: an epoch is half the steps it would be in one process
     batch = manifest["recipe"]["sft"]["train"]["batch_size"]
-    samples = manifest["data"]["tokens"]["samples"]
-    assert manifest["metrics"]["epoch"] == pytest.approx(4 / math.ceil(samples / (2 * batch)), rel=1e-6)
+    rows = manifest["data"]["tokens"]["packing"]["rows"] if packing else manifest["data"]["tokens"]["samples"]
+    assert manifest["metrics"]["epoch"] == pytest.approx(4 / math.ceil(rows / (2 * batch)), rel=1e-6)
     assert result.stdout.count("sft on tiny-qwen2-vl") == 1, "only rank 0 reports"
     assert (out / "adapter_model.safetensors").is_file()

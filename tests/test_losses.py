@@ -52,7 +52,7 @@ def test_trainer_uses_the_per_sample_mean(catalog, tmp_path):
     from ecomtune.config.schema import QuantSettings, TrainSettings
     from ecomtune.data.collator import VisionChatCollator
     from ecomtune.data.schema import load_samples
-    from ecomtune.train.trl_bridge import build_trainer
+    from ecomtune.train.trl_bridge import build_trainer, training_data
 
     backbone = resolve_backbone("tiny-qwen2-vl")
     processor = load_processor(backbone)
@@ -64,7 +64,8 @@ def test_trainer_uses_the_per_sample_mean(catalog, tmp_path):
     short = next(s for s in samples if len(s.messages[-1]["content"][0]["text"]) < 10)
     long = next(s for s in samples if len(s.messages[-1]["content"][0]["text"]) > 100)
     settings = TrainSettings(max_steps=1, save_steps=1, loss_average="sample", gradient_checkpointing=False)
-    trainer = build_trainer(model, processor, [short, long], settings, tmp_path, torch.float32, None)
+    data = training_data(model, processor, [short, long], settings, None)
+    trainer = build_trainer(model, processor, data, settings, tmp_path, torch.float32)
     batch = VisionChatCollator(processor).encode([short, long])
     with torch.no_grad():
         loss = trainer.compute_loss(model, dict(batch)).item()

@@ -53,6 +53,7 @@ QWEN2_VL = BackboneSpec(
     vision_tower=("model.visual", "visual"), projector=("model.visual.merger", "visual.merger"),
     language_model=("model.language_model", "model"), vision_lora_targets=("qkv", "proj", "fc1", "fc2"),
     image_placeholder="<|image_pad|>", image_knobs=QWEN_PIXELS,
+    packing="mrope",
     tiny=_qwen_twin("Qwen2VLConfig", "Qwen2VLProcessor",
                     dict(depth=1, embed_dim=W, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
                          spatial_merge_size=2, temporal_patch_size=2, in_chans=3)),
@@ -65,6 +66,7 @@ QWEN2_5_VL = BackboneSpec(
     vision_tower=("model.visual", "visual"), projector=("model.visual.merger", "visual.merger"),
     language_model=("model.language_model", "model"), vision_lora_targets=("qkv", "proj", "gate_proj", "up_proj"),
     image_placeholder="<|image_pad|>", image_knobs=QWEN_PIXELS,
+    packing="mrope",
     tiny=_qwen_twin("Qwen2_5_VLConfig", "Qwen2_5_VLProcessor",
                     dict(depth=2, hidden_size=W, intermediate_size=2 * W, num_heads=2, patch_size=14,
                          spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=56,
@@ -79,6 +81,7 @@ QWEN3_VL = BackboneSpec(
     projector_extra=("model.visual.deepstack_merger_list",), language_model=("model.language_model",),
     vision_lora_targets=("qkv", "proj", "linear_fc1", "linear_fc2"), image_placeholder="<|image_pad|>",
     image_knobs={"max_pixels": ("size.longest_edge",), "min_pixels": ("size.shortest_edge",)},
+    packing="mrope",
     tiny=_qwen_twin("Qwen3VLConfig", "Qwen3VLProcessor",
                     dict(depth=2, hidden_size=W, intermediate_size=2 * W, num_heads=2, patch_size=16,
                          spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
@@ -97,6 +100,7 @@ LLAVA = BackboneSpec(
     vision_tower=("model.vision_tower",), projector=("model.multi_modal_projector",),
     language_model=("model.language_model",), vision_lora_targets=CLIP_VISION_LORA,
     max_images=1,  # trained on single-image conversations; several images per prompt are out of distribution
+    packing="1d",
     tiny=TinyTwin(
         config_class="LlavaConfig", processor_class="LlavaProcessor",
         image_processor=("CLIPImageProcessor", {"size": {"shortest_edge": 56},
@@ -117,6 +121,7 @@ LLAVA_NEXT = BackboneSpec(
              "llava-next-vicuna-7b": "llava-hf/llava-v1.6-vicuna-7b-hf"},
     vision_tower=("model.vision_tower",), projector=("model.multi_modal_projector",),
     language_model=("model.language_model",), vision_lora_targets=CLIP_VISION_LORA,
+    packing="1d",
     tiny=TinyTwin(
         config_class="LlavaNextConfig", processor_class="LlavaNextProcessor",
         image_processor=("LlavaNextImageProcessor", {"size": {"shortest_edge": 56}, "image_grid_pinpoints": GRID,
@@ -137,6 +142,7 @@ LLAVA_ONEVISION = BackboneSpec(
              "llava-onevision-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf"},
     vision_tower=("model.vision_tower",), projector=("model.multi_modal_projector",),
     language_model=("model.language_model",), vision_lora_targets=CLIP_VISION_LORA,
+    packing="1d",
     tiny=TinyTwin(
         config_class="LlavaOnevisionConfig", processor_class="LlavaOnevisionProcessor",
         image_processor=("LlavaOnevisionImageProcessor", {"size": {"height": 56, "width": 56},
@@ -177,6 +183,7 @@ IDEFICS3 = BackboneSpec(
     hub_ids={"idefics3": "HuggingFaceM4/Idefics3-8B-Llama3"},
     vision_tower=("model.vision_model",), projector=("model.connector",), language_model=("model.text_model",),
     vision_lora_targets=CLIP_VISION_LORA, image_knobs=IDEFICS_KNOBS,
+    packing="1d",
     tiny=_idefics_twin("Idefics3Config", "Idefics3Processor", "Idefics3ImageProcessor", "trl:idefics3.jinja",
                        bos="<|begin_of_text|>", pad="<|end_of_text|>", adds_bos=True),
 )
@@ -187,6 +194,7 @@ SMOLVLM = BackboneSpec(
              "smolvlm2-500m": "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"},
     vision_tower=("model.vision_model",), projector=("model.connector",), language_model=("model.text_model",),
     vision_lora_targets=CLIP_VISION_LORA, image_knobs=IDEFICS_KNOBS,
+    packing="1d",
     tiny=_idefics_twin("SmolVLMConfig", "SmolVLMProcessor", "SmolVLMImageProcessor", "trl:smolvlm.jinja",
                        bos="<|im_start|>", pad="<|endoftext|>", adds_bos=False,
                        video=("SmolVLMVideoProcessor", {})),
@@ -199,6 +207,7 @@ PALIGEMMA = BackboneSpec(
     vision_tower=("model.vision_tower",), projector=("model.multi_modal_projector",),
     language_model=("model.language_model",), vision_lora_targets=CLIP_VISION_LORA,
     max_images=1, conversation="prefix-suffix", chat_template="ecomtune:paligemma.jinja",
+    packing="1d",
     tiny=TinyTwin(
         config_class="PaliGemmaConfig", processor_class="PaliGemmaProcessor",
         image_processor=("SiglipImageProcessor", {"size": {"height": 56, "width": 56}, "image_seq_length": 16}),
@@ -217,6 +226,8 @@ GEMMA3 = BackboneSpec(
     language_model=("model.language_model",), vision_lora_targets=CLIP_VISION_LORA,
     image_placeholder="<start_of_image>",
     image_knobs={"splitting": ("do_pan_and_scan",), "max_tiles": ("pan_and_scan_max_num_crops",)},
+    packing_refusal="Gemma 3 lets the tokens of one image attend to each other both ways; in a packed row transformers "
+    "builds that overlay from packed positions, so images of later samples attend wrongly (measured on the tiny twin)",
     tiny=TinyTwin(
         config_class="Gemma3Config", processor_class="Gemma3Processor",
         image_processor=("Gemma3ImageProcessor", {"size": {"height": 56, "width": 56}}),
@@ -243,6 +254,8 @@ MLLAMA = BackboneSpec(
     vision_lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"),
     image_placeholder="<|image|>", max_images=1,  # cross-attention trained on one image per conversation
     image_knobs={"max_tiles": ("max_image_tiles",)},
+    packing_refusal="Llama 3.2 Vision reads images through cross-attention masks laid out per row and per image, which "
+    "samples laid end to end cannot share",
     tiny=TinyTwin(
         config_class="MllamaConfig", processor_class="MllamaProcessor",
         image_processor=("MllamaImageProcessor", {"size": {"height": 56, "width": 56}, "max_image_tiles": 4}),
@@ -266,6 +279,7 @@ INTERNVL = BackboneSpec(
     language_model=("model.language_model",), vision_lora_targets=("q_proj", "k_proj", "v_proj", "fc1", "fc2"),
     image_placeholder="<IMG_CONTEXT>",
     image_knobs={"splitting": ("crop_to_patches",), "max_tiles": ("max_patches",)},
+    packing="1d",
     tiny=TinyTwin(
         config_class="InternVLConfig", processor_class="InternVLProcessor",
         image_processor=("GotOcr2ImageProcessor", {"size": {"height": 56, "width": 56}, "crop_to_patches": False,
@@ -291,6 +305,7 @@ MISTRAL3 = BackboneSpec(
     vision_tower=("model.vision_tower",), projector=("model.multi_modal_projector",),
     language_model=("model.language_model",), vision_lora_targets=LLAMA_LINEARS,
     image_placeholder="[IMG]", image_knobs={"longest_edge": ("size.longest_edge",)},
+    packing="1d",
     tiny=TinyTwin(
         config_class="Mistral3Config", processor_class="PixtralProcessor",
         image_processor=("PixtralImageProcessor", {"size": {"longest_edge": 112}, "patch_size": 14}),

@@ -26,6 +26,9 @@ ROLES = ("vision_tower", "projector", "language_model")
 RESOLUTION_KNOBS = ("max_pixels", "min_pixels", "longest_edge", "splitting", "max_tiles")
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 Conversation = Literal["chat", "prefix-suffix"]
+# How packed rows carry positions (see ecomtune.data.packing): "1d" restarts one position per token at each
+# sample; "mrope" adds Qwen's per-sample 3-D rows from the model's own rope index.
+PackingPositions = Literal["1d", "mrope"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,10 @@ class BackboneSpec:
     conversation: Conversation = "chat"
     chat_template: str | None = None  # used when the processor ships none (PaliGemma checkpoints)
     image_knobs: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    # Sequence packing: set only where the tiny twin's packed loss, gradients and logits match the same samples
+    # run one by one (tests/test_packing.py); otherwise `packing_refusal` says why a packing recipe is refused.
+    packing: PackingPositions | None = None
+    packing_refusal: str = "packing has not been verified for this architecture"
     tiny: TinyTwin | None = field(default=None, compare=False, repr=False)
 
     def model_class(self):

@@ -175,6 +175,14 @@ class StageSettings(StrictModel):
     on_overlong: Literal["error", "drop"] = Field(
         "error", description="What to do with samples longer than max_length: stop with a report, or drop them."
     )
+    packing: bool = Field(
+        False,
+        description="Pack several samples, with all their images, into rows of up to max_length tokens: no padding, "
+        "each sample attends only to itself, the loss is averaged as without packing. train.batch_size then counts "
+        "packed rows. Families that cannot be packed safely are refused with the reason (`ecomtune backbones`).",
+    )
+    max_images_per_pack: int = Field(16, ge=1, description="Cap on images in one packed row: bounds the vision "
+                                     "tower's work and memory per row.")
     quant: QuantSettings = Field(default_factory=QuantSettings, description="Base-model quantization.")
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimizer and loop settings.")
     gpu_memory_gb: float = Field(24.0, gt=0, description="GPU memory one process may use; `ecomtune plan` "
@@ -188,6 +196,9 @@ class StageSettings(StrictModel):
                 f"train.save_steps ({t.save_steps}) exceeds train.max_steps ({t.max_steps}): no checkpoint would "
                 "ever be written, so --resume could not work; lower save_steps"
             )
+        if self.packing and self.max_length is None:
+            raise ValueError("packing is true but max_length is None: packed rows need a length to fill; set "
+                             "max_length (e.g. 2048) or disable packing")
         if self.quant.quantize_vision and not self.quant.load_in_4bit:
             raise ValueError(
                 "quant.quantize_vision is true but quant.load_in_4bit is false: there is no 4-bit base to put the "

@@ -18,13 +18,14 @@ from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
 from ecomtune.backbones.spec import ResolvedRoles, lora_target_regex, resolve_roles
 from ecomtune.config.schema import Recipe, StageSettings
 from ecomtune.data.collator import count_tokens
+from ecomtune.data.packing import check_packable, packing_stats, plan_packs
 from ecomtune.data.schema import Sample, load_samples
 from ecomtune.data.strategies import ref_paths
 from ecomtune.errors import ConfigError, DataError, Problem
 from ecomtune.runtime import is_main_process
 from ecomtune.train.components import apply_plan, parameter_table, print_parameter_table
 from ecomtune.train.manifest import fingerprint_file, read_manifest, write_manifest
-from ecomtune.train.trl_bridge import build_trainer, last_checkpoint
+from ecomtune.train.trl_bridge import build_trainer, last_checkpoint, training_data
 
 PROJECTOR_FILE = "projector.safetensors"
 
@@ -63,7 +64,7 @@ def prepare_output(output: Path, resume: bool, overwrite: bool) -> str | None:
 
 
 def _length_report(processor, samples: list[Sample], stage: StageSettings,
-                   conversation: str = "chat") -> tuple[list[Sample], dict[str, Any]]:
+                   conversation: str = "chat") -> tuple[list[Sample], dict[str, Any], list[int]]:
     """Measure every sample (text + image tokens); over-long samples are an error or dropped, never cut."""
     from rich.progress import track
 
@@ -82,18 +83,39 @@ def _length_report(processor, samples: list[Sample], stage: StageSettings,
             "on_overlong: drop")
     if over:
         _console().print(f"[yellow]dropped {len(over)} sample(s) longer than {limit} tokens[/yellow]")
-        samples = [s for s, n in zip(samples, lengths, strict=True) if limit is None or n <= limit]
-    return samples, stats
+        kept = [i for i, n in enumerate(lengths) if limit is None or n <= limit]
+        samples, lengths = [samples[i] for i in kept], [lengths[i] for i in kept]
+    return samples, stats, lengths
 
 
-def _prepare(recipe: Recipe, stage: StageSettings, stage_name: str):
+@dataclass
+class PreparedData:
+    """A stage's data, checked and measured: the samples kept, their stats and token lengths, the packed rows
+    (sample indices per row) when the stage packs."""
+
+    backbone: ResolvedBackbone
+    processor: Any
+    samples: list[Sample]
+    stats: dict[str, Any]
+    lengths: list[int]
+    packs: list[list[int]] | None
+
+
+def prepare_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> PreparedData:
+    """Everything before the model loads: resolve the backbone, refuse what cannot run, read and measure data."""
     if stage.data is None:
         raise ConfigError(f"No training data for {stage_name}", fix=f"pass --data FILE or set {stage_name}.data")
     backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.seed, recipe.backbone.revision)
+    if stage.packing:
+        check_packable(backbone.spec, f"{stage_name}.packing")
     samples = load_samples(stage.data, backbone.spec, stage.images)
     processor = load_processor(backbone, recipe.backbone)
-    samples, lengths = _length_report(processor, samples, stage, backbone.spec.conversation)
-    return backbone, processor, samples, lengths
+    samples, stats, lengths = _length_report(processor, samples, stage, backbone.spec.conversation)
+    packs = None
+    if stage.packing:
+        packs = plan_packs(lengths, [len(s.images) for s in samples], stage.max_length, stage.max_images_per_pack)
+        stats["packing"] = packing_stats(packs, lengths, stage.max_length)
+    return PreparedData(backbone, processor, samples, stats, lengths, packs)
 
 
 def _data_record(stage: StageSettings, samples: list[Sample], lengths: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +141,20 @@ def _common_manifest(stage: str, recipe: Recipe, backbone: ResolvedBackbone, rol
     }
 
 
+def align_model(recipe: Recipe, backbone: ResolvedBackbone, show: bool = True):
+    """The model as stage 1 trains it: projector full, everything else frozen. Returns (model, roles, rows)."""
+    stage = recipe.align
+    overrides = role_overrides(recipe.backbone)
+    model = load_model(backbone, stage.quant, overrides)
+    roles = resolve_roles(model, backbone.spec, overrides)
+    plan = {"vision_tower": "frozen", "projector": "full", "language_model": "frozen"}
+    apply_plan(model, roles, plan)
+    rows = parameter_table(model, roles, plan)
+    if show and is_main_process():
+        print_parameter_table(rows, f"align: {backbone.spec.family} ({backbone.source})")
+    return model, roles, rows
+
+
 def run_align(recipe: Recipe, output: Path, resume: bool = False, overwrite: bool = False,
               callbacks: list | None = None) -> StageResult:
     """Stage 1: train only the projector on caption data; save its weights, the processor, a manifest."""
@@ -126,18 +162,14 @@ def run_align(recipe: Recipe, output: Path, resume: bool = False, overwrite: boo
 
     stage = recipe.align
     checkpoint = prepare_output(output, resume, overwrite)
-    backbone, processor, samples, lengths = _prepare(recipe, stage, "align")
-    overrides = role_overrides(recipe.backbone)
-    model = load_model(backbone, stage.quant, overrides)
-    roles = resolve_roles(model, backbone.spec, overrides)
-    plan = {"vision_tower": "frozen", "projector": "full", "language_model": "frozen"}
-    apply_plan(model, roles, plan)
-    rows = parameter_table(model, roles, plan)
-    if is_main_process():
-        print_parameter_table(rows, f"align: {backbone.spec.family} ({backbone.source})")
-    trainer = build_trainer(model, processor, samples, stage.train, output,
-                            pick_compute_dtype(stage.quant.compute_dtype), stage.max_length, callbacks,
-                            backbone.spec.conversation)
+    prepared = prepare_stage(recipe, stage, "align")
+    backbone, processor, samples, lengths, packs = (prepared.backbone, prepared.processor, prepared.samples,
+                                                    prepared.stats, prepared.packs)
+    model, roles, rows = align_model(recipe, backbone)
+    data = training_data(model, processor, samples, stage.train, stage.max_length, backbone.spec.conversation,
+                         packs, backbone.spec.packing)
+    trainer = build_trainer(model, processor, data, stage.train, output, pick_compute_dtype(stage.quant.compute_dtype),
+                            callbacks)
     metrics = _train(trainer, checkpoint)
     manifest = _common_manifest("align", recipe, backbone, roles, rows, _data_record(stage, samples, lengths), metrics)
     manifest["outputs"] = {"projector": PROJECTOR_FILE, "processor": "."}
@@ -183,14 +215,12 @@ def load_aligned_projector(model, roles: ResolvedRoles, init_from: Path, backbon
     return str(init_from)
 
 
-def run_sft(recipe: Recipe, output: Path, init_from: Path | None = None, resume: bool = False,
-            overwrite: bool = False, callbacks: list | None = None) -> StageResult:
-    """Stage 3: QLoRA through TRL's SFTTrainer; saves a PEFT adapter, the processor and a manifest."""
+def sft_model(recipe: Recipe, backbone: ResolvedBackbone, init_from: Path | None = None, show: bool = True):
+    """The model as stage 3 trains it: 4-bit base (per recipe), PEFT LoRA on the language model (and the vision
+    tower when asked), projector full or frozen, the aligned projector loaded first. Returns (model, roles, rows)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     stage = recipe.sft
-    checkpoint = prepare_output(output, resume, overwrite)
-    backbone, processor, samples, lengths = _prepare(recipe, stage, "sft")
     overrides = role_overrides(recipe.backbone)
     model = load_model(backbone, stage.quant, overrides)
     roles = resolve_roles(model, backbone.spec, overrides)
@@ -225,12 +255,25 @@ def run_sft(recipe: Recipe, output: Path, init_from: Path | None = None, resume:
         raise ConfigError("LoRA matched no layer of the language model",
                           [Problem(f"targets {lm_targets} under {roles.language_model}", "sft.lora.targets")],
                           fix="name Linear layers that exist (`ecomtune backbones` lists the defaults)")
-    if is_main_process():
+    if show and is_main_process():
         title = f"sft: {backbone.spec.family} ({backbone.source}), 4-bit={stage.quant.load_in_4bit}"
         print_parameter_table(rows, title)
-    trainer = build_trainer(model, processor, samples, stage.train, output,
-                            pick_compute_dtype(stage.quant.compute_dtype), stage.max_length, callbacks,
-                            backbone.spec.conversation)
+    return model, roles, rows
+
+
+def run_sft(recipe: Recipe, output: Path, init_from: Path | None = None, resume: bool = False,
+            overwrite: bool = False, callbacks: list | None = None) -> StageResult:
+    """Stage 3: QLoRA through TRL's SFTTrainer; saves a PEFT adapter, the processor and a manifest."""
+    stage = recipe.sft
+    checkpoint = prepare_output(output, resume, overwrite)
+    prepared = prepare_stage(recipe, stage, "sft")
+    backbone, processor, samples, lengths, packs = (prepared.backbone, prepared.processor, prepared.samples,
+                                                    prepared.stats, prepared.packs)
+    model, roles, rows = sft_model(recipe, backbone, init_from)
+    data = training_data(model, processor, samples, stage.train, stage.max_length, backbone.spec.conversation,
+                         packs, backbone.spec.packing)
+    trainer = build_trainer(model, processor, data, stage.train, output, pick_compute_dtype(stage.quant.compute_dtype),
+                            callbacks)
     metrics = _train(trainer, checkpoint)
     manifest = _common_manifest("sft", recipe, backbone, roles, rows, _data_record(stage, samples, lengths), metrics)
     manifest["init_from"] = str(init_from) if init_from else None

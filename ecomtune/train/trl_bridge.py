@@ -19,6 +19,10 @@ Quirks handled (TRL 1.16, transformers 5.23):
 - SFTTrainer's loss is a mean over answer tokens. `loss_average: sample` swaps in a per-sample mean
   (`ecomtune.train.losses`) through a subclass, and tells Trainer the loss is not yet scaled for
   gradient accumulation (`loss_is_scaled_for_ga = False`), so it divides by the accumulation steps.
+- SFTTrainer refuses `packing` for image datasets; ecomtune packs rows itself (`ecomtune.data.packing`) and
+  hands TRL ready batches without an attention mask, so transformers isolates the samples from the restarting
+  position ids. TRL's logged `num_tokens` then reads the width of `position_ids` (its padding-free convention,
+  wrong for several rows or 3-D positions); the manifest's `data.tokens.packing` records the packed data.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from pathlib import Path
 
 import torch
 
+from ecomtune.backbones.spec import PackingPositions
 from ecomtune.config.schema import TrainSettings
 from ecomtune.data.collator import VisionChatCollator
+from ecomtune.data.packing import PackedCollator, pack_rows, rope_index_of
 from ecomtune.data.schema import Sample
 
 
@@ -117,21 +123,36 @@ def sample_averaged_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs = dict(inputs)
             labels = inputs.pop("labels")
+            segments = inputs.pop("packed_segments", None)  # packed rows: which sample each token belongs to
             outputs = model(**inputs, use_cache=False)
-            loss = per_sample_mean_loss(outputs.logits, labels)
+            loss = per_sample_mean_loss(outputs.logits, labels, segments)
             return (loss, outputs) if return_outputs else loss
 
     return SampleAveragedSFTTrainer
 
 
-def build_trainer(model, processor, samples: list[Sample], train: TrainSettings, output: Path,
-                  compute_dtype: torch.dtype, max_length: int | None, callbacks: list | None = None,
-                  conversation: str = "chat"):
-    """An SFTTrainer over `samples` with ecomtune's collator (`conversation`: the family's, see the collator)."""
+def training_data(model, processor, samples: list[Sample], train: TrainSettings, max_length: int | None,
+                  conversation: str = "chat", packs: list[list[int]] | None = None,
+                  positions: PackingPositions | None = None):
+    """The dataset and collator a trainer reads: one sample per row, or packed rows (`packs`: sample indices per
+    row, `positions`: the family's packing positions)."""
     from datasets import Dataset
+
+    if packs is None:
+        return (Dataset.from_list([s.to_row() for s in samples]),
+                VisionChatCollator(processor, max_length, conversation))
+    collator = PackedCollator(processor, positions, rope_index_of(model) if positions == "mrope" else None,
+                              conversation, segments=train.loss_average == "sample")
+    return Dataset.from_list(pack_rows(samples, packs)), collator
+
+
+def build_trainer(model, processor, data, train: TrainSettings, output: Path, compute_dtype: torch.dtype,
+                  callbacks: list | None = None):
+    """An SFTTrainer over `data`, a (dataset, collator) pair from `training_data` (or any collator that yields
+    model inputs with labels)."""
     from trl import SFTTrainer
 
-    dataset = Dataset.from_list([s.to_row() for s in samples])
+    dataset, collator = data
     quantized_without_adapter = getattr(model, "is_quantized", False) and not hasattr(model, "peft_config")
     guard = allow_frozen_quantized_base() if quantized_without_adapter else contextlib.nullcontext()
     trainer_class = sample_averaged_trainer_class() if train.loss_average == "sample" else SFTTrainer
@@ -141,7 +162,7 @@ def build_trainer(model, processor, samples: list[Sample], train: TrainSettings,
             args=sft_config(train, output, compute_dtype),
             train_dataset=dataset,
             processing_class=processor,
-            data_collator=VisionChatCollator(processor, max_length, conversation),
+            data_collator=collator,
             callbacks=callbacks,
         )
 
