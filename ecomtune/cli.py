@@ -122,7 +122,8 @@ def backbones(
     table = Table(title="ecomtune backbones: one row per family (--inspect MODEL for any other model)",
                   show_lines=True)
     for column in rows[0]:
-        table.add_column(column)
+        # hub ids and module paths are copied whole; other cells wrap, never cut
+        table.add_column(column, no_wrap=column in ("aliases -> hub ids", "projector"), overflow="fold")
     for row in rows:
         table.add_row(*row.values())
     stdout.print(table)
@@ -200,6 +201,53 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML."),
         stdout.print(f"plan: {out}")
 
 
+@app.command()
+def profile(recipe: Path = typer.Argument(..., help="Recipe YAML."),
+            steps: int = typer.Option(10, "--steps", min=2, help="Optimizer steps per run (the first is untimed)."),
+            stage: str = typer.Option("sft", "--stage", help="Which stage to profile: align or sft."),
+            backbone: str = BackboneOpt, data: Path = DataOpt, sets: list[str] = SetOpt,
+            out: Path = typer.Option(None, "--out", "-o", help="Also write the figures as JSON.")) -> None:
+    """Train N steps with TRL's collator, then ecomtune with packing off and on: tokens/s, padding, memory."""
+    _quiet_libraries()
+    from ecomtune.errors import ConfigError
+    from ecomtune.train.profile import profile_recipe, write_profile
+
+    if stage not in ("align", "sft"):
+        raise ConfigError(f"--stage {stage} is not a stage", fix="use --stage align or --stage sft")
+    chosen = _recipe(recipe, sets, stage, backbone, data, None)
+    rows = profile_recipe(chosen, stage, steps, progress=lambda mode: stdout.print(f"[dim]profiling {mode}...[/dim]"))
+    settings = getattr(chosen, stage)
+    table = Table(title=f"profile: {stage} on {chosen.backbone.name}, {settings.data}, {steps} steps "
+                  f"(step 1 untimed), batch {settings.train.batch_size} x accum {settings.train.grad_accum}, "
+                  f"max_length {settings.max_length}")
+    for column in ("run", "useful tokens/s", "padding", "samples/s", "peak RSS GiB", "peak GPU GiB", "vs TRL"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    reference = next((r for r in rows if r.mode == "trl" and r.seconds), None)
+    for row in rows:
+        if row.note:
+            table.add_row(row.label, row.note, "", "", "", "", "")
+            continue
+        ratio = f"{row.tokens_per_s / reference.tokens_per_s:.2f}x" if reference else ""
+        table.add_row(row.label, f"{row.tokens_per_s:,.0f}", f"{row.padding:.1%}", f"{row.samples_per_s:.2f}",
+                      f"{row.peak_rss_gib:.2f}", "-" if row.peak_gpu_gib is None else f"{row.peak_gpu_gib:.2f}",
+                      ratio)
+    stdout.print(table)
+    packed = next((r for r in rows if r.mode == "packed" and r.seconds), None)
+    unpacked = next((r for r in rows if r.mode == "rows" and r.seconds), None)
+    if packed and unpacked:
+        stdout.print(f"packing on / off: {packed.tokens_per_s / unpacked.tokens_per_s:.2f}x useful tokens/s")
+    if out:
+        write_profile(rows, out, {"recipe": str(recipe), "stage": stage, "steps": steps,
+                                  "device": "cuda" if _cuda() else "cpu"})
+        stdout.print(f"profile: {out}")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _print_plan(report: dict) -> None:
     tokens, image_tokens, memory = report["tokens"], report["image_tokens"], report["memory"]
     stdout.print(f"[bold]{report['stage']}[/bold] on {report['backbone']['name']}: {report['samples']} samples "
@@ -209,8 +257,14 @@ def _print_plan(report: dict) -> None:
         table.add_column(column, justify="right")
     table.add_row(str(tokens["min"]), f"{tokens['median']:g}", str(tokens["p95"]), str(tokens["max"]),
                   f"{image_tokens['median']:g} / {image_tokens['max']}",
-                  f"{report['padding']['fraction']:.1%} at batch {report['padding']['batch_size']}")
+                  f"{report['padding']['fraction']:.1%} at batch {report['padding']['batch_size']}"
+                  + (" (packed, at most)" if report["padding"]["packed"] else ""))
     stdout.print(table)
+    if report.get("packing"):
+        packing = report["packing"]
+        stdout.print(f"packing: {packing['samples']} samples in {packing['rows']} rows of up to "
+                     f"{packing['max_length']} tokens ({packing['samples_per_row']:g} per row, "
+                     f"{packing['fill']:.1%} full)")
     if report["over_max_length"]:
         action = "dropped" if report["on_overlong"] == "drop" else "fatal (on_overlong: error)"
         stdout.print(f"[yellow]{report['over_max_length']} sample(s) longer than max_length={report['max_length']}: "

@@ -110,3 +110,15 @@ def test_plan_command_prints_the_budget_and_writes_json(tmp_path):
     assert report["memory"]["fits"] is False and report["memory"]["advice"]
     bad = run_cli("plan", "recipes/tiny-qwen2-vl.yaml", "--stage", "mid")
     assert bad.returncode == 2 and "--stage align or --stage sft" in bad.stderr
+
+
+def test_plan_with_packing_counts_rows_of_max_length(catalog):
+    common = [f"sft.data={catalog['instruct']}", "sft.max_length=512", "sft.train.batch_size=8"]
+    recipe = load_recipe(None, [*common, "sft.packing=true"])
+    report = plan_stage(recipe, "sft")
+    packing = report["packing"]
+    assert packing["samples"] == report["samples"] - report["over_max_length"]
+    assert report["memory"]["step"]["seq_len"] == 512  # every row is planned at the full row length
+    assert report["padding"]["packed"] and report["padding"]["fraction"] == pytest.approx(1 - packing["fill"])
+    unpacked = plan_stage(load_recipe(None, common), "sft")
+    assert unpacked["packing"] is None and report["padding"]["fraction"] < unpacked["padding"]["fraction"]

@@ -25,6 +25,7 @@ from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
 from ecomtune.backbones.spec import ResolvedRoles, lora_target_regex, resolve_roles
 from ecomtune.config.schema import Recipe, SftStage, StageSettings
 from ecomtune.data.collator import VisionChatCollator
+from ecomtune.data.packing import check_packable, packing_stats, plan_packs
 from ecomtune.data.schema import Sample, load_samples, present_samples
 from ecomtune.errors import ConfigError
 from ecomtune.train.memory import GIB, ModelShape, TrainShape, advice, estimate, optimizer_kind
@@ -123,6 +124,17 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
     limit = stage.max_length
     kept = [t for t in totals if limit is None or t <= limit]
     seq_len = max(kept) if kept else (limit or max(totals))
+    batch = stage.train.batch_size
+    image_tokens = batch * max(images)
+    packing = None
+    if stage.packing:  # rows of up to max_length tokens; a step holds batch_size rows
+        check_packable(backbone.spec, f"{stage_name}.packing")
+        fits = [i for i, t in enumerate(totals) if t <= limit]
+        packs = plan_packs([totals[i] for i in fits], [len(samples[i].images) for i in fits], limit,
+                           stage.max_images_per_pack)
+        packing = packing_stats(packs, [totals[i] for i in fits], limit)
+        seq_len = limit
+        image_tokens = batch * max((sum(images[fits[i]] for i in pack) for pack in packs), default=0)
 
     model, config = _weightless(backbone)
     roles = resolve_roles(model, backbone.spec, role_overrides(recipe.backbone))
@@ -137,9 +149,8 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
             vision_targets = stage.lora.vision_targets or list(backbone.spec.vision_lora_targets)
             lora += lora_parameters(model, lora_target_regex(roles.vision_tower, vision_targets), stage.lora.r)
         projector_trainable = stage.projector == "full"
-    batch = stage.train.batch_size
     step = TrainShape(
-        batch_size=batch, seq_len=seq_len, image_tokens=round(batch * max(images)), lora_params=lora,
+        batch_size=batch, seq_len=seq_len, image_tokens=round(image_tokens), lora_params=lora,
         projector_trainable=projector_trainable, load_in_4bit=stage.quant.load_in_4bit,
         double_quant=stage.quant.double_quant, quantize_vision=stage.quant.quantize_vision,
         dtype_bytes=_dtype_bytes(stage.quant.compute_dtype), gradient_checkpointing=stage.train.gradient_checkpointing,
@@ -157,7 +168,10 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
         "over_max_length": len(totals) - len(kept),
         "over_image_cap": sum(len(s.images) > cap for s in listed) if stage.images.strategy in ("all", "crops") else 0,
         "image_cap": cap,
-        "padding": {"batch_size": batch, "fraction": padding_fraction(kept or totals, batch, stage.train.seed)},
+        "padding": {"batch_size": batch, "packed": packing is not None,
+                    "fraction": 1 - packing["fill"] if packing else padding_fraction(kept or totals, batch,
+                                                                                     stage.train.seed)},
+        "packing": packing,
         "memory": {"terms_gib": {k: v / GIB for k, v in terms.items()}, "budget_gib": stage.gpu_memory_gb,
                    "fits": terms["total"] <= budget, "advice": [] if terms["total"] <= budget else advice(terms),
                    "model": asdict(shape), "step": asdict(step)},
