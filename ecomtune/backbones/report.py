@@ -34,6 +34,7 @@ def capability_rows() -> list[dict[str, str]]:
             "multi-image": multi_image_label(spec),
             "4-bit tested": "yes (tiny twin)" if spec.tiny is not None else "no",
             "resolution": ", ".join(spec.image_knobs) or "fixed",
+            "packing": {"mrope": "yes (mRoPE)", "1d": "yes"}.get(spec.packing or "", "no"),
         })
     return rows
 
