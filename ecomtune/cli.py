@@ -205,6 +205,8 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML."),
 def profile(recipe: Path = typer.Argument(..., help="Recipe YAML."),
             steps: int = typer.Option(10, "--steps", min=2, help="Optimizer steps per run (the first is untimed)."),
             stage: str = typer.Option("sft", "--stage", help="Which stage to profile: align or sft."),
+            repeats: int = typer.Option(1, "--repeats", min=1, help="Rounds of all runs; each run's median is "
+                                        "shown (3 steadies figures on a busy machine)."),
             backbone: str = BackboneOpt, data: Path = DataOpt, sets: list[str] = SetOpt,
             out: Path = typer.Option(None, "--out", "-o", help="Also write the figures as JSON.")) -> None:
     """Train N steps with TRL's collator, then ecomtune with packing off and on: tokens/s, padding, memory."""
@@ -215,9 +217,10 @@ def profile(recipe: Path = typer.Argument(..., help="Recipe YAML."),
     if stage not in ("align", "sft"):
         raise ConfigError(f"--stage {stage} is not a stage", fix="use --stage align or --stage sft")
     chosen = _recipe(recipe, sets, stage, backbone, data, None)
-    rows = profile_recipe(chosen, stage, steps, progress=lambda mode: stdout.print(f"[dim]profiling {mode}...[/dim]"))
+    rows = profile_recipe(chosen, stage, steps, progress=lambda mode: stdout.print(f"[dim]profiling {mode}...[/dim]"),
+                          repeats=repeats)
     settings = getattr(chosen, stage)
-    table = Table(title=f"profile: {stage} on {chosen.backbone.name}, {settings.data}, {steps} steps "
+    table = Table(title=f"profile: {stage} on {chosen.backbone.name}, {settings.data}, {steps} steps x {repeats} "
                   f"(step 1 untimed), batch {settings.train.batch_size} x accum {settings.train.grad_accum}, "
                   f"max_length {settings.max_length}")
     for column in ("run", "useful tokens/s", "padding", "samples/s", "peak RSS GiB", "peak GPU GiB", "vs TRL"):
@@ -237,7 +240,7 @@ def profile(recipe: Path = typer.Argument(..., help="Recipe YAML."),
     if packed and unpacked:
         stdout.print(f"packing on / off: {packed.tokens_per_s / unpacked.tokens_per_s:.2f}x useful tokens/s")
     if out:
-        write_profile(rows, out, {"recipe": str(recipe), "stage": stage, "steps": steps,
+        write_profile(rows, out, {"recipe": str(recipe), "stage": stage, "steps": steps, "repeats": repeats,
                                   "device": "cuda" if _cuda() else "cpu"})
         stdout.print(f"profile: {out}")
 

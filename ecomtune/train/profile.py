@@ -200,8 +200,11 @@ def profile_mode(mode: str, recipe: Recipe, stage_name: str, prepared, steps: in
 
 
 def profile_recipe(recipe: Recipe, stage_name: str = "sft", steps: int = 10,
-                   modes: tuple[str, ...] = MODES, progress=None) -> list[ProfileRow]:
-    """Every mode in `modes` on the recipe's data; a family that cannot pack gets a `packed` row saying why."""
+                   modes: tuple[str, ...] = MODES, progress=None, repeats: int = 1) -> list[ProfileRow]:
+    """Every mode in `modes` on the recipe's data; a family that cannot pack gets a `packed` row saying why.
+
+    With `repeats` > 1 the modes run in rounds (trl, rows, packed, trl, ...), so drift in the machine's speed
+    hits every mode alike, and each mode reports its median run by useful tokens/s."""
     from ecomtune.train.stages import prepare_stage
 
     if steps < 2:
@@ -212,15 +215,26 @@ def profile_recipe(recipe: Recipe, stage_name: str = "sft", steps: int = 10,
         raise ConfigError(f"{stage_name}.max_length is None: packed rows need a length to fill",
                           fix=f"set {stage_name}.max_length")
     prepared = prepare_stage(recipe, stage.model_copy(update={"packing": False}), stage_name)
+    runs: dict[str, list[ProfileRow]] = {mode: [] for mode in modes}
+    for round_index in range(repeats):
+        for mode in modes:
+            if mode == "packed" and prepared.backbone.spec.packing is None:
+                continue
+            if progress is not None:
+                progress(f"{mode} ({round_index + 1}/{repeats})" if repeats > 1 else mode)
+            runs[mode].append(profile_mode(mode, recipe, stage_name, prepared, steps))
     out = []
     for mode in modes:
-        if mode == "packed" and prepared.backbone.spec.packing is None:
+        if not runs[mode]:
             out.append(ProfileRow(mode, LABELS[mode], 0, 0, 0, 0, 0.0, 0.0,
                                   note=f"refused: {prepared.backbone.spec.packing_refusal}"))
             continue
-        if progress is not None:
-            progress(mode)
-        out.append(profile_mode(mode, recipe, stage_name, prepared, steps))
+        ranked = sorted(runs[mode], key=lambda r: r.tokens_per_s)
+        median = ranked[len(ranked) // 2]
+        median.peak_rss_gib = max(r.peak_rss_gib for r in ranked)  # peaks: the worst run
+        if median.peak_gpu_gib is not None:
+            median.peak_gpu_gib = max(r.peak_gpu_gib or 0.0 for r in ranked)
+        out.append(median)
     return out
 
 
