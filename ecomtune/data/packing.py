@@ -114,7 +114,7 @@ class PackedCollator:
         index = 0
         for pack in packs:
             parts: dict[str, list[torch.Tensor]] = {k: [] for k in out_rows}
-            for segment, _ in enumerate(pack):
+            for segment in range(len(pack)):
                 keep = mask[index]  # not a prefix: some processors (InternVL) pad on the left whatever is asked
                 length = int(keep.sum())
                 for key in seq_keys:
