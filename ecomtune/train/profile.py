@@ -24,8 +24,7 @@ import torch
 from transformers import TrainerCallback
 
 from ecomtune.config.schema import Recipe
-from ecomtune.data.collator import VisionChatCollator
-from ecomtune.data.packing import PackedCollator, pack_rows, plan_packs, rope_index_of
+from ecomtune.data.packing import plan_packs
 from ecomtune.data.schema import Sample
 from ecomtune.data.strategies import open_image
 from ecomtune.errors import ConfigError
@@ -150,20 +149,20 @@ def peak_memory() -> tuple[float, float | None]:
 
 
 def _collator(mode: str, model, prepared, stage) -> tuple[Any, Any]:
-    """The dataset rows and collator of one mode."""
+    """The dataset rows and collator of one mode (packed rows always carry segments, for counting)."""
     from datasets import Dataset
 
+    from ecomtune.train.trl_bridge import training_data
+
     spec, processor = prepared.backbone.spec, prepared.processor
+    if mode == "trl":
+        return Dataset.from_list([s.to_row() for s in prepared.samples]), TrlReferenceCollator(processor)
+    packs = None
     if mode == "packed":
         packs = plan_packs(prepared.lengths, [len(s.images) for s in prepared.samples], stage.max_length,
                            stage.max_images_per_pack)
-        inner = PackedCollator(processor, spec.packing, rope_index_of(model) if spec.packing == "mrope" else None,
-                               spec.conversation, segments=True)
-        return Dataset.from_list(pack_rows(prepared.samples, packs)), inner
-    rows = Dataset.from_list([s.to_row() for s in prepared.samples])
-    if mode == "trl":
-        return rows, TrlReferenceCollator(processor)
-    return rows, VisionChatCollator(processor, stage.max_length, spec.conversation)
+    return training_data(model, processor, prepared.samples, stage.train, stage.max_length, spec.conversation,
+                         packs, spec.packing, segments=True)
 
 
 def profile_mode(mode: str, recipe: Recipe, stage_name: str, prepared, steps: int) -> ProfileRow:

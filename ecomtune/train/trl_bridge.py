@@ -133,16 +133,17 @@ def sample_averaged_trainer_class():
 
 def training_data(model, processor, samples: list[Sample], train: TrainSettings, max_length: int | None,
                   conversation: str = "chat", packs: list[list[int]] | None = None,
-                  positions: PackingPositions | None = None):
+                  positions: PackingPositions | None = None, segments: bool | None = None):
     """The dataset and collator a trainer reads: one sample per row, or packed rows (`packs`: sample indices per
-    row, `positions`: the family's packing positions)."""
+    row, `positions`: the family's packing positions; `segments`: emit `packed_segments`, by default only where
+    the per-sample loss needs them)."""
     from datasets import Dataset
 
     if packs is None:
         return (Dataset.from_list([s.to_row() for s in samples]),
                 VisionChatCollator(processor, max_length, conversation))
     collator = PackedCollator(processor, positions, rope_index_of(model) if positions == "mrope" else None,
-                              conversation, segments=train.loss_average == "sample")
+                              conversation, segments=train.loss_average == "sample" if segments is None else segments)
     return Dataset.from_list(pack_rows(samples, packs)), collator
 
 
