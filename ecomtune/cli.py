@@ -223,17 +223,18 @@ def profile(recipe: Path = typer.Argument(..., help="Recipe YAML."),
     table = Table(title=f"profile: {stage} on {chosen.backbone.name}, {settings.data}, {steps} steps x {repeats} "
                   f"(step 1 untimed), batch {settings.train.batch_size} x accum {settings.train.grad_accum}, "
                   f"max_length {settings.max_length}")
-    for column in ("run", "useful tokens/s", "padding", "samples/s", "peak RSS GiB", "peak GPU GiB", "vs TRL"):
-        table.add_column(column, justify="left" if column == "run" else "right")
+    for column in ("run", "attention", "useful tokens/s", "padding", "samples/s", "peak RSS GiB", "peak GPU GiB",
+                   "vs TRL"):
+        table.add_column(column, justify="left" if column in ("run", "attention") else "right")
     reference = next((r for r in rows if r.mode == "trl" and r.seconds), None)
     for row in rows:
         if row.note:
-            table.add_row(row.label, row.note, "", "", "", "", "")
+            table.add_row(row.label, "", row.note, "", "", "", "", "")
             continue
         ratio = f"{row.tokens_per_s / reference.tokens_per_s:.2f}x" if reference else ""
-        table.add_row(row.label, f"{row.tokens_per_s:,.0f}", f"{row.padding:.1%}", f"{row.samples_per_s:.2f}",
-                      f"{row.peak_rss_gib:.2f}", "-" if row.peak_gpu_gib is None else f"{row.peak_gpu_gib:.2f}",
-                      ratio)
+        gpu = "-" if row.peak_gpu_gib is None else f"{row.peak_gpu_gib:.2f}"
+        table.add_row(row.label, row.attention, f"{row.tokens_per_s:,.0f}", f"{row.padding:.1%}",
+                      f"{row.samples_per_s:.2f}", f"{row.peak_rss_gib:.2f}", gpu, ratio)
     stdout.print(table)
     packed = next((r for r in rows if r.mode == "packed" and r.seconds), None)
     unpacked = next((r for r in rows if r.mode == "rows" and r.seconds), None)

@@ -25,8 +25,11 @@ from ecomtune.data.packing import PackedCollator, check_packable, pack_rows, pac
 from ecomtune.data.schema import Sample
 from ecomtune.errors import ConfigError
 from ecomtune.train.losses import per_sample_mean_loss
+from ecomtune.train.packed_attention import NAME as PACKED_SDPA
+from ecomtune.train.packed_attention import use_packed_attention
 
 PACKABLE = [s for s in FAMILIES if s.packing]
+EAGER_LANGUAGE_MODEL = {"paligemma"}  # Gemma 2 runs eager attention (soft-capping)
 REFUSED = [s for s in FAMILIES if not s.packing]
 
 
@@ -138,9 +141,14 @@ def gradients(model) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
+@pytest.mark.parametrize("attention", ["sdpa", PACKED_SDPA], ids=["block-mask", "per-sample"])
 @pytest.mark.parametrize("spec", PACKABLE, ids=[s.family for s in PACKABLE])
-def test_packed_row_equals_samples_one_by_one(spec, pictures):
+def test_packed_row_equals_samples_one_by_one(spec, attention, pictures):
+    """Both ways of isolating packed samples over sdpa: transformers' block-diagonal mask, and ecomtune's
+    per-sample attention (which a language model running eager attention does not take)."""
     model, processor = model_and_processor(spec)
+    if attention == PACKED_SDPA:
+        assert use_packed_attention(model) == (spec.family not in EAGER_LANGUAGE_MODEL)
     samples = mixed_samples(spec, pictures)
     single = VisionChatCollator(processor, conversation=spec.conversation)
 
@@ -232,6 +240,7 @@ def test_sft_trains_packed_rows_on_a_4bit_base(catalog, tmp_path, loss_average):
     packing = tokens["packing"]
     assert packing["samples"] == tokens["samples"] - tokens["over_max_length"]
     assert packing["rows"] < packing["samples"] and 0 < packing["fill"] <= 1
+    assert packing["attention"] == PACKED_SDPA  # the 4-bit language model ran per-sample attention
     assert result.manifest["metrics"]["global_step"] == 4
     assert torch.isfinite(torch.tensor(result.manifest["metrics"]["train_loss"]))
     seen = changes(result.model, snapshot, roles_of(result.manifest))
@@ -270,6 +279,7 @@ def test_profile_measures_three_runs_side_by_side(catalog, tmp_path):
     assert rows["packed"]["samples"] > 2  # two packed rows hold more than two samples
     assert rows["packed"]["padding_fraction"] < rows["rows"]["padding_fraction"]
     assert "useful tokens/s" in result.stdout and "packing on / off" in result.stdout
+    assert rows["packed"]["attention"] == PACKED_SDPA and rows["rows"]["attention"] == "sdpa"
 
 
 def test_profile_reports_a_family_that_cannot_pack(catalog):

@@ -3,7 +3,8 @@
 - `trl`: TRL's own `DataCollatorForVisionLanguageModeling` and plain SFTTrainer (token-mean loss), the outside
   reference: what a user gets from TRL on the same data (it computes the loss on every token, and pads).
 - `rows`: ecomtune, one sample per row (assistant-only labels, padding to the longest sample of the batch).
-- `packed`: ecomtune with `packing: true` (rows of up to max_length tokens, no padding).
+- `packed`: ecomtune with `packing: true` (rows of up to max_length tokens, no padding; over sdpa, attention runs
+  per packed sample, see `packed_attention`).
 
 Each run loads a fresh model the way its stage does (4-bit + LoRA for sft). The first optimizer step is a
 warm-up and is not timed; the figures cover steps 2..N. Useful tokens are real (non-padding) tokens fed to
@@ -28,6 +29,7 @@ from ecomtune.data.packing import plan_packs
 from ecomtune.data.schema import Sample
 from ecomtune.data.strategies import open_image
 from ecomtune.errors import ConfigError
+from ecomtune.train.packed_attention import language_attention
 
 MODES = ("trl", "rows", "packed")
 LABELS = {"trl": "TRL default collator", "rows": "ecomtune, packing off", "packed": "ecomtune, packing on"}
@@ -46,6 +48,7 @@ class ProfileRow:
     seconds: float
     peak_rss_gib: float
     peak_gpu_gib: float | None = None
+    attention: str = ""  # the language model's attention implementation during the run
     note: str = ""
 
     @property
@@ -179,6 +182,7 @@ def profile_mode(mode: str, recipe: Recipe, stage_name: str, prepared, steps: in
     if mode == "trl":
         train = train.model_copy(update={"loss_average": "token"})  # TRL as it ships
     data = _collator(mode, model, prepared, stage)
+    attention = language_attention(model)  # read after the collator: packed training may switch it
     counter = BatchCounter(drop_segments=mode == "packed" and train.loss_average != "sample")
     clock = StepClock()
     with tempfile.TemporaryDirectory(prefix="ecomtune-profile-") as output:
@@ -195,7 +199,7 @@ def profile_mode(mode: str, recipe: Recipe, stage_name: str, prepared, steps: in
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return ProfileRow(mode, LABELS[mode], steps - 1, samples, useful, positions, clock.ends[-1] - clock.ends[0],
-                      round(rss, 3), round(gpu, 3) if gpu is not None else None)
+                      round(rss, 3), round(gpu, 3) if gpu is not None else None, attention)
 
 
 def profile_recipe(recipe: Recipe, stage_name: str = "sft", steps: int = 10,

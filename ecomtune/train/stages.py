@@ -25,6 +25,7 @@ from ecomtune.errors import ConfigError, DataError, Problem
 from ecomtune.runtime import is_main_process
 from ecomtune.train.components import apply_plan, parameter_table, print_parameter_table
 from ecomtune.train.manifest import fingerprint_file, read_manifest, write_manifest
+from ecomtune.train.packed_attention import language_attention
 from ecomtune.train.trl_bridge import build_trainer, last_checkpoint, training_data
 
 PROJECTOR_FILE = "projector.safetensors"
@@ -168,6 +169,8 @@ def run_align(recipe: Recipe, output: Path, resume: bool = False, overwrite: boo
     model, roles, rows = align_model(recipe, backbone)
     data = training_data(model, processor, samples, stage.train, stage.max_length, backbone.spec.conversation,
                          packs, backbone.spec.packing)
+    if packs is not None:
+        lengths["packing"]["attention"] = language_attention(model)
     trainer = build_trainer(model, processor, data, stage.train, output, pick_compute_dtype(stage.quant.compute_dtype),
                             callbacks)
     metrics = _train(trainer, checkpoint)
@@ -272,6 +275,8 @@ def run_sft(recipe: Recipe, output: Path, init_from: Path | None = None, resume:
     model, roles, rows = sft_model(recipe, backbone, init_from)
     data = training_data(model, processor, samples, stage.train, stage.max_length, backbone.spec.conversation,
                          packs, backbone.spec.packing)
+    if packs is not None:
+        lengths["packing"]["attention"] = language_attention(model)
     trainer = build_trainer(model, processor, data, stage.train, output, pick_compute_dtype(stage.quant.compute_dtype),
                             callbacks)
     metrics = _train(trainer, checkpoint)

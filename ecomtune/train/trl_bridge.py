@@ -38,6 +38,7 @@ from ecomtune.config.schema import TrainSettings
 from ecomtune.data.collator import VisionChatCollator
 from ecomtune.data.packing import PackedCollator, pack_rows, rope_index_of
 from ecomtune.data.schema import Sample
+from ecomtune.train.packed_attention import use_packed_attention
 
 
 def sft_config(train: TrainSettings, output: Path, compute_dtype: torch.dtype):
@@ -142,6 +143,7 @@ def training_data(model, processor, samples: list[Sample], train: TrainSettings,
     if packs is None:
         return (Dataset.from_list([s.to_row() for s in samples]),
                 VisionChatCollator(processor, max_length, conversation))
+    use_packed_attention(model)
     collator = PackedCollator(processor, positions, rope_index_of(model) if positions == "mrope" else None,
                               conversation, segments=train.loss_average == "sample" if segments is None else segments)
     return Dataset.from_list(pack_rows(samples, packs)), collator
