@@ -93,3 +93,17 @@ def test_tiny_twin_uses_the_family_processor_and_template(processor):
 
     assert type(processor).__name__ in ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
     assert processor.chat_template == (files("trl") / "chat_templates" / "qwen2_5_vl.jinja").read_text()
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused(image_path):
+    """Templates that render history differently once a turn follows (a turn count up front, reasoning dropped
+    from past answers) give no stable offsets for the answer: refused, not labelled wrong."""
+    from ecomtune.errors import DataError
+
+    processor = load_processor(resolve_backbone("tiny-qwen2-vl"))
+    processor.chat_template = ("{{ messages | length }} turns\n{% for m in messages %}{{ m.role }}: "
+                               "{% for c in m.content %}{{ c.text if c.type == 'text' else '<|vision_start|>"
+                               "<|image_pad|><|vision_end|>' }}{% endfor %}\n{% endfor %}"
+                               "{% if add_generation_prompt %}assistant: {% endif %}")
+    with pytest.raises(DataError, match="not prefix-preserving"):
+        VisionChatCollator(processor).encode([Sample([image_path], [user("Colour?", image=True), assistant("red")])])

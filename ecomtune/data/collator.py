@@ -26,22 +26,24 @@ IGNORE_INDEX = -100
 
 
 def render_with_spans(processor, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
-    """The conversation as text, and the character span of every assistant turn in it."""
+    """The conversation as text, and the character span of every assistant turn in it: a turn starts where the
+    conversation before it, with the generation prompt, ends, and ends where the conversation up to it ends.
+    Both renders must be prefixes of the whole (one render less for the last turn, the usual single answer)."""
     text = processor.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)) if i \
-            else 0
-        prefix = processor.apply_chat_template(messages[: i + 1], tokenize=False)
-        if not text.startswith(prefix) or start > len(prefix):
+        head = processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+        upto = text if i == len(messages) - 1 else processor.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (text.startswith(head) and text.startswith(upto)) or len(head) > len(upto):
             raise DataError(
                 "The chat template is not prefix-preserving, so assistant tokens cannot be located",
-                [Problem("rendering the first messages is not a prefix of rendering them all", "chat template")],
+                [Problem(f"rendering the messages before assistant turn {i} is not a prefix of rendering them all",
+                         "chat template")],
                 fix="use the family's standard chat template (processor.chat_template)",
             )
-        spans.append((start, len(prefix)))
+        spans.append((len(head), len(upto)))
     return text, spans
 
 
