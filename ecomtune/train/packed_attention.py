@@ -102,19 +102,23 @@ def use_packed_attention(model) -> bool:
     runs packed attention. Only the language model sees packed rows (vision towers see images). Other
     implementations stay: flash-attention already runs packed rows per sample, and eager was chosen on purpose
     (or is all the family supports)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    text = getattr(base.config, "text_config", None)
-    if text is None or "text_config" not in getattr(base.config, "sub_configs", {}):
+    base, text = _language_config(model)
+    if text is None:
         return False  # no separate language model config to switch: the block mask path stays
-    if text._attn_implementation != "sdpa":
-        return text._attn_implementation == NAME
-    register()
-    base.set_attn_implementation({"text_config": NAME})
+    if text._attn_implementation == "sdpa":
+        register()
+        base.set_attn_implementation({"text_config": NAME})
     return text._attn_implementation == NAME
 
 
 def language_attention(model) -> str:
     """The attention implementation the language model runs (what packed rows go through)."""
+    base, text = _language_config(model)
+    return str((text or base.config)._attn_implementation)
+
+
+def _language_config(model):
+    """(the transformers model under any PEFT wrapper, its language model's sub-config or None)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(base.config, "text_config", None) or base.config
-    return str(config._attn_implementation)
+    has_text = "text_config" in getattr(base.config, "sub_configs", {})
+    return base, base.config.text_config if has_text else None

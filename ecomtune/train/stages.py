@@ -119,6 +119,16 @@ def prepare_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> Prep
     return PreparedData(backbone, processor, samples, stats, lengths, packs)
 
 
+def stage_data(prepared: PreparedData, model, stage: StageSettings):
+    """The (dataset, collator) a stage trains on. A packed run records the attention its rows go through."""
+    spec = prepared.backbone.spec
+    data = training_data(model, prepared.processor, prepared.samples, stage.train, stage.max_length,
+                         spec.conversation, prepared.packs, spec.packing)
+    if prepared.packs is not None:
+        prepared.stats["packing"]["attention"] = language_attention(model)
+    return data
+
+
 def _data_record(stage: StageSettings, samples: list[Sample], lengths: dict[str, Any]) -> dict[str, Any]:
     images = [p for s in samples for ref in s.images for p in ref_paths(ref)]
     return {"path": str(stage.data), "sha256": fingerprint_file(stage.data, images), "tokens": lengths}
@@ -164,13 +174,9 @@ def run_align(recipe: Recipe, output: Path, resume: bool = False, overwrite: boo
     stage = recipe.align
     checkpoint = prepare_output(output, resume, overwrite)
     prepared = prepare_stage(recipe, stage, "align")
-    backbone, processor, samples, lengths, packs = (prepared.backbone, prepared.processor, prepared.samples,
-                                                    prepared.stats, prepared.packs)
+    backbone, processor, samples, lengths = prepared.backbone, prepared.processor, prepared.samples, prepared.stats
     model, roles, rows = align_model(recipe, backbone)
-    data = training_data(model, processor, samples, stage.train, stage.max_length, backbone.spec.conversation,
-                         packs, backbone.spec.packing)
-    if packs is not None:
-        lengths["packing"]["attention"] = language_attention(model)
+    data = stage_data(prepared, model, stage)
     trainer = build_trainer(model, processor, data, stage.train, output, pick_compute_dtype(stage.quant.compute_dtype),
                             callbacks)
     metrics = _train(trainer, checkpoint)
@@ -270,13 +276,9 @@ def run_sft(recipe: Recipe, output: Path, init_from: Path | None = None, resume:
     stage = recipe.sft
     checkpoint = prepare_output(output, resume, overwrite)
     prepared = prepare_stage(recipe, stage, "sft")
-    backbone, processor, samples, lengths, packs = (prepared.backbone, prepared.processor, prepared.samples,
-                                                    prepared.stats, prepared.packs)
+    backbone, processor, samples, lengths = prepared.backbone, prepared.processor, prepared.samples, prepared.stats
     model, roles, rows = sft_model(recipe, backbone, init_from)
-    data = training_data(model, processor, samples, stage.train, stage.max_length, backbone.spec.conversation,
-                         packs, backbone.spec.packing)
-    if packs is not None:
-        lengths["packing"]["attention"] = language_attention(model)
+    data = stage_data(prepared, model, stage)
     trainer = build_trainer(model, processor, data, stage.train, output, pick_compute_dtype(stage.quant.compute_dtype),
                             callbacks)
     metrics = _train(trainer, checkpoint)

@@ -137,7 +137,8 @@ def training_data(model, processor, samples: list[Sample], train: TrainSettings,
                   positions: PackingPositions | None = None, segments: bool | None = None):
     """The dataset and collator a trainer reads: one sample per row, or packed rows (`packs`: sample indices per
     row, `positions`: the family's packing positions; `segments`: emit `packed_segments`, by default only where
-    the per-sample loss needs them)."""
+    the per-sample loss needs them). Packed rows also switch the model's sdpa language model to per-sample
+    attention (`packed_attention`)."""
     from datasets import Dataset
 
     if packs is None:
