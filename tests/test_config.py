@@ -61,7 +61,7 @@ align:
     assert f"{path}:5" in text and "unknown key 'sft.lora.rank'" in text and "did you mean 'r'" in text
     assert f"{path}:7" in text and "did you mean 'learning_rate'" in text
     assert f"{path}:8" in text and "sft.train.batch_size" in text and "'many'" in text
-    assert "align: quant.quantize_vision is true but quant.load_in_4bit is false" in text
+    assert f"{path}:11" in text and "align.quant.quantize_vision: true, but quant.load_in_4bit is false" in text
 
 
 def test_cross_field_rules(tmp_path):
@@ -113,3 +113,34 @@ def test_recipes_command_lists_shipped_recipes():
     assert result.returncode == 0
     for recipe in SHIPPED:
         assert recipe.name in result.stdout
+
+
+def problems_of(path: Path | None, overrides: list[str] | None = None) -> list[str]:
+    """The rendered problems of a recipe that must not load."""
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(path, overrides)
+    return [p.render() for p in caught.value.problems]
+
+
+def test_every_cross_field_problem_of_a_stage_at_once(tmp_path):
+    path = write(tmp_path, """backbone:
+  resolution:
+    min_pixels: 100000
+    max_pixels: 5000
+sft:
+  packing: true
+  max_length: null
+  quant:
+    load_in_4bit: false
+    quantize_vision: true
+  train:
+    max_steps: 10
+    save_steps: 50
+""")
+    found = problems_of(path)
+    assert len(found) == 4, found
+    expected = {3: "backbone.resolution.min_pixels: 100000 is larger than max_pixels (5000)",
+                13: "sft.train.save_steps: 50 exceeds train.max_steps (10)",
+                6: "sft.packing: true, but max_length is None", 10: "sft.quant.quantize_vision: true, but"}
+    for line, what in expected.items():
+        assert any(p.startswith(f"{path}:{line}: {what}") and "fix: " in p for p in found), what

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ecomtune.config.schema import Recipe
+from ecomtune.config.schema import RULES_BROKEN, Recipe, RuleProblem
 from ecomtune.errors import ConfigError, Problem
 
 
@@ -101,11 +101,25 @@ def _suggest(model: type[BaseModel], loc: tuple[Any, ...], key: str) -> str:
     return f"did you mean '{close[0]}'? valid keys: {valid}" if close else f"valid keys: {valid}"
 
 
+def _line_of(loc: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> int | None:
+    """The line of the key at `loc`, or of its nearest section the file has (a default value has no line)."""
+    return next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+
+
 def validate_recipe_dict(
     data: dict[str, Any], source: str = "<recipe>", lines: dict[tuple[str, ...], int] | None = None
 ) -> Recipe:
-    """Validate a recipe mapping; raise one ConfigError that lists every problem found."""
+    """Validate a recipe mapping; raise one ConfigError that lists every problem found.
+
+    A section's broken cross-field rules arrive as one pydantic error (`schema.refuse`); each becomes its own
+    Problem at its own dotted key and line, with its fix.
+    """
     lines = lines or {}
+
+    def where(loc: tuple[str, ...]) -> str:
+        line = _line_of(loc, lines)
+        return f"{source}:{line}" if line else source
+
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
@@ -113,16 +127,19 @@ def validate_recipe_dict(
         for err in exc.errors():
             loc = tuple(str(p) for p in err["loc"])
             dotted = ".".join(loc) or "(top level)"
-            line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
-            where = f"{source}:{line}" if line else source
             if err["type"] == "extra_forbidden":
-                problems.append(Problem(f"unknown key '{dotted}'", where, _suggest(Recipe, loc, loc[-1])))
+                problems.append(Problem(f"unknown key '{dotted}'", where(loc), _suggest(Recipe, loc, loc[-1])))
+            elif err["type"] == RULES_BROKEN:
+                for rule in err["ctx"]["problems"]:
+                    rule = RuleProblem(*rule)
+                    at = (*loc, *rule.key.split(".")) if rule.key else loc
+                    problems.append(Problem(f"{'.'.join(at)}: {rule.what}", where(at), rule.fix))
             else:
                 msg = err["msg"].removeprefix("Value error, ")
                 dotted = dotted.removesuffix(".") or "(top level)"
                 got = err.get("input")
                 shown = "" if isinstance(got, dict) or err["type"].startswith("value_error") else f" (got {got!r})"
-                problems.append(Problem(f"{dotted}: {msg}{shown}", where))
+                problems.append(Problem(f"{dotted}: {msg}{shown}", where(loc)))
         raise ConfigError(f"Recipe {source} has {len(problems)} problem(s)", problems) from None
 
 

@@ -2,18 +2,46 @@
 
 YAML only fills these models. Unknown keys are errors (`extra="forbid"`); cross-field rules live in
 `model_validator`s here, never in the trainer, so `ecomtune validate` catches them before any work.
+A validator reports every rule a section breaks at once (`refuse`), each at its own key, so a user
+fixes a recipe in one pass.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 ComponentMode = Literal["frozen", "full"]
 VisionMode = Literal["frozen", "lora"]
 ComputeDtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+# The pydantic error type of `refuse`; `validate_recipe_dict` turns each of its problems into its own Problem.
+RULES_BROKEN = "ecomtune_rules"
+
+
+class RuleProblem(NamedTuple):
+    """One broken rule: the key it is reported at (dotted, relative to the section; "" = the field itself),
+    what is wrong, and the fix."""
+
+    key: str
+    what: str
+    fix: str = ""
+
+
+def refuse(problems: list[RuleProblem]) -> None:
+    """Raise every broken rule of one section as one pydantic error, so none hides behind the first.
+
+    pydantic keeps one error per validator call; the problems ride in its context and `validate_recipe_dict`
+    reports each at its own dotted key and line, with its fix. The message joins them for code that builds
+    a section directly and reads `str(error)`.
+    """
+    if problems:
+        summary = "; ".join(f"{p.key + ' ' if p.key else ''}{p.what}" + (f" ({p.fix})" if p.fix else "")
+                            for p in problems)
+        raise PydanticCustomError(RULES_BROKEN, "{summary}", {"summary": summary, "problems": tuple(problems)})
 
 
 class StrictModel(BaseModel):
@@ -46,8 +74,10 @@ class ResolutionSettings(StrictModel):
 
     @model_validator(mode="after")
     def _pixels_ordered(self) -> ResolutionSettings:
+        """Reported at min_pixels, through `refuse` like every cross-field rule, so it names its key and line."""
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
-            raise ValueError(f"min_pixels ({self.min_pixels}) is larger than max_pixels ({self.max_pixels})")
+            refuse([RuleProblem("min_pixels", f"{self.min_pixels} is larger than max_pixels ({self.max_pixels})",
+                                "lower min_pixels or raise max_pixels")])
         return self
 
     def chosen(self) -> dict[str, int | bool]:
@@ -190,20 +220,21 @@ class StageSettings(StrictModel):
 
     @model_validator(mode="after")
     def _stage_consistent(self) -> StageSettings:
+        """Every broken rule of the stage at once, each at the key to change."""
         t = self.train
+        problems = []
         if t.max_steps > 0 and t.save_steps > t.max_steps:
-            raise ValueError(
-                f"train.save_steps ({t.save_steps}) exceeds train.max_steps ({t.max_steps}): no checkpoint would "
-                "ever be written, so --resume could not work; lower save_steps"
-            )
+            problems.append(RuleProblem(
+                "train.save_steps", f"{t.save_steps} exceeds train.max_steps ({t.max_steps}): no checkpoint would "
+                "ever be written, so --resume could not work", "lower save_steps to max_steps or less"))
         if self.packing and self.max_length is None:
-            raise ValueError("packing is true but max_length is None: packed rows need a length to fill; set "
-                             "max_length (e.g. 2048) or disable packing")
+            problems.append(RuleProblem("packing", "true, but max_length is None: packed rows need a length to fill",
+                                        "set max_length (e.g. 2048) or disable packing"))
         if self.quant.quantize_vision and not self.quant.load_in_4bit:
-            raise ValueError(
-                "quant.quantize_vision is true but quant.load_in_4bit is false: there is no 4-bit base to put the "
-                "vision tower in; enable load_in_4bit or disable quantize_vision"
-            )
+            problems.append(RuleProblem(
+                "quant.quantize_vision", "true, but quant.load_in_4bit is false: there is no 4-bit base to put "
+                "the vision tower in", "enable load_in_4bit or disable quantize_vision"))
+        refuse(problems)
         return self
 
 
