@@ -122,6 +122,40 @@ def problems_of(path: Path | None, overrides: list[str] | None = None) -> list[s
     return [p.render() for p in caught.value.problems]
 
 
+def test_floats_must_be_finite(tmp_path):
+    path = write(tmp_path, """backbone:
+  name: tiny-qwen2-vl
+sft:
+  gpu_memory_gb: .inf
+  images:
+    crop_margin: .nan
+  lora:
+    dropout: .nan
+  train:
+    learning_rate: .inf
+    epochs: .inf
+    weight_decay: .nan
+    max_grad_norm: .inf
+    warmup_ratio: -.inf
+""")
+    found = problems_of(path)
+    assert len(found) == 8, found
+    for line, key in ((4, "sft.gpu_memory_gb"), (6, "sft.images.crop_margin"), (8, "sft.lora.dropout"),
+                      (10, "sft.train.learning_rate"), (11, "sft.train.epochs"), (12, "sft.train.weight_decay"),
+                      (13, "sft.train.max_grad_norm"), (14, "sft.train.warmup_ratio")):
+        assert any(p.startswith(f"{path}:{line}: {key}: Input should be a finite number") for p in found), key
+    assert load_recipe(None, ["sft.train.learning_rate=1e-5"]).sft.train.learning_rate == 1e-5
+
+
+def test_max_steps_is_a_step_count_or_minus_one():
+    assert load_recipe(None, ["sft.train.max_steps=-1"]).sft.train.max_steps == -1
+    assert load_recipe(None, ["sft.train.max_steps=5", "sft.train.save_steps=5"]).sft.train.max_steps == 5
+    for bad in (0, -2):
+        (found,) = problems_of(None, [f"sft.train.max_steps={bad}"])
+        assert f"sft.train.max_steps: {bad} is neither a step count nor -1" in found
+        assert "or to -1 to train by `epochs`" in found
+
+
 def test_every_cross_field_problem_of_a_stage_at_once(tmp_path):
     path = write(tmp_path, """backbone:
   resolution:

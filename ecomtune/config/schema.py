@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 ComponentMode = Literal["frozen", "full"]
@@ -45,9 +45,11 @@ def refuse(problems: list[RuleProblem]) -> None:
 
 
 class StrictModel(BaseModel):
-    """Base for every recipe section: unknown keys are errors, assignments are re-validated."""
+    """Base for every recipe section: unknown keys are errors, assignments are re-validated, and no float may be
+    inf or nan (YAML reads `.inf` and `.nan` as floats; no rate, ratio, size or count here means anything at
+    either, and `gt=0` alone lets `.inf` through)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ResolutionSettings(StrictModel):
@@ -137,7 +139,10 @@ class LoraSettings(StrictModel):
 
 
 class TrainSettings(StrictModel):
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 = run `epochs` epochs.")
+    max_steps: int = Field(
+        -1, description="Stop after this many optimizer steps (1 or more); -1 = train by `epochs` instead. 0 and "
+        "other negatives are refused.",
+    )
     epochs: float = Field(1.0, gt=0, description="Passes over the data when max_steps is -1.")
     batch_size: int = Field(1, ge=1, description="Samples per device per forward pass.")
     grad_accum: int = Field(8, ge=1, description="Forward passes per optimizer step (effective batch multiplier).")
@@ -165,6 +170,16 @@ class TrainSettings(StrictModel):
     )
     seed: int = Field(42, description="Seed for data order and adapter initialisation.")
     dataloader_workers: int = Field(0, ge=0, description="Worker processes that load and process images.")
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        """-1 is the one way to say "train by epochs": transformers trains 0 steps on a 0, and quietly reads any
+        other negative as -1, where -5 is more likely a typo than a wish for epochs."""
+        if value == 0 or value < -1:
+            refuse([RuleProblem("", f"{value} is neither a step count nor -1",
+                                "set max_steps to 1 or more optimizer steps, or to -1 to train by `epochs`")])
+        return value
 
 
 class ImageSettings(StrictModel):
