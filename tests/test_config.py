@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ecomtune.config.loading import apply_overrides, load_recipe
+from ecomtune.config.schema import optimizer_names_in_source
 from ecomtune.errors import ConfigError
 from tests.conftest import REPO, run_cli
 
@@ -154,6 +155,21 @@ def test_max_steps_is_a_step_count_or_minus_one():
         (found,) = problems_of(None, [f"sft.train.max_steps={bad}"])
         assert f"sft.train.max_steps: {bad} is neither a step count nor -1" in found
         assert "or to -1 to train by `epochs`" in found
+
+
+def test_optimizer_must_be_one_transformers_knows():
+    assert load_recipe(None, ["sft.train.optimizer=paged_adamw_8bit"]).sft.train.optimizer == "paged_adamw_8bit"
+    (found,) = problems_of(None, ["sft.train.optimizer=adamw"])
+    assert "sft.train.optimizer: 'adamw' is not a transformers optimizer" in found
+    assert "did you mean 'adamw_torch'?" in found and "paged_adamw_8bit" in found
+    (found,) = problems_of(None, ["sft.train.optimizer=pagd_adamw_8bit"])
+    assert "did you mean 'paged_adamw_8bit'?" in found
+
+
+def test_optimizer_names_read_from_source_match_transformers():
+    from transformers.training_args import OptimizerNames  # the slow import the schema avoids
+
+    assert optimizer_names_in_source() == tuple(o.value for o in OptimizerNames)
 
 
 def test_every_cross_field_problem_of_a_stage_at_once(tmp_path):

@@ -8,6 +8,11 @@ fixes a recipe in one pass.
 
 from __future__ import annotations
 
+import ast
+import difflib
+import importlib.util
+import sys
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -42,6 +47,34 @@ def refuse(problems: list[RuleProblem]) -> None:
         summary = "; ".join(f"{p.key + ' ' if p.key else ''}{p.what}" + (f" ({p.fix})" if p.fix else "")
                             for p in problems)
         raise PydanticCustomError(RULES_BROKEN, "{summary}", {"summary": summary, "problems": tuple(problems)})
+
+
+def optimizer_names_in_source() -> tuple[str, ...]:
+    """`transformers.training_args.OptimizerNames`' string values, read from its source without running it;
+    () when the source no longer holds the class there (then `optimizer_names` imports it)."""
+    spec = importlib.util.find_spec("transformers")  # a top-level spec does not import the package
+    source = Path(spec.origin).parent / "training_args.py" if spec and spec.origin else None
+    if source is None or not source.is_file():
+        return ()
+    for node in ast.parse(source.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ClassDef) and node.name == "OptimizerNames":
+            return tuple(s.value.value for s in node.body if isinstance(s, ast.Assign)
+                         and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str))
+    return ()
+
+
+@lru_cache(maxsize=1)
+def optimizer_names() -> tuple[str, ...]:
+    """The optimizer names transformers accepts (`transformers.training_args.OptimizerNames`).
+
+    Importing `transformers.training_args` pulls in torch (~10 s against ~0.4 s for all of `ecomtune validate`),
+    so unless it is loaded already the names are read from its source (a test checks both agree).
+    """
+    if "transformers.training_args" not in sys.modules and (names := optimizer_names_in_source()):
+        return names
+    from transformers.training_args import OptimizerNames
+
+    return tuple(o.value for o in OptimizerNames)
 
 
 class StrictModel(BaseModel):
@@ -157,7 +190,8 @@ class TrainSettings(StrictModel):
         True, description="Recompute activations in backward: ~30% slower, far less activation memory."
     )
     optimizer: str = Field(
-        "adamw_torch", description="transformers optimizer name; paged_adamw_8bit saves memory on GPU."
+        "adamw_torch", description="transformers optimizer name (its `OptimizerNames`); paged_adamw_8bit saves "
+        "memory on GPU.",
     )
     logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
     save_steps: int = Field(200, ge=1, description="Write a resumable checkpoint every N steps.")
@@ -179,6 +213,22 @@ class TrainSettings(StrictModel):
         if value == 0 or value < -1:
             refuse([RuleProblem("", f"{value} is neither a step count nor -1",
                                 "set max_steps to 1 or more optimizer steps, or to -1 to train by `epochs`")])
+        return value
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        """Checked against transformers' own list now, not when TrainingArguments is built after the model
+        has loaded."""
+        names = optimizer_names()
+        if value not in names:
+            # a name that starts a valid one (adamw -> adamw_torch) beats difflib, which prefers grokadamw
+            wanted = value.strip().lower()
+            close = [n for n in names if n.startswith(wanted)] or difflib.get_close_matches(wanted, names, n=1,
+                                                                                            cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            refuse([RuleProblem("", f"'{value}' is not a transformers optimizer",
+                                f"{hint}valid names: {', '.join(names)}")])
         return value
 
 
