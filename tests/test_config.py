@@ -157,6 +157,30 @@ def test_max_steps_is_a_step_count_or_minus_one():
         assert "or to -1 to train by `epochs`" in found
 
 
+def test_repeated_keys_are_refused_with_both_lines(tmp_path):
+    path = write(tmp_path, """sft:
+  lora:
+    r: 4
+    r: 8
+  train:
+    epochs: 1
+defaults: &base
+  seed: 1
+align:
+  <<: *base
+  seed: 2
+sft:
+  lora:
+    alpha: 8
+""")
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(path)
+    found = [p.render() for p in caught.value.problems]
+    assert len(found) == 2, found  # the merge key's override of `seed` is what merge keys are for
+    assert found[0].startswith(f"{path}:4: key 'sft.lora.r' repeats {path}:3")
+    assert found[1].startswith(f"{path}:12: key 'sft' repeats {path}:1")
+
+
 def test_optimizer_must_be_one_transformers_knows():
     assert load_recipe(None, ["sft.train.optimizer=paged_adamw_8bit"]).sft.train.optimizer == "paged_adamw_8bit"
     (found,) = problems_of(None, ["sft.train.optimizer=adamw"])
@@ -194,3 +218,10 @@ sft:
                 6: "sft.packing: true, but max_length is None", 10: "sft.quant.quantize_vision: true, but"}
     for line, what in expected.items():
         assert any(p.startswith(f"{path}:{line}: {what}") and "fix: " in p for p in found), what
+
+
+def test_non_utf8_recipe_names_file_and_line(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes("backbone:\n  name: tiny-qwen2-vl  # caf\u00e9\nsft: {}\n".encode("latin-1"))
+    (found,) = problems_of(path)
+    assert found.startswith(f"{path}:2: byte 0xe9 is not UTF-8") and "save the file as UTF-8" in found

@@ -16,35 +16,79 @@ from pydantic import BaseModel, ValidationError
 from ecomtune.config.schema import RULES_BROKEN, Recipe, RuleProblem
 from ecomtune.errors import ConfigError, Problem
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
-def _key_lines(node: yaml.Node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
-    """Map each dotted key path of a YAML mapping to its 1-based line number."""
-    lines: dict[tuple[str, ...], int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            path = (*prefix, str(key_node.value))
-            lines[path] = key_node.start_mark.line + 1
-            lines.update(_key_lines(value_node, path))
-    return lines
+
+def _scan_keys(node: yaml.Node, prefix: tuple[str, ...], lines: dict[tuple[str, ...], int],
+               repeats: list[tuple[tuple[str, ...], int, int]], open_nodes: frozenset[int] = frozenset()) -> None:
+    """Record the 1-based line of each dotted key path of a YAML mapping, and every key a mapping repeats.
+
+    PyYAML keeps the last of two equal keys without a word, so a second `lora:` section silently replaces the
+    first; repeats are (path, first line, repeating line). Merge keys (`<<: *base`) are meant to be overridden,
+    so they are neither recorded nor repeats.
+    """
+    if not isinstance(node, yaml.MappingNode) or id(node) in open_nodes:  # an alias can point back up the tree
+        return
+    first_line: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == MERGE_TAG:
+            continue
+        key = str(key_node.value)
+        path, line = (*prefix, key), key_node.start_mark.line + 1
+        if key in first_line:
+            repeats.append((path, first_line[key], line))
+        else:
+            first_line[key] = line
+        lines[path] = line
+        _scan_keys(value_node, path, lines, repeats, open_nodes | {id(node)})
+
+
+def _decode(path: Path) -> str:
+    """The file's text; a file that is not UTF-8 is a ConfigError at the line of its first bad byte, not a
+    UnicodeDecodeError traceback (recipes saved as Latin-1 or UTF-16 by an editor are the usual cause)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError("Recipe is not UTF-8 text", [Problem(
+            f"byte 0x{raw[exc.start]:02x} is not UTF-8 ({exc.reason})", f"{path}:{line}",
+            "save the file as UTF-8 (most editors offer it under 'Save as' / encoding)")]) from None
 
 
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
-    """Read a recipe file; returns the mapping and the line of every key."""
+    """Read a recipe file; returns the mapping and the line of every key.
+
+    Refuses, each with file:line: bytes that are not UTF-8, invalid YAML, and (all at once) keys repeated in
+    the same mapping at any depth.
+    """
     if not path.is_file():
         raise ConfigError(f"Recipe file not found: {path}", fix="check the path; `ecomtune recipes` lists shipped ones")
-    text = path.read_text(encoding="utf-8")
+    text = _decode(path)
+    loader = yaml.SafeLoader(text)
+    lines: dict[tuple[str, ...], int] = {}
+    repeats: list[tuple[tuple[str, ...], int, int]] = []
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
+        node = loader.get_single_node()
+        if node is not None:
+            _scan_keys(node, (), lines, repeats)  # before constructing, which inlines merge keys into the nodes
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError("Recipe is not valid YAML", [Problem(str(exc).splitlines()[0], where)]) from None
+    finally:
+        loader.dispose()
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("Recipe must be a YAML mapping", [Problem(f"got {type(data).__name__}", str(path))])
-    return data, (_key_lines(node) if node is not None else {})
+    if repeats:
+        raise ConfigError(f"Recipe {path} repeats {len(repeats)} key(s); YAML would silently keep only the last", [
+            Problem(f"key '{'.'.join(key)}' repeats {path}:{first}", f"{path}:{line}",
+                    "keep one of them; for two sections, merge them into one")
+            for key, first, line in repeats])
+    return data, lines
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
