@@ -53,16 +53,15 @@ def _quiet_libraries() -> None:
 
 def _recipe(recipe: Path | None, sets: list[str] | None, stage: str, backbone: str | None, data: Path | None,
             images: str | None = None):
+    """The recipe with --set overrides, then the typed options (which win over a --set of the same key).
+
+    The options go in as values, not `key=value` strings: re-read as YAML, `--data "data #1.jsonl"` would lose
+    everything after the `#`.
+    """
     from ecomtune.config.loading import load_recipe
 
-    overrides = list(sets or [])
-    if backbone:
-        overrides.append(f"backbone.name={backbone}")
-    if data:
-        overrides.append(f"{stage}.data={data}")
-    if images:
-        overrides.append(f"{stage}.images.strategy={images}")
-    return load_recipe(recipe, overrides)
+    options = {"backbone.name": backbone, f"{stage}.data": data, f"{stage}.images.strategy": images}
+    return load_recipe(recipe, list(sets or []), {key: value for key, value in options.items() if value})
 
 
 def _image_settings(model: str, strategy: str | None, max_images: int | None):

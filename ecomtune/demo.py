@@ -36,7 +36,7 @@ def run_demo(output: Path, seed: int = 0, items: int = 480) -> dict[str, Path]:
     data = write_catalog(output / "catalog", items, seed)
     console.print(f"{items} items -> {data['captions']}, {data['instruct']}, benchmark in {data['bench']}")
     recipe = load_recipe(DEMO_RECIPE if DEMO_RECIPE.is_file() else None,
-                         [f"align.data={data['captions']}", f"sft.data={data['instruct']}"])
+                         values={"align.data": data["captions"], "sft.data": data["instruct"]})
 
     console.rule("[bold]2/5 bench: untrained backbone")
     before = run_bench(recipe.backbone.name, "all", data["bench"], out=output / "bench-before.json")

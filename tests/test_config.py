@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,29 @@ def test_non_utf8_recipe_names_file_and_line(tmp_path):
     path.write_bytes("backbone:\n  name: tiny-qwen2-vl  # caf\u00e9\nsft: {}\n".encode("latin-1"))
     (found,) = problems_of(path)
     assert found.startswith(f"{path}:2: byte 0xe9 is not UTF-8") and "save the file as UTF-8" in found
+
+
+def test_typed_values_are_set_as_they_are(tmp_path):
+    from ecomtune.cli import _recipe
+
+    data = tmp_path / "data #1.jsonl"
+    recipe = load_recipe(None, ["sft.data=other.jsonl", "backbone.name=tiny-qwen2-vl"],
+                         {"sft.data": data, "backbone.name": "007", "sft.images.strategy": "crops"})
+    assert recipe.sft.data == data  # after the --set of the same key, and the `#` is no YAML comment
+    assert recipe.backbone.name == "007"  # not the YAML integer 7
+    assert recipe.sft.images.strategy == "crops"
+    chosen = _recipe(REPO / "recipes" / "tiny-qwen2-vl.yaml", ["align.data=a.jsonl"], "align", "tiny-idefics3",
+                     data, "grid")
+    assert (chosen.align.data, chosen.backbone.name, chosen.align.images.strategy) == (data, "tiny-idefics3", "grid")
+    with pytest.raises(ConfigError, match="sft is not a section"):
+        load_recipe(None, ["sft=3"], {"sft.data": data})
+
+
+def test_plan_takes_a_data_path_with_a_hash(tmp_path):
+    data = tmp_path / "data #1.jsonl"
+    data.write_bytes((REPO / "data_samples" / "instruct.jsonl").read_bytes())
+    shutil.copytree(REPO / "data_samples" / "images", tmp_path / "images")  # a symlink would leave the folder
+    samples = len(data.read_text().splitlines())
+    result = run_cli("plan", "recipes/tiny-qwen2-vl.yaml", "--data", str(data))
+    assert result.returncode == 0, result.stderr
+    assert f"{samples} samples from {data}" in result.stdout

@@ -49,7 +49,8 @@ def run_strategy_study(output: Path, strategies: tuple[str, ...] = ("all", "crop
     settings = [f"align.data={catalog['captions']}", f"sft.data={catalog['instruct']}", *(overrides or [])]
     if sft_steps is not None:
         settings += [f"sft.train.max_steps={sft_steps}", f"sft.train.save_steps={sft_steps}"]
-    base = load_recipe(RECIPE if RECIPE.is_file() else None, settings)
+    base = load_recipe(RECIPE if RECIPE.is_file() else None, settings,
+                       {"align.data": catalog["captions"], "sft.data": catalog["instruct"]})
     console.rule("[bold]align (shared)")
     aligned = run_align(base, output / "align", overwrite=True)
     processor = load_processor(resolve_backbone(base.backbone.name, base.backbone.seed), base.backbone)
@@ -57,7 +58,9 @@ def run_strategy_study(output: Path, strategies: tuple[str, ...] = ("all", "crop
     rows: dict[str, Any] = {}
     for strategy in strategies:
         console.rule(f"[bold]sft with images: {strategy}")
-        recipe = load_recipe(RECIPE if RECIPE.is_file() else None, [*settings, f"sft.images.strategy={strategy}"])
+        recipe = load_recipe(RECIPE if RECIPE.is_file() else None, settings,
+                             {"align.data": catalog["captions"], "sft.data": catalog["instruct"],
+                              "sft.images.strategy": strategy})
         tuned = run_sft(recipe, output / f"sft-{strategy}", init_from=aligned.output, overwrite=True)
         images = ImageSettings(**recipe.sft.images.model_dump())
         records = read_task_records(items_file, TASKS[TASK], images, catalog["bench"].parent)

@@ -1,4 +1,4 @@
-"""Recipe loading: YAML -> dict (with the line of every key) -> `--set` overrides -> typed `Recipe`.
+"""Recipe loading: YAML -> dict (with the line of every key) -> `--set` overrides -> typed values -> `Recipe`.
 
 Every problem is collected and reported at once, each with its file:line, its dotted key, and a
 "did you mean" for misspelt keys, so a user fixes a recipe in one pass instead of one error per run.
@@ -91,6 +91,21 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     return data, lines
 
 
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> str | None:
+    """Set `data[a][b][c] = value` for key `a.b.c`, creating missing sections; returns what is wrong, or None."""
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            return f"{'.'.join(parts)}: {part} is not a section"
+        node = child
+    node[parts[-1]] = value
+    return None
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `key.sub=value` overrides (values parsed as YAML: `3`, `true`, `[a, b]`, `null`)."""
     problems = []
@@ -103,20 +118,24 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                problems.append(Problem(f"{'.'.join(parts)}: {part} is not a section", "--set"))
-                break
-            node = child
-        else:
-            node[parts[-1]] = value
+        if wrong := _set_dotted(data, key, value):
+            problems.append(Problem(wrong, "--set"))
     if problems:
         raise ConfigError("Invalid --set override", problems)
+    return data
+
+
+def apply_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """Set typed values (`{"sft.data": Path(...)}`) as they are, at dotted keys.
+
+    For values a program already holds typed (a command-line path, a backbone name): written as a `--set`
+    string they would be re-read as YAML, where `data #1.jsonl` loses everything after the `#` and `yes`
+    becomes True.
+    """
+    problems = [Problem(wrong, "command line") for key, value in values.items()
+                if (wrong := _set_dotted(data, key, value))]
+    if problems:
+        raise ConfigError("Invalid command-line value", problems)
     return data
 
 
@@ -187,11 +206,17 @@ def validate_recipe_dict(
         raise ConfigError(f"Recipe {source} has {len(problems)} problem(s)", problems) from None
 
 
-def load_recipe(path: Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Load a recipe file (or the defaults when `path` is None) and apply `--set` overrides."""
+def load_recipe(path: Path | None, overrides: list[str] | None = None, values: dict[str, Any] | None = None
+                ) -> Recipe:
+    """Load a recipe file (or the defaults when `path` is None), apply `--set` overrides, then typed `values`.
+
+    `values` (`{"sft.data": Path(...), "backbone.name": "..."}`) come last, so a command-line option beats a
+    `--set` of the same key, and are set as they are, never parsed as YAML (see `apply_values`).
+    """
     data, lines, source = ({}, {}, "<defaults>")
     if path is not None:
         data, lines = read_yaml(path)
         source = str(path)
     data = apply_overrides(data, overrides or [])
+    data = apply_values(data, values or {})
     return validate_recipe_dict(data, source, lines)
