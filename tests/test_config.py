@@ -252,3 +252,28 @@ def test_plan_takes_a_data_path_with_a_hash(tmp_path):
     result = run_cli("plan", "recipes/tiny-qwen2-vl.yaml", "--data", str(data))
     assert result.returncode == 0, result.stderr
     assert f"{samples} samples from {data}" in result.stdout
+
+
+def test_validate_lists_every_problem_and_exits_2(tmp_path):
+    # a stage's cross-field rules need its fields valid first (pydantic), so they sit in another stage here
+    path = write(tmp_path, """sft:
+  train:
+    learning_rate: .inf
+    optimizer: adamw
+    max_steps: 0
+align:
+  packing: true
+  max_length: null
+  quant:
+    load_in_4bit: false
+    quantize_vision: true
+""")
+    result = run_cli("validate", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "has 5 problem(s)" in result.stderr, result.stderr
+    for line, what in ((3, "sft.train.learning_rate: Input should be a finite number"),
+                       (4, "sft.train.optimizer: 'adamw' is not a transformers optimizer"),
+                       (5, "sft.train.max_steps: 0 is neither a step count nor -1"),
+                       (7, "align.packing: true, but max_length is None"),
+                       (11, "align.quant.quantize_vision: true, but quant.load_in_4bit is false")):
+        assert f"{path}:{line}: {what}" in result.stderr, what
