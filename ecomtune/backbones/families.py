@@ -29,6 +29,8 @@ GRID = [[56, 56], [56, 112], [112, 56], [112, 112]]  # LLaVA-NeXT style any-reso
 CLIP_PROCESSOR = {"patch_size": 14, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
 TILE_TOKENS = tuple(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7))
 QWEN_PIXELS = {"max_pixels": ("max_pixels", "size.longest_edge"), "min_pixels": ("min_pixels", "size.shortest_edge")}
+# Qwen2-VL's smart_resize (also used for Qwen2.5-VL and Qwen3-VL images) raises for an aspect ratio above 200:1.
+QWEN_MAX_ASPECT = 200
 QWEN_IDS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
             "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
 
@@ -53,7 +55,7 @@ QWEN2_VL = BackboneSpec(
     vision_tower=("model.visual", "visual"), projector=("model.visual.merger", "visual.merger"),
     language_model=("model.language_model", "model"), vision_lora_targets=("qkv", "proj", "fc1", "fc2"),
     image_placeholder="<|image_pad|>", image_knobs=QWEN_PIXELS,
-    packing="mrope",
+    packing="mrope", max_aspect_ratio=QWEN_MAX_ASPECT,
     tiny=_qwen_twin("Qwen2VLConfig", "Qwen2VLProcessor",
                     dict(depth=1, embed_dim=W, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
                          spatial_merge_size=2, temporal_patch_size=2, in_chans=3)),
@@ -66,7 +68,7 @@ QWEN2_5_VL = BackboneSpec(
     vision_tower=("model.visual", "visual"), projector=("model.visual.merger", "visual.merger"),
     language_model=("model.language_model", "model"), vision_lora_targets=("qkv", "proj", "gate_proj", "up_proj"),
     image_placeholder="<|image_pad|>", image_knobs=QWEN_PIXELS,
-    packing="mrope",
+    packing="mrope", max_aspect_ratio=QWEN_MAX_ASPECT,
     tiny=_qwen_twin("Qwen2_5_VLConfig", "Qwen2_5_VLProcessor",
                     dict(depth=2, hidden_size=W, intermediate_size=2 * W, num_heads=2, patch_size=14,
                          spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=56,
@@ -81,7 +83,7 @@ QWEN3_VL = BackboneSpec(
     projector_extra=("model.visual.deepstack_merger_list",), language_model=("model.language_model",),
     vision_lora_targets=("qkv", "proj", "linear_fc1", "linear_fc2"), image_placeholder="<|image_pad|>",
     image_knobs={"max_pixels": ("size.longest_edge",), "min_pixels": ("size.shortest_edge",)},
-    packing="mrope",
+    packing="mrope", max_aspect_ratio=QWEN_MAX_ASPECT,
     tiny=_qwen_twin("Qwen3VLConfig", "Qwen3VLProcessor",
                     dict(depth=2, hidden_size=W, intermediate_size=2 * W, num_heads=2, patch_size=16,
                          spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,

@@ -51,6 +51,9 @@ class BackboneSpec:
     vision_lora_targets: tuple[str, ...] = ()
     image_placeholder: str = "<image>"  # what the chat template writes per image; the processor expands it
     max_images: int | None = None  # None: any number (interleaved); 1: single-image family
+    # The largest max(w, h) / min(w, h) the image processor accepts (Qwen-VL's smart_resize raises beyond 200:1);
+    # the data check refuses such images with their record's file:line before any model loads. None: no limit.
+    max_aspect_ratio: float | None = None
     # chat: render with the chat template, loss on assistant turns. prefix-suffix: one prompt and one answer
     # handed to the processor as `text` and `suffix` (PaliGemma: the prompt attends bidirectionally).
     conversation: Conversation = "chat"

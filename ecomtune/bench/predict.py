@@ -64,7 +64,7 @@ def run_predict(model: str, data: Path, task_name: str, out: Path, images: Image
         raise ConfigError("predict runs one task at a time", fix="pass --task NAME, e.g. --task item-intelligence")
     task = tasks[0]
     images = images or run_images(model)
-    records = read_task_records(Path(data), task, images, root, scored=False)[:limit]
+    records = read_task_records(Path(data), task, images, root, scored=False, spec=model_backbone(model).spec)[:limit]
     ids = [str(r["id"]) for r in records]
     if len(set(ids)) != len(ids):
         duplicate = next(i for i in ids if ids.count(i) > 1)

@@ -1,8 +1,9 @@
 """Reading benchmark and prediction records: every record checked before a model loads, images presented
 by the multi-image strategy.
 
-A record is one JSON object per line with an `id`, its `images` (paths relative to the file; relative
-paths must stay inside the dataset root), optional `boxes` (one list per image) and the fields its
+A record is one JSON object per line with an `id`, its `images` (a path or a list of paths, relative to
+the file; relative paths must stay inside the dataset root; checked as training images are, see
+`ecomtune.data.schema.check_record_images`), optional `boxes` (one list per image) and the fields its
 task reads (`Task.prompt_fields`, plus `Task.reference_fields` when it is scored). Problems are
 collected for the whole file and reported together, each with its file:line.
 """
@@ -15,13 +16,14 @@ from typing import Any
 from ecomtune.backbones.spec import BackboneSpec
 from ecomtune.bench.tasks import Task
 from ecomtune.config.schema import ImageSettings
-from ecomtune.data.images import check_image, image_size
 from ecomtune.data.jsonl import read_jsonl
-from ecomtune.data.schema import Sample, parse_boxes, resolve_image_path
+from ecomtune.data.schema import Sample, check_record_images, parse_boxes
 from ecomtune.data.strategies import apply_strategy
 from ecomtune.errors import DataError, Problem
 
 MAX_REPORTED = 20
+ESCAPE_FIX = ("keep images inside the dataset folder, give absolute paths, or name a wider dataset root "
+              "(--data-root)")
 
 
 def present_images(record: dict[str, Any], settings: ImageSettings) -> list:
@@ -32,10 +34,11 @@ def present_images(record: dict[str, Any], settings: ImageSettings) -> list:
 
 
 def read_task_records(path: Path, task: Task, images: ImageSettings | None = None, root: Path | None = None,
-                      scored: bool = True) -> list[dict[str, Any]]:
+                      scored: bool = True, spec: BackboneSpec | None = None) -> list[dict[str, Any]]:
     """A task's records with absolute image paths (presented by `images` when given). `root`: the folder
     relative image paths may not leave (default: the file's folder). `scored`: the reference fields are
-    required too."""
+    required too. `spec`: the backbone that will read them, so that an image its processor refuses (aspect
+    ratio) is named with its file:line before the model loads."""
     if not path.is_file():
         raise DataError(f"No data for task {task.name}: {path} does not exist",
                         fix=f"pass --data FOLDER holding {path.name} (formats in README, 'Benchmark'), or make a "
@@ -47,23 +50,16 @@ def read_task_records(path: Path, task: Task, images: ImageSettings | None = Non
             problems.append(problem)
             continue
         if not isinstance(record, dict) or "id" not in record or not record.get("images"):
-            problems.append(Problem("record needs an 'id' and a non-empty 'images' list", where,
+            problems.append(Problem("record needs an 'id' and a non-empty 'images' list (or one path)", where,
                                     'e.g. {"id": "item1", "images": ["images/item1_0.png"], ...}'))
             continue
         missing = [key for key in needed if key not in record]
         if missing:
             problems.append(Problem(f"{task.name} record lacks {missing}", where, "see README, 'Benchmark', for the "
                                     "fields each task reads"))
-        paths, sizes = [], []
-        for image in record["images"]:
-            resolved, escape = resolve_image_path(image, path.parent, root)
-            error = escape or check_image(resolved)
-            if error:
-                fix = ("keep images inside the dataset folder, give absolute paths, or name a wider dataset root "
-                       "(--data-root)") if escape else "fix the file or drop the record"
-                problems.append(Problem(f"image {image!r}: {error}", where, fix))
-            paths.append(str(resolved))
-            sizes.append(None if error else image_size(resolved))
+        paths, sizes, image_problems = check_record_images(record["images"], path.parent, where, root, spec,
+                                                           ESCAPE_FIX)
+        problems.extend(image_problems)
         boxes, box_problems = parse_boxes(record.get("boxes"), sizes, where)
         problems.extend(box_problems)
         records.append({**record, "images": paths, "boxes": boxes, "_source": where})

@@ -192,9 +192,9 @@ def run_bench(model: str, tasks: str, data: Path, out: Path | None = None, limit
     chosen = resolve_tasks(tasks)
     images = images or run_images(model)
     root = Path(data).resolve().parent
-    task_records = {t.name: read_task_records(Path(data) / f"{t.name}.jsonl", t, images, root)[:limit]
-                    for t in chosen}
     spec = model_backbone(model).spec
+    task_records = {t.name: read_task_records(Path(data) / f"{t.name}.jsonl", t, images, root, spec=spec)[:limit]
+                    for t in chosen}
     for records in task_records.values():
         check_records_fit(records, spec)
     the_judge: Judge = make_judge(judge)

@@ -1,7 +1,7 @@
 """The canonical sample format and its loader.
 
 One JSON object per line:
-- `images`: list of image paths, relative to the JSONL file (absolute paths also work);
+- `images`: list of image paths (or one path), relative to the JSONL file (absolute paths also work);
 - and either `messages` (TRL conversational: `[{"role": "user"|"assistant"|"system", "content": ...}]`)
   or `prompt` + `completion` (strings, or lists of messages).
 
@@ -16,15 +16,16 @@ file:line of the record and the fix.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ecomtune.data.images import check_image, image_size
+from ecomtune.data.images import check_image
 from ecomtune.data.jsonl import read_jsonl
 from ecomtune.errors import DataError, Problem
 
 IMAGE_MARKER = "<image>"
+ESCAPE_FIX = "keep images inside the dataset folder, or give absolute paths"
 ROLES = {"system", "user", "assistant"}
 MAX_REPORTED = 20
 
@@ -105,6 +106,33 @@ def resolve_image_path(image: str, base_dir: Path, root: Path | None = None) -> 
     return resolved, None
 
 
+def check_record_images(value: Any, base_dir: Path, where: str, root: Path | None = None,
+                        spec: BackboneSpec | None = None, escape_fix: str = ESCAPE_FIX,
+                        ) -> tuple[list[str], list[tuple[int, int] | None], list[Problem]]:
+    """A record's `images` value checked the one way training, benchmark and prediction data all share: one path
+    (a string) or a list of paths, each resolved against the data file's folder `base_dir` (relative paths may
+    not leave `root`) and checked by `check_image`, with the family's aspect-ratio limit when `spec` is given.
+    Returns the absolute paths, each image's displayed size (None when unreadable) and every problem, located
+    at `where` (the record's file:line). Anything but a string or a list of strings is one problem, not a crash:
+    a bare string would otherwise be read one character per path."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        got = type(value).__name__ if not isinstance(value, list) else "a list with non-string entries"
+        return [], [], [Problem(f"'images' must be a path or a list of paths, got {got}", where,
+                                'e.g. "images": ["images/item1_0.jpg", "images/item1_1.jpg"]')]
+    max_aspect, family = (spec.max_aspect_ratio, spec.title) if spec is not None else (None, "")
+    paths, sizes, problems = [], [], []
+    for image in value:
+        path, escape = resolve_image_path(image, base_dir, root)
+        size, problem = (None, Problem(escape, fix=escape_fix)) if escape else check_image(path, max_aspect, family)
+        if problem is not None:
+            problems.append(replace(problem, what=f"image {image!r}: {problem.what}", where=where))
+        paths.append(str(path.resolve()))
+        sizes.append(size)
+    return paths, sizes, problems
+
+
 def parse_boxes(value: Any, sizes: list[tuple[int, int] | None], where: str) -> tuple[list | None, list[Problem]]:
     """A record's `boxes`: one list of [x0, y0, x1, y1] pixel boxes per image, each inside its image."""
     if value is None:
@@ -126,10 +154,11 @@ def parse_boxes(value: Any, sizes: list[tuple[int, int] | None], where: str) -> 
     return (value if not problems else None), problems
 
 
-def parse_record(record: Any, base_dir: Path, where: str, root: Path | None = None) -> tuple[Sample | None,
-                                                                                              list[Problem]]:
+def parse_record(record: Any, base_dir: Path, where: str, root: Path | None = None,
+                 spec: BackboneSpec | None = None) -> tuple[Sample | None, list[Problem]]:
     """Check one decoded JSON record; return the sample, or None and every problem with it. Relative image
-    paths must stay inside `root` (default: the data file's folder)."""
+    paths must stay inside `root` (default: the data file's folder); with `spec`, images must also suit the
+    backbone family (aspect ratio), so a record the model would refuse is named before any weights load."""
     problems: list[Problem] = []
     if not isinstance(record, dict):
         return None, [Problem("record is not a JSON object", where, "each line must be one {...} object")]
@@ -168,25 +197,13 @@ def parse_record(record: Any, base_dir: Path, where: str, root: Path | None = No
             problems.append(Problem(f"assistant message {i} contains an image", where,
                                     "images belong in user messages"))
 
-    images = record.get("images", [])
-    if isinstance(images, str):
-        images = [images]
-    if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
-        problems.append(Problem("'images' must be a list of paths", where, 'e.g. "images": ["img/1.jpg"]'))
-        images = []
+    resolved, sizes, image_problems = check_record_images(record.get("images", []), base_dir, where, root, spec)
+    problems.extend(image_problems)
     placeholders = sum(b["type"] == "image" for m in messages for b in m["content"])
-    if placeholders != len(images):
+    if placeholders != len(resolved):
         problems.append(Problem(
-            f"{placeholders} image placeholder(s) in the messages but {len(images)} path(s) in 'images'", where,
+            f"{placeholders} image placeholder(s) in the messages but {len(resolved)} path(s) in 'images'", where,
             'put one {"type": "image"} block (or "<image>" in a string) per image, in the order of "images"'))
-    resolved, sizes = [], []
-    for image in images:
-        path, escape = resolve_image_path(image, base_dir, root)
-        error = escape or check_image(path)
-        if error:
-            problems.append(Problem(f"image {image!r}: {error}", where, "fix or remove the file, or drop the record"))
-        resolved.append(str(path.resolve()))
-        sizes.append(None if error else image_size(path))
     boxes, box_problems = parse_boxes(record.get("boxes"), sizes, where)
     problems.extend(box_problems)
     if problems:
@@ -244,9 +261,9 @@ def present_samples(samples: list[Sample], spec: BackboneSpec | None = None,
 def load_samples(path: Path, spec: BackboneSpec | None = None, images: ImageSettings | None = None,
                  root: Path | None = None) -> list[Sample]:
     """Read and check a whole JSONL file; raise one DataError listing every bad record. With `images`, each
-    sample is presented by the multi-image strategy; with `spec`, the result is checked against the backbone
-    family's limits (see `present_samples`). Relative image paths must stay inside `root` (default: the file's
-    folder)."""
+    sample is presented by the multi-image strategy; with `spec`, every image and the result are checked against
+    the backbone family's limits (aspect ratio, then `present_samples`). Relative image paths must stay inside
+    `root` (default: the file's folder)."""
     from rich.progress import track
 
     path = Path(path)
@@ -261,7 +278,7 @@ def load_samples(path: Path, spec: BackboneSpec | None = None, images: ImageSett
         if problem is not None:
             problems.append(problem)
             continue
-        sample, found = parse_record(record, path.parent, where, root)
+        sample, found = parse_record(record, path.parent, where, root, spec)
         problems.extend(found)
         if sample is not None:
             samples.append(sample)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.crops import Box, check_box, dedupe, enclosing_square, expand_box, merge_boxes
-from ecomtune.data.images import load_rgb
+from ecomtune.data.images import image_size, load_rgb
 from ecomtune.data.schema import ImageRef, Sample
 
 WHITE = (255, 255, 255)
@@ -83,7 +83,8 @@ def square_crop(size: tuple[int, int], boxes: Sequence[Sequence[float]], margin:
 
 
 def open_image(ref: ImageRef) -> Image.Image:
-    """The RGB image an `ImageRef` stands for."""
+    """The RGB image an `ImageRef` stands for, as a person sees its files (`load_rgb`: EXIF orientation applied,
+    transparency on white), so crop boxes land on the displayed pixels they were drawn on."""
     if isinstance(ref, str):
         return load_rgb(ref)
     if "grid" in ref:
@@ -133,9 +134,7 @@ def crop_refs(sample: Sample, settings: ImageSettings) -> list[ImageRef]:
     candidates: list[ImageRef] = [sample.images[0]]
     for index, (ref, boxes) in enumerate(zip(sample.images, sample.boxes or [], strict=False)):
         if boxes and isinstance(ref, str):
-            with Image.open(ref) as image:
-                size = image.size
-            square = square_crop(size, boxes, settings.crop_margin, f"{sample.source} image {index}")
+            square = square_crop(image_size(ref), boxes, settings.crop_margin, f"{sample.source} image {index}")
             candidates.append({"path": ref, "crop": list(square)})
     kept = dedupe([open_image(c) for c in candidates], settings.dedupe_threshold)
     return [candidates[i] for i in kept][: settings.max_images]
