@@ -1,0 +1,185 @@
+"""Output folders that never cost the user anything they own.
+
+Every command that writes a folder (training stages, `synth`, `crop`, `demo`) goes through here:
+- the folder may not be, hold, or (for folders) sit inside anything the command reads: data, images, the
+  recipe, the run it starts from (`Guarded`);
+- a non-empty folder is refused unless the user said `--overwrite` (or `--resume` for a run);
+- one command at a time: a lock beside the folder (`.NAME.lock`, held through the kernel's `flock`, so a
+  crashed command releases it by itself);
+- a replaced folder is never deleted first: the new content is written into a sibling (`.NAME.incoming`) and
+  swapped in only when it is complete, so an interrupted command leaves the old folder as it was, and no stale
+  file of the old folder survives next to the new ones;
+- the folder is probed for writing and free space before any model loads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ecomtune.errors import ConfigError, Problem
+
+MIN_FREE_BYTES = 64 << 20  # below this nothing useful can be written: refuse before any work starts
+
+
+@dataclass
+class Guarded:
+    """What an output may not touch. `files`: may not be the output or lie inside it. `folders`: the output may
+    not be one, lie inside one, or hold one. Each entry is (what it is, path), for the message."""
+
+    files: list[tuple[str, Path]] = field(default_factory=list)
+    folders: list[tuple[str, Path]] = field(default_factory=list)
+
+    def add_images(self, paths: Iterable[str | Path]) -> Guarded:
+        """Guard the folders the images live in (which also guards every image in them)."""
+        for folder in sorted({Path(p).resolve().parent for p in paths}):
+            self.folders.append(("image folder", folder))
+        return self
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or path.is_relative_to(folder)
+
+
+def location_problems(output: Path, guarded: Guarded, option: str = "--output") -> list[Problem]:
+    """Every way `output` would write over, into or around something the command reads."""
+    out = Path(output).resolve()
+    problems = []
+    for what, path in guarded.files:
+        path = Path(path).resolve()
+        if _inside(path, out):
+            problems.append(Problem(f"{option} {output} {'is' if path == out else 'holds'} the {what} {path}"))
+    seen: set[Path] = set()
+    for what, folder in guarded.folders:
+        folder = Path(folder).resolve()
+        if folder in seen:
+            continue
+        seen.add(folder)
+        if _inside(out, folder):
+            problems.append(Problem(f"{option} {output} is {'' if out == folder else 'inside '}the {what} {folder}"))
+        elif _inside(folder, out):
+            problems.append(Problem(f"{option} {output} holds the {what} {folder}"))
+    return problems
+
+
+def check_location(output: Path, guarded: Guarded, option: str = "--output") -> None:
+    problems = location_problems(output, guarded, option)
+    if problems:
+        raise ConfigError(f"Refusing to write to {output}: it would mix with what this command reads",
+                          problems[:20], fix=f"choose an {option} folder apart from the data, the images, the "
+                          "recipe and the run you start from")
+
+
+def is_empty(folder: Path) -> bool:
+    return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+
+
+def staging_path(output: Path) -> Path:
+    """Where new content for `output` is written before it is swapped in (deterministic: every process of a
+    distributed run agrees on it)."""
+    output = Path(output)
+    return output.parent / f".{output.name}.incoming"
+
+
+def swap_in(staging: Path, output: Path) -> None:
+    """Replace `output` with the finished `staging` folder: rename the old one aside, rename the new one in,
+    then delete the old one. At no point is there neither."""
+    output = Path(output)
+    old = output.parent / f".{output.name}.replaced"
+    if old.exists():
+        shutil.rmtree(old)
+    if output.exists():
+        output.rename(old)
+    staging.rename(output)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def check_writable(folder: Path, needed: int = MIN_FREE_BYTES, option: str = "--output") -> None:
+    """Create `folder` and prove it can be written (a probe file written, synced and removed), and that it has
+    `needed` bytes free: a read-only or full disk is found before any model loads."""
+    fix = f"free some space, or choose an {option} on another disk"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".ecomtune-write-probe"
+        with probe.open("wb") as handle:
+            handle.write(b"\0" * 4096)
+            handle.flush()
+            os.fsync(handle.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"Cannot write to {folder}: {exc.strerror or exc}",
+                          fix=f"make it writable, {fix}") from None
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ConfigError(f"Not enough free space for {folder}: {free / 2**20:.0f} MiB free, about "
+                          f"{needed / 2**20:.0f} MiB needed", fix=fix)
+
+
+class OutputLock:
+    """An exclusive lock on an output folder, beside it (`.NAME.lock`): a second command writing there is
+    refused at once. It is an `flock`, so the kernel drops it when the holder exits, however it exits."""
+
+    def __init__(self, output: Path) -> None:
+        from filelock import FileLock
+
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self.output = output
+        self.path = output.parent / f".{output.name}.lock"
+        self._lock = FileLock(str(self.path), timeout=0)
+
+    def acquire(self) -> OutputLock:
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise ConfigError(f"Another ecomtune command is writing to {self.output} right now",
+                              fix="wait for it to finish, or choose another output folder (a command that "
+                              f"crashed has already released its lock, {self.path})") from None
+        return self
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+@contextmanager
+def locked(output: Path, enabled: bool = True) -> Iterator[None]:
+    """Hold the output's lock for the block (no-op when `enabled` is false, e.g. on non-main processes)."""
+    lock = OutputLock(output).acquire() if enabled else None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+@contextmanager
+def replacing_folder(output: Path, overwrite: bool, guarded: Guarded, option: str = "--out",
+                     needed: int = MIN_FREE_BYTES) -> Iterator[Path]:
+    """For commands that write a whole folder (datasets, crops): check, lock, and yield the staging folder to
+    write into; it is swapped in for `output` only when the block ends without an error. A non-empty `output`
+    is refused unless `overwrite`."""
+    output = Path(output)
+    check_location(output, guarded, option)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"{option} {output} is a file, not a folder", fix=f"give {option} a folder path")
+    with locked(output):
+        if not is_empty(output) and not overwrite:
+            raise ConfigError(f"{option} {output} is not empty",
+                              fix=f"choose a new {option}, or pass --overwrite to replace it")
+        staging = staging_path(output)
+        if staging.exists():
+            shutil.rmtree(staging)  # left by an interrupted command of ours
+        check_writable(staging, needed, option)
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        swap_in(staging, output)
