@@ -199,7 +199,8 @@ def test_resume_finishes_with_the_same_step_count(catalog, tmp_path):
 
     interrupted = run_sft(recipe, tmp_path / "resumed", callbacks=[StopAfterFirstSave()])
     assert interrupted.model is not None and (tmp_path / "resumed" / "checkpoint-2").is_dir()
-    assert not (tmp_path / "resumed" / "manifest.json").exists(), "an interrupted run never looks complete"
+    status = json.loads((tmp_path / "resumed" / "manifest.json").read_text())["status"]
+    assert status == "running", "an interrupted run never looks complete"
     assert not (tmp_path / "resumed" / "adapter_model.safetensors").exists()
 
     with pytest.raises(ConfigError, match="not empty"):
@@ -213,12 +214,12 @@ def test_resume_finishes_with_the_same_step_count(catalog, tmp_path):
 
 def test_resume_without_checkpoint_is_a_clear_error(catalog, tmp_path):
     recipe = load_recipe(None, [f"sft.data={catalog['instruct']}"])
-    with pytest.raises(ConfigError, match="no checkpoint"):
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
         run_sft(recipe, tmp_path / "empty", resume=True)
 
 
 def test_init_from_must_be_a_finished_align_run(catalog, tmp_path):
     recipe = load_recipe(None, [f"sft.data={catalog['instruct']}", *quick_overrides("sft", steps=1)])
     (tmp_path / "not-a-run").mkdir()
-    with pytest.raises(ConfigError, match="not a finished align run"):
+    with pytest.raises(ConfigError, match="is not an ecomtune run"):
         run_sft(recipe, tmp_path / "out", init_from=Path(tmp_path / "not-a-run"))

@@ -242,6 +242,6 @@ def profile_recipe(recipe: Recipe, stage_name: str = "sft", steps: int = 10,
 
 
 def write_profile(rows: list[ProfileRow], path: Path, context: dict[str, Any]) -> None:
-    from ecomtune.train.manifest import write_json_atomic
+    from ecomtune.runs.manifest import write_json_atomic
 
     write_json_atomic(Path(path), {**context, "rows": [r.as_dict() for r in rows]})

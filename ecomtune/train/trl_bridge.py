@@ -38,6 +38,7 @@ from ecomtune.config.schema import TrainSettings
 from ecomtune.data.collator import VisionChatCollator
 from ecomtune.data.packing import PackedCollator, pack_rows, rope_index_of
 from ecomtune.data.schema import Sample
+from ecomtune.train.checkpoints import SealCheckpoints
 from ecomtune.train.packed_attention import use_packed_attention
 
 
@@ -167,11 +168,29 @@ def build_trainer(model, processor, data, train: TrainSettings, output: Path, co
             train_dataset=dataset,
             processing_class=processor,
             data_collator=collator,
-            callbacks=callbacks,
+            callbacks=[SealCheckpoints(), *(callbacks or [])],
         )
 
 
-def last_checkpoint(output: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def checkpoint_steps(checkpoint: Path) -> tuple[int, int]:
+    """(global_step, max_steps) a checkpoint was saved at, from the Trainer's own state file."""
+    import json
 
-    return get_last_checkpoint(str(output)) if Path(output).is_dir() else None
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state["global_step"]), int(state["max_steps"])
+
+
+def restore_finished_checkpoint(trainer, checkpoint: Path) -> dict:
+    """Take a checkpoint saved at the last planned step as the trained model, without training.
+
+    `Trainer.train(resume_from_checkpoint=...)` from a checkpoint at `max_steps` runs one step more before it
+    checks the step count (transformers 5.24), so a run killed during its final save would end one step past
+    its plan. Instead the checkpoint's weights and state are loaded as the Trainer would load them, and the
+    stage goes straight to its final save. `train_loss` is then the mean of the logged losses."""
+    from transformers.trainer_callback import TrainerState
+
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {"global_step": trainer.state.global_step, "train_loss": sum(losses) / len(losses) if losses else None,
+            "restored_from": str(checkpoint)}
