@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ecomtune.bench.metrics import flatten, normalise, values_match
-from ecomtune.errors import EcomtuneError
+from ecomtune.errors import ConfigError, EcomtuneError
 
 Verdict = Literal["correct", "incorrect", "unverifiable"]
 VERDICTS: tuple[Verdict, ...] = ("correct", "incorrect", "unverifiable")
@@ -92,11 +92,33 @@ class LocalModelJudge:
         return parse_verdict(out[0]["generated_text"])
 
 
-def make_judge(spec: str | None) -> Judge:
-    """`None`/"field-match", an http(s) URL (endpoint judge), or a local model folder / hub id."""
+def key_exposed(url: str) -> bool:
+    """Whether the API key would cross a network in clear text: plain http to a host other than this machine."""
+    from ipaddress import ip_address
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme != "http":
+        return False
+    host = parsed.hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return True
+
+
+def make_judge(spec: str | None, allow_plain_http_key: bool = False) -> Judge:
+    """`None`/"field-match", an http(s) URL (endpoint judge), or a local model folder / hub id. The API key
+    (`ECOMTUNE_JUDGE_API_KEY`) is sent only over https or to this machine, unless `allow_plain_http_key`."""
     if not spec or spec == "field-match":
         return FieldMatchJudge()
     if spec.startswith(("http://", "https://")):
+        if os.environ.get("ECOMTUNE_JUDGE_API_KEY") and key_exposed(spec) and not allow_plain_http_key:
+            raise ConfigError(f"--judge {spec}: the API key would be sent unencrypted over plain http",
+                              fix="use an https:// URL, or pass --judge-plain-http to send it anyway (e.g. on a "
+                              "private network you trust), or unset ECOMTUNE_JUDGE_API_KEY")
         return EndpointJudge(spec)
     return LocalModelJudge(spec)
 

@@ -3,7 +3,12 @@
 Resumable: results are appended batch by batch to `<out>.partial` (flushed and synced), and items
 already there (or in a finished `<out>`) are skipped on the next run. Only when every item has an
 answer is the file renamed to `<out>`, so a file at `<out>` is always complete. A line torn by a
-crash mid-write is dropped and its item predicted again.
+crash mid-write is dropped and its item predicted again. Answers already written are never dropped:
+a smaller `--limit` leaves a finished file as it is.
+
+A run resumes only what the same model, task, data and settings wrote: they are recorded beside the
+output (`<out>.settings.json`), and anything else is refused with what differs, unless `--overwrite`
+(which replaces the old file only once the new one is complete).
 """
 
 from __future__ import annotations
@@ -16,9 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from ecomtune.bench.records import check_records_fit, read_task_records
-from ecomtune.bench.runner import generate_batches, load_for_inference, model_backbone, resolve_tasks, run_images
+from ecomtune.bench.runner import (
+    generate_batches,
+    load_for_inference,
+    model_backbone,
+    model_fingerprint,
+    resolve_tasks,
+    run_images,
+)
 from ecomtune.config.schema import ImageSettings
-from ecomtune.errors import ConfigError
+from ecomtune.data.strategies import ref_paths
+from ecomtune.errors import ConfigError, Problem
+from ecomtune.runs.manifest import fingerprint_file, write_json_atomic
+from ecomtune.runs.outputs import Guarded, check_location, check_writable, locked
 
 
 @dataclass(frozen=True)
@@ -53,9 +68,43 @@ def _answered(path: Path) -> dict[str, str]:
     return found
 
 
+def settings_path(out: Path) -> Path:
+    return out.with_name(out.name + ".settings.json")
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two runs' settings; `model` (the argument as typed) is shown, not compared: the
+    fingerprint says whether it is the same model."""
+    changed = [key for key in sorted(set(before) | set(now)) if key != "model" and before.get(key) != now.get(key)]
+    if "model_fingerprint" in changed:
+        changed.insert(0, "model")
+    return [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in changed]
+
+
+def _earlier_answers(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, str]:
+    """The answers an earlier run left (finished file and partial one), if they were made the same way; with
+    `overwrite`, none (they are replaced once the new file is complete)."""
+    partial, recorded = partial_path(out), settings_path(out)
+    if overwrite or not (out.exists() or partial.exists()):
+        return {}
+    try:
+        before = json.loads(recorded.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = None
+    if not isinstance(before, dict):
+        raise ConfigError(f"{out} exists but {recorded.name} (what made it) is missing or unreadable, so it cannot "
+                          "be resumed safely", fix="pass --overwrite to replace it, or choose another --out")
+    changes = _differences(before, settings)
+    if changes:
+        raise ConfigError(f"{out} was made by another model, task, data or settings: it cannot be resumed",
+                          [Problem(change, str(recorded)) for change in changes],
+                          fix="pass the same options as before to resume, --overwrite to replace it, or a new --out")
+    return {**_answered(out), **_answered(partial)}
+
+
 def run_predict(model: str, data: Path, task_name: str, out: Path, images: ImageSettings | None = None,
                 batch_size: int = 16, limit: int | None = None, load_in_4bit: bool | None = None,
-                on_progress=None, root: Path | None = None) -> PredictSummary:
+                on_progress=None, root: Path | None = None, overwrite: bool = False) -> PredictSummary:
     """Predict `task_name` for every item of `data` into `out` (see the module docstring). `on_progress(done,
     total)` is called when generation starts and after every batch. `root`: the folder relative image paths
     must stay inside (default: the data file's folder)."""
@@ -73,37 +122,58 @@ def run_predict(model: str, data: Path, task_name: str, out: Path, images: Image
     check_records_fit(records, model_backbone(model).spec)
 
     out, partial = Path(out), partial_path(Path(out))
-    done = {**_answered(out), **_answered(partial)}
-    todo = [r for r in records if str(r["id"]) not in done]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = partial.with_name(partial.name + ".tmp")  # rewritten whole (torn line dropped), then swapped in
-    staged.write_text("".join(done[i] + "\n" for i in ids if i in done), encoding="utf-8")
-    staged.replace(partial)
-    out.unlink(missing_ok=True)  # re-finished below; until then the only file is the partial one
+    inputs = [("data file", Path(data))] + [("image", Path(p)) for r in records for ref in r["images"]
+                                            for p in ref_paths(ref)]
+    for where in (out, partial, settings_path(out)):
+        check_location(where, Guarded(files=inputs), "--out")
+    settings = {"model": str(model), "model_fingerprint": model_fingerprint(model), "task": task.name,
+                "data_sha256": fingerprint_file(Path(data)), "images": images.model_dump(),
+                "load_in_4bit": load_in_4bit, "max_new_tokens": task.max_new_tokens}
+    with locked(out):
+        done = _earlier_answers(out, settings, overwrite)
+        todo = [r for r in records if str(r["id"]) not in done]
+        if not todo and out.exists() and not partial.exists():
+            return PredictSummary(out, len(records), len(records), 0, 0, 0.0, _images_per_item(records))
+        check_writable(out.parent, option="--out")
+        write_json_atomic(settings_path(out), settings)
+        staged = partial.with_name(partial.name + ".tmp")  # rewritten whole (torn line dropped), then swapped in
+        staged.write_text("".join(line + "\n" for line in done.values()), encoding="utf-8")
+        staged.replace(partial)
+        predicted, parsed, seconds = _predict_into(partial, model, load_in_4bit, task, todo, images, batch_size,
+                                                   on_progress)
+        partial.replace(out)
+    return PredictSummary(out, len(records), len(records) - len(todo), predicted, parsed, seconds,
+                          _images_per_item(records))
 
+
+def _images_per_item(records: list[dict[str, Any]]) -> float:
+    return sum(len(r["images"]) for r in records) / max(len(records), 1)
+
+
+def _predict_into(partial: Path, model: str, load_in_4bit: bool | None, task, todo: list[dict[str, Any]],
+                  images: ImageSettings, batch_size: int, on_progress) -> tuple[int, int, float]:
+    """Answer `todo`, appending each batch's lines to `partial` (synced); returns (predicted, parsed, seconds)."""
     predicted = parsed = 0
     started = time.perf_counter()
-    if todo:
-        loaded = load_for_inference(model, load_in_4bit)
-        prompts = [task.prompt(r) for r in todo]
-        if on_progress is not None:
-            on_progress(0, len(todo))
-        with partial.open("a", encoding="utf-8") as handle:
-            batches = generate_batches(loaded, prompts, [r["images"] for r in todo], task.max_new_tokens, batch_size)
-            for batch in batches:
-                for record, answer in zip(todo[predicted:predicted + len(batch)], batch, strict=True):
-                    value = task.parse(record, answer)
-                    parsed += value is not None
-                    handle.write(json.dumps(_line(task.name, record, answer, value, images)) + "\n")
-                predicted += len(batch)
-                handle.flush()
-                os.fsync(handle.fileno())
-                if on_progress is not None:
-                    on_progress(predicted, len(todo))
-    seconds = time.perf_counter() - started
-    partial.replace(out)
-    return PredictSummary(out, len(records), len(records) - len(todo), predicted, parsed, seconds,
-                          sum(len(r["images"]) for r in records) / max(len(records), 1))
+    if not todo:
+        return 0, 0, 0.0
+    loaded = load_for_inference(model, load_in_4bit)
+    prompts = [task.prompt(r) for r in todo]
+    if on_progress is not None:
+        on_progress(0, len(todo))
+    with partial.open("a", encoding="utf-8") as handle:
+        batches = generate_batches(loaded, prompts, [r["images"] for r in todo], task.max_new_tokens, batch_size)
+        for batch in batches:
+            for record, answer in zip(todo[predicted:predicted + len(batch)], batch, strict=True):
+                value = task.parse(record, answer)
+                parsed += value is not None
+                handle.write(json.dumps(_line(task.name, record, answer, value, images)) + "\n")
+            predicted += len(batch)
+            handle.flush()
+            os.fsync(handle.fileno())
+            if on_progress is not None:
+                on_progress(predicted, len(todo))
+    return predicted, parsed, time.perf_counter() - started
 
 
 def _line(task: str, record: dict[str, Any], raw: str, value: Any, images: ImageSettings) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ecomtune.errors import ConfigError
+from ecomtune.errors import ConfigError, Problem
 
 
 def flat_scores(results: dict[str, Any]) -> dict[str, float]:
@@ -54,13 +54,31 @@ def attribute_table(results: dict[str, Any], task: str = "deep-fashion") -> Tabl
 
 
 def load_results(path: Path) -> dict[str, Any]:
+    """A results file written by `ecomtune bench --out`, checked for the parts the tables read."""
+    fix = "pass files written by `ecomtune bench --out`"
     try:
-        return json.loads(Path(path).read_text())
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"Results file not found: {path}",
-                          fix="pass files written by `ecomtune bench --out`") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not a results JSON ({exc.msg})") from None
+        raise ConfigError(f"Results file not found: {path}", fix=fix) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not a results JSON ({getattr(exc, 'msg', None) or exc.reason})",
+                          fix=fix) from None
+    problems = []
+    if not isinstance(results, dict):
+        problems.append("the file holds no JSON object")
+    else:
+        if not isinstance(results.get("model"), dict) or "spec" not in results["model"]:
+            problems.append("'model.spec' is missing")
+        tasks = results.get("tasks")
+        if not isinstance(tasks, dict):
+            problems.append("'tasks' is missing or not an object")
+        else:
+            problems += [f"'tasks.{name}.scores' is missing or not an object" for name, entry in tasks.items()
+                         if not isinstance(entry, dict) or not isinstance(entry.get("scores"), dict)]
+    if problems:
+        raise ConfigError(f"{path} is not a results file of ecomtune bench",
+                          [Problem(p, str(path)) for p in problems], fix=fix)
+    return results
 
 
 def compare_table(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str] = ("A", "B"),

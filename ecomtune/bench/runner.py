@@ -25,7 +25,14 @@ from ecomtune.data.collator import adds_own_specials, batch_images
 from ecomtune.data.schema import ImageRef
 from ecomtune.data.strategies import open_image
 from ecomtune.errors import ConfigError
-from ecomtune.train.manifest import read_manifest, versions, write_json_atomic
+from ecomtune.runs.manifest import (
+    FinishedRun,
+    finished_run,
+    is_run_folder,
+    versions,
+    weights_problem,
+    write_json_atomic,
+)
 
 
 @dataclass
@@ -54,37 +61,62 @@ def _fingerprint_model_folder(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def trained_in_4bit(manifest: dict | None) -> bool:
+def trained_in_4bit(run: FinishedRun | None) -> bool:
     """Whether an ecomtune run trained on a 4-bit base (its adapter is then evaluated on one too)."""
-    if not manifest:
-        return False
-    stage = manifest.get("stage", "")
-    return bool(manifest.get("recipe", {}).get(stage, {}).get("quant", {}).get("load_in_4bit", False))
+    return bool(run and run.stage_settings().get("quant", {}).get("load_in_4bit", False))
 
 
-def reapply_resolution(processor, backbone, manifest: dict | None) -> None:
+def reapply_resolution(processor, backbone, run: FinishedRun | None) -> None:
     """The run's resolution settings, set again on its saved processor: some live in processor-level defaults
     that `save_pretrained` does not keep (see `apply_resolution`)."""
     from ecomtune.backbones.loading import apply_resolution
     from ecomtune.config.schema import ResolutionSettings
 
-    settings = (manifest or {}).get("recipe", {}).get("backbone", {}).get("resolution")
+    settings = run.manifest.get("recipe", {}).get("backbone", {}).get("resolution") if run else None
     if settings:
         apply_resolution(processor, backbone.spec, ResolutionSettings(**settings))
 
 
+def run_of(spec: str) -> FinishedRun | None:
+    """The finished ecomtune run `spec` names, None when it names no run folder (an alias, hub id, model folder
+    or plain PEFT adapter), or a ConfigError when it is a run that is not finished or lacks its outputs."""
+    folder = Path(spec)
+    return finished_run(folder, "--model") if folder.is_dir() and is_run_folder(folder) else None
+
+
+def _adapter_base(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{folder / 'adapter_config.json'} does not name its base model ({exc})",
+                          fix="a PEFT adapter folder needs adapter_config.json with base_model_name_or_path") from None
+
+
 def model_backbone(spec: str):
-    """The backbone a model argument stands on, found without loading weights: an adapter's base, an align
-    run's backbone, or the argument itself (alias, hub id, folder)."""
+    """The backbone a model argument stands on, found without loading weights: a run's base, an adapter's base,
+    or the argument itself (alias, hub id, folder)."""
     from ecomtune.backbones.registry import resolve_backbone
 
-    folder = Path(spec)
+    run, folder = run_of(spec), Path(spec)
+    if run is not None:
+        return resolve_backbone(run.base)
     if folder.is_dir() and (folder / "adapter_config.json").is_file():
-        return resolve_backbone(json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"])
-    manifest = read_manifest(folder) if folder.is_dir() else None
-    if manifest is not None and manifest.get("stage") == "align":
-        return resolve_backbone(manifest["backbone"]["source"])
+        return resolve_backbone(_adapter_base(folder))
     return resolve_backbone(spec)
+
+
+def model_fingerprint(spec: str) -> str:
+    """What tells this model's weights apart, without loading them: the adapter or aligned projector of a run,
+    the config and weight-file heads of a local folder, the id and revision of a hub model."""
+    run, folder = run_of(spec), Path(spec)
+    if folder.is_dir() and (folder / "adapter_config.json").is_file():
+        return _sha256_files([folder / "adapter_model.safetensors"])
+    if run is not None and run.stage == "align":
+        return _sha256_files([folder / "projector.safetensors"])
+    backbone = model_backbone(spec)
+    if backbone.is_local:
+        return _fingerprint_model_folder(Path(backbone.source))
+    return f"{backbone.source}@{backbone.revision or 'main'}"
 
 
 def load_for_inference(spec: str, load_in_4bit: bool | None = None) -> LoadedModel:
@@ -95,37 +127,37 @@ def load_for_inference(spec: str, load_in_4bit: bool | None = None) -> LoadedMod
     from ecomtune.backbones.loading import load_model, load_processor
     from ecomtune.backbones.spec import ResolvedRoles, RoleOverrides
     from ecomtune.config.schema import QuantSettings
-    from ecomtune.train.stages import load_aligned_projector
+    from ecomtune.train.models import load_aligned_projector
 
-    folder = Path(spec)
-    manifest = read_manifest(folder) if folder.is_dir() else None
-    quant = QuantSettings(load_in_4bit=trained_in_4bit(manifest) if load_in_4bit is None else load_in_4bit)
+    folder, run = Path(spec), run_of(spec)
+    quant = QuantSettings(load_in_4bit=trained_in_4bit(run) if load_in_4bit is None else load_in_4bit)
     backbone = model_backbone(spec)
     if folder.is_dir() and (folder / "adapter_config.json").is_file():
         from peft import PeftModel
 
+        adapter = folder / "adapter_model.safetensors"
+        problem = weights_problem(adapter) if adapter.is_file() else "it is missing"
+        if problem:
+            raise ConfigError(f"--model {folder}: the adapter {adapter.name} cannot be used ({problem})",
+                              fix="copy the adapter folder again, or train it again")
         model = PeftModel.from_pretrained(load_model(backbone, quant), str(folder))
         processor = AutoProcessor.from_pretrained(folder)  # saved beside the adapter by `ecomtune sft`
-        reapply_resolution(processor, backbone, manifest)
-        fingerprint = _sha256_files([folder / "adapter_model.safetensors"])
+        reapply_resolution(processor, backbone, run)
         kind = "adapter"
-    elif manifest is not None and manifest.get("stage") == "align":
-        roles = ResolvedRoles(**manifest["roles"])  # as found when the run trained, recipe overrides included
+    elif run is not None and run.stage == "align":
+        roles = ResolvedRoles(**run.manifest["roles"])  # as found when the run trained, recipe overrides included
         model = load_model(backbone, quant, RoleOverrides(roles.vision_tower, roles.projector, roles.language_model))
         load_aligned_projector(model, roles, folder, backbone)
         processor = AutoProcessor.from_pretrained(folder)  # saved by `ecomtune align`
-        reapply_resolution(processor, backbone, manifest)
-        fingerprint = _sha256_files([folder / "projector.safetensors"])
+        reapply_resolution(processor, backbone, run)
         kind = "aligned"
     else:
         processor = load_processor(backbone)
         model = load_model(backbone, quant)
-        source = Path(backbone.source)
-        fingerprint = _fingerprint_model_folder(source) if backbone.is_local else backbone.source
         kind = "base"
     model.eval()
     return LoadedModel(model, processor, {"spec": spec, "kind": kind, "base": backbone.source,
-                                          "family": backbone.spec.family, "fingerprint": fingerprint,
+                                          "family": backbone.spec.family, "fingerprint": model_fingerprint(spec),
                                           "load_in_4bit": quant.load_in_4bit})
 
 
@@ -175,17 +207,14 @@ def resolve_tasks(names: str) -> list[Task]:
 
 
 def run_images(model: str) -> ImageSettings:
-    """The multi-image strategy a run trained with (sft's, else align's), or the default for anything else."""
-    folder = Path(model)
-    manifest = read_manifest(folder) if folder.is_dir() else None
-    if manifest is None:
-        return ImageSettings()
-    return ImageSettings(**manifest.get("recipe", {}).get(manifest.get("stage", ""), {}).get("images", {}))
+    """The multi-image strategy a run trained with, or the default for anything else."""
+    run = run_of(model)
+    return ImageSettings(**run.stage_settings().get("images", {})) if run else ImageSettings()
 
 
 def run_bench(model: str, tasks: str, data: Path, out: Path | None = None, limit: int | None = None,
               batch_size: int = 16, judge: str | None = None, load_in_4bit: bool | None = None,
-              images: ImageSettings | None = None) -> dict[str, Any]:
+              images: ImageSettings | None = None, judge_plain_http: bool = False) -> dict[str, Any]:
     """Run the chosen tasks on `model` over `data/<task>.jsonl`; write and return the results. `images`: the
     multi-image strategy (default: the one the run trained with). Relative image paths may reach the data
     folder's parent (a catalog keeps `bench/` beside `images/`) but no further."""
@@ -197,7 +226,7 @@ def run_bench(model: str, tasks: str, data: Path, out: Path | None = None, limit
                     for t in chosen}
     for records in task_records.values():
         check_records_fit(records, spec)
-    the_judge: Judge = make_judge(judge)
+    the_judge: Judge = make_judge(judge, judge_plain_http)
     loaded = load_for_inference(model, load_in_4bit)
     results: dict[str, Any] = {"model": loaded.info, "created_at": datetime.now(timezone.utc).isoformat(),
                                "data": {"dir": str(data)}, "images": images.model_dump(), "versions": versions(),

@@ -26,8 +26,8 @@ from ecomtune.config.loading import load_recipe
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.collator import count_image_tokens
 from ecomtune.data.strategies import open_image
+from ecomtune.runs.manifest import write_json_atomic
 from ecomtune.synth.catalog import write_catalog
-from ecomtune.train.manifest import write_json_atomic
 from ecomtune.train.stages import run_align, run_sft
 
 RECIPE = Path(__file__).resolve().parent.parent.parent / "recipes" / "tiny-qwen2-vl.yaml"
