@@ -15,8 +15,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ecomtune.errors import EcomtuneError
-
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt any Hugging Face vision-language model to e-commerce understanding: align -> sft.")
 console = Console(stderr=True)
@@ -33,7 +31,8 @@ ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run fr
 ImagesOpt = typer.Option(None, "--images", help="Multi-image strategy: all, primary, grid or crops "
                          "(default: the recipe's; for a run, the strategy it trained with).")
 MaxImagesOpt = typer.Option(None, "--max-images", min=1, help="Cap on images per item (all, crops).")
-OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a non-empty output folder.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a non-empty output folder (the old one is replaced "
+                            "only once the new one is complete).")
 
 
 def _quiet_libraries() -> None:
@@ -162,7 +161,8 @@ def align(recipe: Path = RecipeOpt, backbone: str = BackboneOpt, data: Path = Da
     _quiet_libraries()
     from ecomtune.train.stages import run_align
 
-    result = run_align(_recipe(recipe, sets, "align", backbone, data), output, resume=resume, overwrite=overwrite)
+    result = run_align(_recipe(recipe, sets, "align", backbone, data), output, resume=resume, overwrite=overwrite,
+                       recipe_file=recipe)
     _report(result)
 
 
@@ -176,7 +176,7 @@ def sft(recipe: Path = RecipeOpt, backbone: str = BackboneOpt, data: Path = Data
     from ecomtune.train.stages import run_sft
 
     result = run_sft(_recipe(recipe, sets, "sft", backbone, data, images), output, init_from=init_from,
-                     resume=resume, overwrite=overwrite)
+                     resume=resume, overwrite=overwrite, recipe_file=recipe)
     _report(result)
 
 
@@ -188,7 +188,7 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML."),
     """Measure every sample with the real processor and estimate peak GPU memory, before training."""
     _quiet_libraries()
     from ecomtune.errors import ConfigError
-    from ecomtune.train.manifest import write_json_atomic
+    from ecomtune.runs.manifest import write_json_atomic
     from ecomtune.train.plan import plan_stage
 
     if stage not in ("align", "sft"):
@@ -295,11 +295,14 @@ def _report(result) -> None:
     if not is_main_process():
         return
     m = result.manifest
+    if result.model is None:  # --resume on a finished run: nothing was trained
+        return
     trained = ", ".join(f"{r['component']} ({r['mode']}, {r['trainable']:,} params)"
                         for r in m["parameters"] if r["trainable"])
     metrics = m["metrics"]
     stdout.print(f"[bold]{m['stage']}[/bold] on {m['backbone']['name']}: trained {trained}")
-    stdout.print(f"  steps {metrics['global_step']}, final mean train loss {metrics['train_loss']:.4f}, "
+    loss = "-" if metrics.get("train_loss") is None else f"{metrics['train_loss']:.4f}"
+    stdout.print(f"  steps {metrics['global_step']}, final mean train loss {loss}, "
               f"{metrics.get('train_runtime', 0):.1f}s")
     stdout.print(f"  saved to {result.output} (manifest.json, {', '.join(m['outputs'])})")
 
@@ -324,6 +327,9 @@ def bench(
                                       help="Base precision; default: 4-bit when the run trained on a 4-bit base."),
     images: str = ImagesOpt,
     max_images: int = MaxImagesOpt,
+    judge_plain_http: bool = typer.Option(False, "--judge-plain-http", help="Send ECOMTUNE_JUDGE_API_KEY to an "
+                                          "http:// judge on another machine (refused by default: it travels "
+                                          "unencrypted)."),
 ) -> None:
     """Run the benchmark tasks on a model: `ecomtune bench --model runs/sft --tasks all`."""
     if ctx.invoked_subcommand is not None:
@@ -336,7 +342,8 @@ def bench(
 
     data = data or Path("data_samples/bench")
     results = run_bench(model, tasks, data, out=out, limit=limit, batch_size=batch_size, judge=judge,
-                        load_in_4bit=load_in_4bit, images=_image_settings(model, images, max_images))
+                        load_in_4bit=load_in_4bit, images=_image_settings(model, images, max_images),
+                        judge_plain_http=judge_plain_http)
     print_table(results_table(results))
     if "deep-fashion" in results["tasks"]:
         print_table(attribute_table(results))
@@ -396,6 +403,8 @@ def predict(
     load_in_4bit: bool = typer.Option(None, "--load-in-4bit/--no-4bit", help="Base precision (as bench)."),
     images: str = ImagesOpt,
     max_images: int = MaxImagesOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --out made by another model, task, data "
+                                   "or settings (once the new file is complete)."),
 ) -> None:
     """Batched greedy predictions for one task, parsed like bench; resumable (items already answered are
     skipped); the output file appears only once every item is answered."""
@@ -416,7 +425,7 @@ def predict(
             progress.update(bar, completed=done, total=total, rate=rate)
 
         summary = run_predict(model, data, task, out, _image_settings(model, images, max_images), batch_size,
-                              limit, load_in_4bit, on_progress=show, root=data_root)
+                              limit, load_in_4bit, on_progress=show, root=data_root, overwrite=overwrite)
     stdout.print(f"{summary.out}: {summary.total} items ({summary.skipped} already answered, {summary.predicted} "
                  f"predicted, {summary.parsed} parsed), {summary.items_per_second:.2f} items/s, "
                  f"{summary.images_per_item:.1f} images per item")
@@ -436,7 +445,8 @@ def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL fo
          grounding: str = typer.Option(None, "--grounding", help="A grounding VLM (alias, folder or run) asked "
                                        "for the boxes of every image, instead of --boxes or the records' own."),
          grounding_coords: str = typer.Option("auto", "--grounding-coords", help="What the grounding model's boxes "
-                                              "are in: auto (by family), pixels, norm1000 or resized.")) -> None:
+                                              "are in: auto (by family), pixels, norm1000 or resized."),
+         overwrite: bool = OverwriteOpt) -> None:
     """Originals plus one square crop per boxed image, de-duplicated and capped; prints images and visual
     tokens per item before and after."""
     _quiet_libraries()
@@ -462,7 +472,7 @@ def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL fo
         boxes_for, found = grounding_boxes(grounding, paths, grounding_coords)
         stdout.print(f"grounding {grounding}: {found['boxes']} boxes on {found['images']} images "
                      f"({found['dropped']} outside their image, dropped)")
-    summaries = crop_file(items, out_dir, boxes_for, processor, margin, max_images, threshold)
+    summaries = crop_file(items, out_dir, boxes_for, processor, margin, max_images, threshold, overwrite, boxes)
     table = Table(title=f"ecomtune crop: {len(summaries)} items -> {out_dir / 'items.jsonl'}")
     for column in ("per item", "median before", "median after", "max before", "max after"):
         table.add_column(column, justify="left" if column == "per item" else "right")
@@ -487,21 +497,34 @@ def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="
 @app.command()
 def synth(out_dir: Path = typer.Option(..., "--out", help="Folder to write images and JSONL files to."),
           items: int = typer.Option(48, "--items", min=1, help="Number of products."),
-          seed: int = typer.Option(0, "--seed", help="Same seed, same bytes.")) -> None:
+          seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
+          overwrite: bool = OverwriteOpt) -> None:
     """Generate a deterministic synthetic catalog (rendered products + captions + instructions)."""
     from ecomtune.synth.catalog import write_catalog
 
-    written = write_catalog(out_dir, items, seed)
+    written = write_catalog(out_dir, items, seed, overwrite=overwrite)
     for name, path in written.items():
         stdout.print(f"{name}: {path}")
 
 
 def main() -> None:
+    """Run the app. User mistakes and faults of the environment end in one message and exit 2 (see
+    `ecomtune.errors.user_facing`); anything else is a bug and keeps its traceback, saying so."""
+    from ecomtune.errors import user_facing
+
     try:
         app()
-    except EcomtuneError as exc:
+    except KeyboardInterrupt:
+        console.print("interrupted: a training run can be continued with --resume; finished outputs are intact")
+        sys.exit(130)
+    except Exception as exc:
+        error = user_facing(exc)
+        if error is None:
+            console.print("[bold red]This is a bug in ecomtune, not something you did; please report it with the "
+                          "traceback below.[/bold red]")
+            raise
         console.print("[bold red]error:[/bold red] ", end="")
-        console.print(exc.render(), markup=False, highlight=False)
+        console.print(error.render(), markup=False, highlight=False)
         sys.exit(2)
 
 

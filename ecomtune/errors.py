@@ -7,6 +7,7 @@ Each error says what was wrong, where (file, line, key) and how to fix it.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 
@@ -50,3 +51,55 @@ class DataError(EcomtuneError):
 
 class BackboneError(EcomtuneError):
     """A backbone cannot be resolved, downloaded, or its module roles cannot be found."""
+
+
+# Faults of the machine rather than of ecomtune, by errno: (what happened, the fix).
+_OS_FAULTS = {
+    errno.ENOSPC: ("the disk is full", "free some space (or write to another disk); a training run continues from "
+                   "its last complete checkpoint with --resume"),
+    errno.EDQUOT: ("the disk quota is used up", "free some space, or write to another disk"),
+    errno.EROFS: ("the file system is read-only", "write to a writable folder"),
+    errno.EACCES: ("permission denied", "check the file's permissions, or use another path"),
+    errno.EPERM: ("operation not permitted", "check the file's permissions, or use another path"),
+    errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.EISDIR: ("it is a folder, not a file", "give the path of a file"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
+}
+
+
+def user_facing(exc: BaseException) -> EcomtuneError | None:
+    """The user-facing error an exception stands for, by category, or None when it is a bug. The CLI calls this
+    once at its boundary, so no command needs a `try` per case."""
+    if isinstance(exc, EcomtuneError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in _OS_FAULTS:
+        what, fix = _OS_FAULTS[exc.errno]
+        where = " ".join(str(p) for p in (exc.filename, exc.filename2) if p)
+        return EcomtuneError(f"Cannot go on: {what}" + (f" ({where})" if where else ""), fix=fix)
+    if isinstance(exc, UnicodeDecodeError):
+        return EcomtuneError(f"A file is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                             fix="save data and recipe files as UTF-8")
+    hub = _hub_error(exc)
+    if hub is not None:
+        return hub
+    if type(exc).__name__ == "SafetensorError":
+        return EcomtuneError(f"A weights file is damaged or truncated: {exc}",
+                             fix="copy or train it again; a run's outputs are listed in its manifest.json")
+    if type(exc).__name__ == "OutOfMemoryError":
+        return EcomtuneError(f"Out of GPU memory: {str(exc).splitlines()[0]}",
+                             fix="`ecomtune plan RECIPE` estimates the memory and says what to lower first "
+                             "(batch_size, max_length, resolution); gradient_checkpointing: true saves most")
+    return None
+
+
+def _hub_error(exc: BaseException) -> EcomtuneError | None:
+    """Hub files that cannot be fetched (missing repo or file, gated, offline) as one message."""
+    try:
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return None
+    if isinstance(exc, (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        return BackboneError(f"Could not fetch from the Hugging Face hub: {str(exc).splitlines()[0]}",
+                             fix="check the model id and revision, log in (`hf auth login`) for gated models, or "
+                             "use a local folder saved by save_pretrained")
+    return None

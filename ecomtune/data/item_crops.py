@@ -116,21 +116,35 @@ def to_image_pixels(boxes: list[list[float]], coords: str, size: tuple[int, int]
 
 def boxes_from_file(path: Path) -> Callable[[str], list]:
     """Boxes from a JSON file mapping an image path (as written in the items file, or absolute) to a list of
-    [x0, y0, x1, y1] boxes; images it does not name get none."""
+    [x0, y0, x1, y1] boxes; images it does not name get none. Every entry is checked before any cropping."""
+    fix = 'write {"images/a.png": [[x0, y0, x1, y1], ...], ...}: image paths to lists of 4-number boxes'
     try:
-        table = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"Cannot read boxes file {path}: {exc}",
-                        fix='write {"images/a.png": [[x0, y0, x1, y1], ...], ...}') from None
+        table = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"Cannot read boxes file {path}: {exc}", fix=fix) from None
+    if not isinstance(table, dict):
+        raise DataError(f"Boxes file {path} holds a JSON {type(table).__name__}, not an object", fix=fix)
+    problems = []
+    for image, boxes in table.items():
+        if not isinstance(boxes, list) or not all(
+                isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                            for v in b) for b in boxes):
+            problems.append(Problem(f"{image!r}: {json.dumps(boxes)[:80]} is not a list of [x0, y0, x1, y1] boxes",
+                                    str(path), fix))
+    if problems:
+        raise DataError(f"Boxes file {path}: {len(problems)} entry(ies) of the wrong shape", problems[:20])
     resolved = {str((Path(path).parent / k).resolve()): v for k, v in table.items()}
     return lambda image: resolved.get(image, table.get(image, []))
 
 
 def crop_file(items: Path, out_dir: Path, boxes_for: Callable[[str], list] | None, processor,
-              margin: float = 0.1, max_images: int = 10, dedupe_threshold: int = 6) -> list[ItemSummary]:
-    """Crop every item of a canonical JSONL file into `out_dir` (images/ plus items.jsonl, written last and
-    atomically); record-level `boxes` (a list per image) are used when no `boxes_for` is given."""
-    from rich.progress import track
+              margin: float = 0.1, max_images: int = 10, dedupe_threshold: int = 6, overwrite: bool = False,
+              boxes_file: Path | None = None) -> list[ItemSummary]:
+    """Crop every item of a canonical JSONL file into `out_dir` (images/ plus items.jsonl); record-level `boxes`
+    (a list per image) are used when no `boxes_for` is given. `out_dir` must be empty unless `overwrite`, and
+    may not hold or sit among the inputs (items, their images, `boxes_file`); the result is written aside and
+    swapped in whole."""
+    from ecomtune.runs.outputs import Guarded, replacing_folder
 
     samples = load_samples(items)  # every record checked first (boxes too); a bad file stops here with file:line
     empty = [s.source for s in samples if not s.images]
@@ -138,8 +152,17 @@ def crop_file(items: Path, out_dir: Path, boxes_for: Callable[[str], list] | Non
         raise DataError(f"{len(empty)} item(s) have no images: nothing to crop",
                         [Problem("no images", where) for where in empty[:20]],
                         fix="give every item its images, or drop those records")
+    guarded = Guarded(files=[("items file", Path(items))] + ([("boxes file", Path(boxes_file))] if boxes_file else []))
+    guarded.add_images(p for s in samples for p in s.images)
+    with replacing_folder(out_dir, overwrite, guarded, "--out") as staging:
+        return _crop_samples(samples, staging, boxes_for, processor, margin, max_images, dedupe_threshold)
+
+
+def _crop_samples(samples: list, out_dir: Path, boxes_for: Callable[[str], list] | None, processor, margin: float,
+                  max_images: int, dedupe_threshold: int) -> list[ItemSummary]:
+    from rich.progress import track
+
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    (out_dir / "items.jsonl").unlink(missing_ok=True)  # a failed run must not leave an older result behind
     records, summaries = [], []
     for n, sample in enumerate(track(samples, description="cropping items", transient=True)):
         images = [load_rgb(p) for p in sample.images]

@@ -13,10 +13,16 @@ from ecomtune.errors import Problem
 def read_jsonl(path: Path) -> Iterator[tuple[str, Any, Problem | None]]:
     """Each non-empty line as (where, record, problem): `record` is the decoded JSON, or None with a
     `problem` when the line is malformed. Reading goes on past bad lines so that all are reported."""
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(Path(path).read_bytes().splitlines(), start=1):
+        where = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield where, None, Problem(f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})",
+                                       where, "save the file as UTF-8")
+            continue
         if not line.strip():
             continue
-        where = f"{path}:{number}"
         try:
             yield where, json.loads(line), None
         except json.JSONDecodeError as exc:

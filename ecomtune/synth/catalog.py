@@ -120,11 +120,21 @@ def general_records(count: int, seed: int, out_dir: Path) -> list[dict]:
     return records
 
 
-def write_catalog(out_dir: Path, count: int, seed: int, general: int = 24) -> dict[str, Path]:
-    """Render `count` items and write the training files, the benchmark splits and the ground truth."""
-    from rich.progress import track
+def write_catalog(out_dir: Path, count: int, seed: int, general: int = 24, overwrite: bool = False) -> dict[str, Path]:
+    """Render `count` items and write the training files, the benchmark splits and the ground truth into
+    `out_dir`, which must be empty unless `overwrite`. The catalog is written aside and swapped in whole, so an
+    interrupted run leaves no half catalog and a replaced one no stale files."""
+    from ecomtune.runs.outputs import Guarded, replacing_folder
 
     out_dir = Path(out_dir)
+    with replacing_folder(out_dir, overwrite, Guarded()) as staging:
+        written = _write_catalog_files(staging, count, seed, general)
+    return {name: out_dir / path.relative_to(staging) for name, path in written.items()}
+
+
+def _write_catalog_files(out_dir: Path, count: int, seed: int, general: int) -> dict[str, Path]:
+    from rich.progress import track
+
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     items = make_items(count, seed)
     rng = random.Random(seed + 1)
