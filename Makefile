@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ecomtune demo --output runs/demo
+	$(VENV)/bin/ecomtune demo --output runs/demo --overwrite  # make demo replaces the last demo
 
 test: $(STAMP)
 	$(PY) -m ruff check ecomtune tests

@@ -20,7 +20,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(stderr=True)
 stdout = Console()
 
-REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 RecipeOpt = typer.Option(None, "--recipe", "-r", help="Recipe YAML (see `ecomtune recipes`).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a recipe key: --set sft.lora.r=8 (repeatable).")
@@ -82,7 +81,9 @@ def _image_settings(model: str, strategy: str | None, max_images: int | None):
 
 
 def recipe_dirs() -> list[Path]:
-    return [p for p in (Path.cwd() / "recipes", REPO_RECIPES) if p.is_dir()]
+    from ecomtune.config.loading import SHIPPED_RECIPES
+
+    return list(dict.fromkeys(p.resolve() for p in (Path.cwd() / "recipes", SHIPPED_RECIPES) if p.is_dir()))
 
 
 @app.command()
@@ -368,13 +369,14 @@ def bench_strategies(
     seed: int = typer.Option(0, "--seed"),
     steps: int = typer.Option(None, "--steps", min=1, help="sft steps per strategy (default: the tiny recipe's)."),
     sets: list[str] = SetOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train one tiny model per multi-image strategy and compare visual tokens, items/s and item F1."""
     _quiet_libraries()
     from ecomtune.bench.strategy_study import run_strategy_study
 
     chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
-    report = run_strategy_study(output, chosen, items, seed, steps, sets)
+    report = run_strategy_study(output, chosen, items, seed, steps, sets, overwrite)
     table = Table(title=f"multi-image strategies on {report['items']} held-out catalog items (item-intelligence)")
     for column in ("strategy", "images / item", "visual tokens / item", "predict items/s", "F1", "precision",
                    "recall", "JSON parse rate"):
@@ -486,12 +488,14 @@ def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL fo
 
 @app.command()
 def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Folder for the demo's runs."),
-         seed: int = typer.Option(0, help="Seed of the synthetic catalog.")) -> None:
+         seed: int = typer.Option(0, help="Seed of the synthetic catalog."),
+         items: int = typer.Option(480, "--items", min=12, help="Catalog size (a quarter is held out)."),
+         sets: list[str] = SetOpt, overwrite: bool = OverwriteOpt) -> None:
     """Run the recipe end to end on the embedded default: tiny Qwen2-VL, synthetic catalog, CPU."""
     _quiet_libraries()
     from ecomtune.demo import run_demo
 
-    run_demo(output, seed)
+    run_demo(output, seed, items, overwrite, sets)
 
 
 @app.command()

@@ -14,11 +14,12 @@ from rich.console import Console
 
 from ecomtune.bench.report import attribute_table, compare_table
 from ecomtune.bench.runner import run_bench
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.loading import SHIPPED_RECIPES, load_recipe
+from ecomtune.runs.outputs import locked, refuse_non_empty
 from ecomtune.synth.catalog import write_catalog
 from ecomtune.train.stages import run_align, run_sft
 
-DEMO_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny-qwen2-vl.yaml"
+DEMO_RECIPE = SHIPPED_RECIPES / "tiny-qwen2-vl.yaml"
 BAR_ATTRIBUTES = ("colour", "pattern")
 
 
@@ -29,14 +30,22 @@ def bar_report(results: dict) -> list[tuple[str, float, float, bool]]:
             for a in BAR_ATTRIBUTES if a in rows]
 
 
-def run_demo(output: Path, seed: int = 0, items: int = 480) -> dict[str, Path]:
-    console = Console()
+def run_demo(output: Path, seed: int = 0, items: int = 480, overwrite: bool = False,
+             overrides: list[str] | None = None) -> dict[str, Path]:
+    """The whole demo into `output`, which must be empty unless `overwrite` (then each part is replaced once its
+    new version is complete). `overrides`: `--set` changes to the tiny recipe (e.g. fewer steps)."""
     output = Path(output)
+    with locked(output):
+        refuse_non_empty(output, overwrite)
+        return _run_demo(output, seed, items, overrides or [])
+
+
+def _run_demo(output: Path, seed: int, items: int, overrides: list[str]) -> dict[str, Path]:
+    console = Console()
     console.rule("[bold]1/5 synthetic catalog")
-    data = write_catalog(output / "catalog", items, seed)
+    data = write_catalog(output / "catalog", items, seed, overwrite=True)
     console.print(f"{items} items -> {data['captions']}, {data['instruct']}, benchmark in {data['bench']}")
-    recipe = load_recipe(DEMO_RECIPE if DEMO_RECIPE.is_file() else None,
-                         values={"align.data": data["captions"], "sft.data": data["instruct"]})
+    recipe = load_recipe(DEMO_RECIPE, overrides, values={"align.data": data["captions"], "sft.data": data["instruct"]})
 
     console.rule("[bold]2/5 bench: untrained backbone")
     before = run_bench(recipe.backbone.name, "all", data["bench"], out=output / "bench-before.json")

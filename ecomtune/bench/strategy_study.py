@@ -22,15 +22,16 @@ from ecomtune.bench.predict import run_predict
 from ecomtune.bench.records import read_task_records
 from ecomtune.bench.runner import run_bench
 from ecomtune.bench.tasks import TASKS
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.loading import SHIPPED_RECIPES, load_recipe
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.collator import count_image_tokens
 from ecomtune.data.strategies import open_image
 from ecomtune.runs.manifest import write_json_atomic
+from ecomtune.runs.outputs import locked, refuse_non_empty
 from ecomtune.synth.catalog import write_catalog
 from ecomtune.train.stages import run_align, run_sft
 
-RECIPE = Path(__file__).resolve().parent.parent.parent / "recipes" / "tiny-qwen2-vl.yaml"
+RECIPE = SHIPPED_RECIPES / "tiny-qwen2-vl.yaml"
 TASK = "item-intelligence"
 
 
@@ -40,12 +41,20 @@ def visual_tokens(processor, records: list[dict[str, Any]]) -> list[int]:
 
 
 def run_strategy_study(output: Path, strategies: tuple[str, ...] = ("all", "crops", "primary"), items: int = 480,
-                       seed: int = 0, sft_steps: int | None = None, overrides: list[str] | None = None
-                       ) -> dict[str, Any]:
-    """Train and measure one model per strategy (see the module docstring); writes `output/study.json`."""
-    console = Console()
+                       seed: int = 0, sft_steps: int | None = None, overrides: list[str] | None = None,
+                       overwrite: bool = False) -> dict[str, Any]:
+    """Train and measure one model per strategy (see the module docstring); writes `output/study.json`. `output`
+    must be empty unless `overwrite`."""
     output = Path(output)
-    catalog = write_catalog(output / "catalog", items, seed)
+    with locked(output):
+        refuse_non_empty(output, overwrite)
+        return _study(output, strategies, items, seed, sft_steps, overrides)
+
+
+def _study(output: Path, strategies: tuple[str, ...], items: int, seed: int, sft_steps: int | None,
+           overrides: list[str] | None) -> dict[str, Any]:
+    console = Console()
+    catalog = write_catalog(output / "catalog", items, seed, overwrite=True)
     settings = [f"align.data={catalog['captions']}", f"sft.data={catalog['instruct']}", *(overrides or [])]
     if sft_steps is not None:
         settings += [f"sft.train.max_steps={sft_steps}", f"sft.train.save_steps={sft_steps}"]
@@ -66,7 +75,7 @@ def run_strategy_study(output: Path, strategies: tuple[str, ...] = ("all", "crop
         records = read_task_records(items_file, TASKS[TASK], images, catalog["bench"].parent)
         tokens = visual_tokens(processor, records)
         predicted = run_predict(str(tuned.output), items_file, TASK, output / f"predict-{strategy}.jsonl",
-                                images, root=catalog["bench"].parent)
+                                images, root=catalog["bench"].parent, overwrite=True)
         scores = run_bench(str(tuned.output), TASK, catalog["bench"], out=output / f"bench-{strategy}.json",
                            images=images)["tasks"][TASK]["scores"]
         rows[strategy] = {

@@ -56,12 +56,28 @@ def _decode(path: Path) -> str:
             "save the file as UTF-8 (most editors offer it under 'Save as' / encoding)")]) from None
 
 
+SHIPPED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # inside the package: a wheel has them
+
+
+def find_recipe(path: Path) -> Path:
+    """`path` itself, or a shipped recipe of that name (`tiny-qwen2-vl` or `tiny-qwen2-vl.yaml`) when no such
+    file exists, so the shipped recipes work from any folder and from an installed wheel."""
+    path = Path(path)
+    if path.is_file() or path.parent != Path("."):
+        return path
+    for name in (path.name, f"{path.name}.yaml"):
+        if (SHIPPED_RECIPES / name).is_file():
+            return SHIPPED_RECIPES / name
+    return path
+
+
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     """Read a recipe file; returns the mapping and the line of every key.
 
     Refuses, each with file:line: bytes that are not UTF-8, invalid YAML, and (all at once) keys repeated in
     the same mapping at any depth.
     """
+    path = find_recipe(path)
     if not path.is_file():
         raise ConfigError(f"Recipe file not found: {path}", fix="check the path; `ecomtune recipes` lists shipped ones")
     text = _decode(path)

@@ -78,6 +78,13 @@ def is_empty(folder: Path) -> bool:
     return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
 
 
+def refuse_non_empty(output: Path, overwrite: bool, option: str = "--output") -> None:
+    """A folder with anything in it is the user's until they say `--overwrite`."""
+    if not is_empty(output) and not overwrite:
+        raise ConfigError(f"{option} {output} is not empty",
+                          fix=f"choose a new {option}, or pass --overwrite to replace what is there")
+
+
 def staging_path(output: Path) -> Path:
     """Where new content for `output` is written before it is swapped in (deterministic: every process of a
     distributed run agrees on it)."""
@@ -170,9 +177,7 @@ def replacing_folder(output: Path, overwrite: bool, guarded: Guarded, option: st
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{option} {output} is a file, not a folder", fix=f"give {option} a folder path")
     with locked(output):
-        if not is_empty(output) and not overwrite:
-            raise ConfigError(f"{option} {output} is not empty",
-                              fix=f"choose a new {option}, or pass --overwrite to replace it")
+        refuse_non_empty(output, overwrite, option)
         staging = staging_path(output)
         if staging.exists():
             shutil.rmtree(staging)  # left by an interrupted command of ours
