@@ -234,8 +234,9 @@ def test_sft_trains_packed_rows_on_a_4bit_base(catalog, tmp_path, loss_average):
     from tests.test_training import Snapshot, changes, roles_of
 
     snapshot = Snapshot()
-    result = run_sft(packed_recipe(catalog, f"sft.train.loss_average={loss_average}"), tmp_path / "out",
-                     callbacks=[snapshot])
+    recipe = packed_recipe(catalog, f"sft.train.loss_average={loss_average}",
+                           "sft.train.gradient_checkpointing=true")  # as the real recipes train
+    result = run_sft(recipe, tmp_path / "out", callbacks=[snapshot])
     tokens = result.manifest["data"]["tokens"]
     packing = tokens["packing"]
     assert packing["samples"] == tokens["samples"] - tokens["over_max_length"]

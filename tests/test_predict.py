@@ -118,3 +118,26 @@ def test_predict_command_reports_items_per_second(items, tmp_path):
     unknown = run_cli("predict", "--model", "tiny-qwen2-vl", "--data", str(items), "--task", "nope", "--out",
                       str(tmp_path / "x.jsonl"))
     assert unknown.returncode == 2 and "Unknown task(s): nope" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_predict_resumes_only_what_the_same_settings_made(items, tmp_path):
+    out = tmp_path / "preds.jsonl"
+    run_predict("tiny-qwen2-vl", items, "item-intelligence", out, batch_size=2, limit=2)
+    finished = out.read_bytes()
+    smaller = run_predict("tiny-qwen2-vl", items, "item-intelligence", out, batch_size=2, limit=1)
+    assert (smaller.skipped, smaller.predicted) == (1, 0) and out.read_bytes() == finished, "--limit never truncates"
+    assert json.loads((tmp_path / "preds.jsonl.settings.json").read_text())["task"] == "item-intelligence"
+
+    with pytest.raises(ConfigError, match=r"(?s)cannot be resumed.*images.*primary"):
+        run_predict("tiny-qwen2-vl", items, "item-intelligence", out, images=ImageSettings(strategy="primary"))
+    assert out.read_bytes() == finished
+    replaced = run_predict("tiny-qwen2-vl", items, "item-intelligence", out, limit=1, overwrite=True,
+                           images=ImageSettings(strategy="primary"))
+    assert replaced.predicted == 1 and [line["strategy"] for line in lines(out)] == ["primary"]
+
+
+def test_predict_never_writes_over_its_input(items):
+    before = items.read_bytes()
+    with pytest.raises(ConfigError, match="is the data file"):
+        run_predict("tiny-qwen2-vl", items, "item-intelligence", items)
+    assert items.read_bytes() == before
