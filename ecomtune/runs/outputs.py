@@ -181,8 +181,8 @@ def replacing_folder(output: Path, overwrite: bool, guarded: Guarded, option: st
         staging = staging_path(output)
         if staging.exists():
             shutil.rmtree(staging)  # left by an interrupted command of ours
-        check_writable(staging, needed, option)
         try:
+            check_writable(staging, needed, option)  # inside: a refused staging folder is not left behind
             yield staging
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
