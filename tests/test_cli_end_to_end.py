@@ -48,6 +48,13 @@ def test_existing_output_is_not_clobbered(align_run):
     assert result.returncode == 2 and "--overwrite" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_resume_on_a_finished_run_does_nothing_and_says_so(align_run):
+    before = (align_run / "manifest.json").read_bytes()
+    result = run_cli("align", "--recipe", TINY, "--output", str(align_run), "--resume", *short("align"))
+    assert result.returncode == 0 and "nothing to resume" in result.stderr, result.stderr[-2000:]
+    assert (align_run / "manifest.json").read_bytes() == before
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not installed")
 @pytest.mark.parametrize("packing", [False, True], ids=["rows", "packed"])

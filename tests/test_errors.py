@@ -138,8 +138,6 @@ def test_sft_that_drops_every_sample_says_so(catalog: dict[str, Path], tmp_path:
     assert not (tmp_path / "run" / "manifest.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a text-only model folder resolves to the generic family and "
-                   "AutoProcessor.from_pretrained's ValueError escapes as a traceback (exit 1)")
 def test_a_text_only_model_folder_is_not_a_vision_language_model(catalog: dict[str, Path], tmp_path: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -149,7 +147,7 @@ def test_a_text_only_model_folder_is_not_a_vision_language_model(catalog: dict[s
     LlamaForCausalLM(config).save_pretrained(folder)
     result = run_cli("bench", "--model", str(folder), "--tasks", "general", "--limit", "1",
                      "--data", str(catalog["bench"]))
-    refused(result, str(folder))
+    refused(result, str(folder), "'llama' model, not a vision-language model")
 
 
 def test_a_hub_id_that_cannot_be_fetched_is_one_message_naming_it(catalog: dict[str, Path]) -> None:

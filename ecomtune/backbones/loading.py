@@ -105,7 +105,12 @@ def load_processor(backbone: ResolvedBackbone, settings: BackboneSettings | None
     from ecomtune.backbones.tiny import chat_template_text
 
     check_available(backbone)
-    processor = AutoProcessor.from_pretrained(backbone.source, revision=backbone.revision)
+    try:
+        processor = AutoProcessor.from_pretrained(backbone.source, revision=backbone.revision)
+    except (OSError, ValueError) as exc:  # no processor files, or a processor class transformers does not know
+        raise BackboneError(f"Cannot load the processor of '{backbone.source}': {str(exc).splitlines()[0]}",
+                            fix="a vision-language model folder needs its processor files (preprocessor_config.json, "
+                            "tokenizer files) beside config.json: save them with processor.save_pretrained") from None
     if settings is not None:
         apply_resolution(processor, backbone.spec, settings.resolution)
     if settings is not None and settings.chat_template is not None:

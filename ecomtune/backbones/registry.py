@@ -44,9 +44,21 @@ def tiny_aliases() -> list[str]:
     return [a for a, (_, hub) in aliases().items() if hub is None]
 
 
-def spec_for_model_type(model_type: str) -> BackboneSpec:
-    """The family of a config's `model_type`, or the generic spec for a model type no family claims."""
-    return next((s for s in FAMILIES if model_type in s.model_types), GENERIC)
+def spec_for_model_type(model_type: str, source: str = "") -> BackboneSpec:
+    """The family of a config's `model_type`, or the generic spec for any other vision-language model type that
+    transformers' image-text-to-text auto class knows. A text-only (or any other) model is refused here, before
+    anything tries to load a processor it does not have."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    spec = next((s for s in FAMILIES if model_type in s.model_types), None)
+    if spec is not None:
+        return spec
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise BackboneError(f"'{source or model_type}' is a '{model_type or 'unknown'}' model, not a vision-language "
+                            "model: AutoModelForImageTextToText has no class for it",
+                            fix="use a vision-language model (`ecomtune backbones` lists the families; any model "
+                            "type transformers loads with AutoModelForImageTextToText works)")
+    return GENERIC
 
 
 def _unknown(name: str) -> BackboneError:
@@ -94,10 +106,10 @@ def resolve_backbone(name: str, seed: int = 0, revision: str | None = None) -> R
             model_type = json.loads(config.read_text()).get("model_type", "")
         except json.JSONDecodeError as exc:
             raise BackboneError(f"{config} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        return ResolvedBackbone(spec_for_model_type(model_type), str(path), is_local=True)
+        return ResolvedBackbone(spec_for_model_type(model_type, str(path)), str(path), is_local=True)
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         known = next((s for s in FAMILIES if name.lower() in (h.lower() for h in s.hub_ids.values())), None)
-        spec = known or spec_for_model_type(_hub_model_type(name, revision))
+        spec = known or spec_for_model_type(_hub_model_type(name, revision), name)
         return ResolvedBackbone(spec, name, is_local=False, revision=revision)
     if any(c in name for c in "/\\") or name.startswith((".", "~")):
         raise BackboneError(f"Backbone folder {name} does not exist", fix="check the path, or use an alias")

@@ -25,7 +25,7 @@ from ecomtune.data.strategies import ref_paths
 from ecomtune.errors import ConfigError, DataError, Problem
 from ecomtune.runs.manifest import fingerprint_file, finished_run, write_manifest
 from ecomtune.runs.outputs import Guarded, check_location, check_writable, locked, swap_in
-from ecomtune.runtime import is_main_process
+from ecomtune.runtime import decided_by_main, is_main_process
 from ecomtune.train.models import PROJECTOR_FILE, align_model, load_aligned_projector, projector_state, sft_model
 from ecomtune.train.packed_attention import language_attention
 from ecomtune.train.run_folder import clear_leftovers, plan_run_folder
@@ -203,8 +203,9 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
                           fix="drop --init-from")
     with ExitStack() as held:
         held.enter_context(locked(output, enabled=main))
-        folder = plan_run_folder(output, name, recipe.model_dump(mode="json"), init_from, resume, overwrite,
-                                 lambda text: console.print(f"[yellow]{text}[/yellow]"))
+        folder = decided_by_main(lambda: plan_run_folder(output, name, recipe.model_dump(mode="json"), init_from,
+                                                         resume, overwrite,
+                                                         lambda text: console.print(f"[yellow]{text}[/yellow]")))
         if folder.finished is not None:
             console.print(f"{output} is a finished {name} run ({folder.finished['metrics']['global_step']} steps): "
                           "nothing to resume")
