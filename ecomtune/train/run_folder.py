@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ecomtune.errors import ConfigError, Problem
-from ecomtune.runs.manifest import read_manifest
+from ecomtune.runs.manifest import MANIFEST, read_manifest
 from ecomtune.runs.outputs import is_empty, staging_path
 from ecomtune.train.checkpoints import incomplete_checkpoints, last_complete_checkpoint
 
@@ -95,13 +95,20 @@ def plan_run_folder(output: Path, stage: str, recipe: dict[str, Any], init_from:
             raise ConfigError(f"--resume: no complete checkpoint-* folder in {output}",
                               fix="run without --resume to start, or point --output at the interrupted run")
         return RunFolder(output, output, checkpoint)
-    if is_empty(output):
+    if is_empty(output) or _only_a_start(output, existing):
         return RunFolder(output, output)
     if not overwrite:
         what = "a finished run" if existing and existing.get("status") == "complete" else "not empty"
         raise ConfigError(f"Output folder {output} is {what}",
                           fix="pass --resume to continue that run, --overwrite to replace it, or a new --output")
     return RunFolder(output, staging_path(output))
+
+
+def _only_a_start(output: Path, existing: dict[str, Any] | None) -> bool:
+    """A run that stopped before its first checkpoint (e.g. the model failed to load) leaves only its "running"
+    manifest: nothing to resume and nothing of the user's, so a new run may start there."""
+    return (existing is not None and existing.get("status") == "running"
+            and [p.name for p in output.iterdir()] == [MANIFEST])
 
 
 def clear_leftovers(folder: RunFolder) -> None:
