@@ -3,6 +3,8 @@
 Every function is pure: the same item (or seed) draws the same pixels. Text is drawn through
 `Writer`, which also records the box of everything written (wordmarks, model numbers, barcodes,
 warnings): the informative regions a grounding model would be asked to find, here known exactly.
+It records the drawn string and what it stands for with each box too (`Mark`), so OCR-style
+training text is the renderer's own, never re-derived from the ground truth and never out of step.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import random
 import textwrap
 from functools import lru_cache
+from typing import NamedTuple
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -30,21 +33,35 @@ def font(size: int) -> ImageFont.ImageFont:
 Box = tuple[int, int, int, int]
 
 
+class Mark(NamedTuple):
+    """One informative region of a view: its box, the string drawn there (None for a region without characters,
+    such as a barcode's bars) and the field it shows ("brand", "model number", "warning", ...)."""
+
+    box: Box
+    text: str | None
+    field: str
+
+
 class Writer:
-    """Draws text on an image and remembers where: `boxes` are (x0, y0, x1, y1), half-open pixels."""
+    """Draws text on an image and remembers where and what: `marks` in drawing order (which is reading order,
+    top to bottom), boxes as (x0, y0, x1, y1), half-open pixels."""
 
     def __init__(self, image: Image.Image) -> None:
         self.draw = ImageDraw.Draw(image)
-        self.boxes: list[Box] = []
+        self.marks: list[Mark] = []
 
-    def text(self, xy: tuple[int, int], text: str, fill, size: int) -> None:
+    @property
+    def boxes(self) -> list[Box]:
+        return [mark.box for mark in self.marks]
+
+    def text(self, xy: tuple[int, int], text: str, fill, size: int, field: str) -> None:
         self.draw.text(xy, text, fill=fill, font=font(size))
         x0, y0, x1, y1 = self.draw.textbbox(xy, text, font=font(size))
-        self.boxes.append((int(x0), int(y0), int(x1) + 1, int(y1) + 1))
+        self.marks.append(Mark((int(x0), int(y0), int(x1) + 1, int(y1) + 1), text, field))
 
-    def region(self, box: Box) -> None:
+    def region(self, box: Box, field: str) -> None:
         """Record a drawn non-text region that carries information (a barcode's bars)."""
-        self.boxes.append(box)
+        self.marks.append(Mark(box, None, field))
 
 
 def swatch(colour: tuple[int, int, int], pattern: str, size: int = SIZE) -> Image.Image:
@@ -95,7 +112,7 @@ def draw_apparel(item: Item, view: str) -> Image.Image:
     return canvas
 
 
-def draw_accessory(item: Item, view: str) -> tuple[Image.Image, list[Box]]:
+def draw_accessory(item: Item, view: str) -> tuple[Image.Image, list[Mark]]:
     canvas = Image.new("RGB", (SIZE, SIZE), WHITE)
     writer = Writer(canvas)
     draw = writer.draw
@@ -111,19 +128,19 @@ def draw_accessory(item: Item, view: str) -> tuple[Image.Image, list[Box]]:
         draw.polygon(body, fill=colour)
         draw.rectangle((6, 76, 90, 84), fill=WHITE)
         text_at = (12, 58) if view == "front" else (26, 52)
-    writer.text(text_at, item.attributes["brand"], WHITE, 13)
-    return canvas, writer.boxes
+    writer.text(text_at, item.attributes["brand"], WHITE, 13, "brand")
+    return canvas, writer.marks
 
 
 def draw_barcode(writer: Writer, digits: str, x: int, y: int) -> None:
     for i, digit in enumerate(digits):
         width = 1 + int(digit) % 3
         writer.draw.rectangle((x + i * 7, y, x + i * 7 + width, y + 18), fill=(0, 0, 0))
-    writer.region((x, y, x + 7 * len(digits), y + 19))
-    writer.text((x, y + 20), digits, (0, 0, 0), 10)
+    writer.region((x, y, x + 7 * len(digits), y + 19), "barcode")
+    writer.text((x, y + 20), digits, (0, 0, 0), 10, "barcode digits")
 
 
-def draw_packaged(item: Item, view: str) -> tuple[Image.Image, list[Box]]:
+def draw_packaged(item: Item, view: str) -> tuple[Image.Image, list[Mark]]:
     canvas = Image.new("RGB", (PACK_SIZE, PACK_SIZE), WHITE)
     writer = Writer(canvas)
     draw = writer.draw
@@ -132,29 +149,30 @@ def draw_packaged(item: Item, view: str) -> tuple[Image.Image, list[Box]]:
     text = (0, 0, 0)
     if view == "front":
         draw.rectangle((14, 10, 114, 118), fill=colour)
-        writer.text((22, 30), ident["brand"], WHITE, 22)
-        writer.text((22, 70), item.product, WHITE, 14)
+        writer.text((22, 30), ident["brand"], WHITE, 22, "brand")
+        writer.text((22, 70), item.product, WHITE, 14, "product type")
     elif view == "back":
         draw.rectangle((14, 10, 114, 118), outline=colour, width=4)
-        writer.text((20, 18), f"MODEL {ident['model number']}", text, 11)
+        writer.text((20, 18), f"MODEL {ident['model number']}", text, 11, "model number")
         draw_barcode(writer, ident["barcode"], 20, 40)
-        writer.text((20, 92), f"Made in {item.compliance['origin']['country of manufacture']}", text, 11)
+        writer.text((20, 92), f"Made in {item.compliance['origin']['country of manufacture']}", text, 11,
+                    "country of manufacture")
     elif view == "label":
         y = 8
         for mark in safety.get("certification marks", "").split(", "):
             if mark:
                 draw.rectangle((8, y, 40, y + 18), outline=text, width=2)
-                writer.text((12, y + 2), mark, text, 12)
+                writer.text((12, y + 2), mark, text, 12, "certification marks")
                 y += 24
         for key in ("warning", "ingredients"):
             if key in safety:
                 for line in textwrap.wrap(f"{key.title()}: {safety[key]}", width=26):
-                    writer.text((8, y), line, text, 9)
+                    writer.text((8, y), line, text, 9, key)
                     y += 12
     else:  # box: the pack at an angle, brand on the side
         draw.polygon([(20, 30), (90, 20), (110, 40), (110, 110), (40, 118), (20, 100)], fill=colour)
-        writer.text((40, 60), ident["brand"], WHITE, 14)
-    return canvas, writer.boxes
+        writer.text((40, 60), ident["brand"], WHITE, 14, "brand")
+    return canvas, writer.marks
 
 
 def clutter(image: Image.Image, rng: random.Random) -> tuple[Image.Image, tuple[int, int]]:
@@ -177,20 +195,28 @@ def _scaled(boxes: list[Box], scale: float, offset: tuple[int, int] = (0, 0)) ->
              -int(-y1 * scale) + offset[1]) for x0, y0, x1, y1 in boxes]
 
 
-def render_view_with_boxes(item: Item, view: str, index: int) -> tuple[Image.Image, list[Box]]:
-    """View `index` of an item, e.g. "front" or "user-back", and the boxes of the text on it."""
+def render_view_with_marks(item: Item, view: str, index: int) -> tuple[Image.Image, list[Mark]]:
+    """View `index` of an item, e.g. "front" or "user-back", and the marks on it (boxes in delivered pixels, with
+    the text drawn there) in reading order."""
     base_view = view.removeprefix("user-")
     if item.kind == "apparel":
-        image, boxes = draw_apparel(item, base_view), []
+        image, marks = draw_apparel(item, base_view), []
     else:
-        image, boxes = (draw_accessory if item.kind == "accessory" else draw_packaged)(item, base_view)
+        image, marks = (draw_accessory if item.kind == "accessory" else draw_packaged)(item, base_view)
+    boxes = [mark.box for mark in marks]
     if item.kind != "packaged":
         image = image.resize((OUT_SIZE, OUT_SIZE), Image.Resampling.NEAREST)
         boxes = _scaled(boxes, OUT_SIZE / SIZE)
     if view.startswith("user-"):
         image, offset = clutter(image, random.Random(f"{item.item_id}:{index}"))
         boxes = _scaled(boxes, (image.width * 3 // 4) / image.width, offset)
-    return image, boxes
+    return image, [mark._replace(box=box) for mark, box in zip(marks, boxes, strict=True)]
+
+
+def render_view_with_boxes(item: Item, view: str, index: int) -> tuple[Image.Image, list[Box]]:
+    """View `index` of an item, e.g. "front" or "user-back", and the boxes of the text on it."""
+    image, marks = render_view_with_marks(item, view, index)
+    return image, [mark.box for mark in marks]
 
 
 def render_view(item: Item, view: str, index: int) -> Image.Image:
