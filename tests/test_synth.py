@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 from ecomtune.data.schema import load_samples
-from ecomtune.synth.catalog import write_catalog
-from ecomtune.synth.items import make_items
+from ecomtune.synth.catalog import image_paths, write_catalog
+from ecomtune.synth.items import Item, make_items
+from ecomtune.synth.mid import RECAPTION_PROMPTS
+from ecomtune.synth.render import render_view_with_marks
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -68,3 +70,44 @@ def test_items_ground_truth():
     noisy = [i for i in items if i.seller_aspects.get("Colour") not in (None, i.attributes.get("colour"))]
     assert noisy, "some seller aspects disagree with the pictures, as in real listings"
     assert 10 <= sum(i.split == "bench" for i in items) <= 20
+
+
+def test_mid_set_recaptions_every_training_view_and_reads_only_the_drawn_text(catalog):
+    """Stage 1.5 data: one re-caption per view of every training item (never a held-out one), saying only what that
+    view shows, and OCR answers that are the renderer's drawn lines, exactly and in order."""
+    assert load_samples(catalog["mid"])
+    items = {d["item_id"]: Item(**d) for d in map(json.loads, catalog["items"].read_text().splitlines())}
+    benched = {Path(p).name.split("_")[0] for path in catalog["bench"].glob("*.jsonl")
+               for line in path.read_text().splitlines() for p in json.loads(line)["images"]}
+    recaptions: dict[str, str] = {}
+    reads: dict[str, set[str]] = {}
+    for line in catalog["mid"].read_text().splitlines():
+        record = json.loads(line)
+        (image,) = record["images"]  # one image per sample
+        prompt = record["messages"][0]["content"][-1]["text"]
+        answer = record["messages"][1]["content"][0]["text"]
+        item_id, index = Path(image).stem.split("_")
+        assert items[item_id].split == "train" and item_id not in benched
+        if prompt in RECAPTION_PROMPTS:
+            assert image not in recaptions, "one re-caption per view"
+            recaptions[image] = answer
+        else:
+            reads.setdefault(image, set()).add(answer)
+    training = [item for item in items.values() if item.split == "train"]
+    assert set(recaptions) == {path for item in training for path in image_paths(item)}
+    assert reads, "views with text have OCR samples"
+    for item in training:
+        for index, (view, path) in enumerate(zip(item.views, image_paths(item), strict=True)):
+            lines = [mark.text for mark in render_view_with_marks(item, view, index)[1] if mark.text is not None]
+            caption = recaptions[path]
+            assert all(text in caption for text in lines), (path, caption)  # the re-caption quotes every drawn line
+            assert item.attributes.get("colour", "") in caption or view.endswith("label")
+            if item.kind == "apparel":
+                assert (item.attributes["neckline"] in caption) == (view.removeprefix("user-") == "front"), caption
+            if not lines:
+                assert path not in reads and "no text" in caption
+                continue
+            assert "\n".join(lines) in reads[path], "the whole view is read"
+            for answer in reads[path]:
+                read = answer.split("\n")
+                assert any(lines[i:i + len(read)] == read for i in range(len(lines))), (path, answer, lines)

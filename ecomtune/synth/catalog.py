@@ -3,6 +3,8 @@
 Output folder:
 - `images/`: every view of every item, PNG;
 - `captions.jsonl`: stage-1 captions (primary images of training items);
+- `mid.jsonl`: stage-1.5 data from every view of the training items: a detailed re-caption of each view and
+  OCR-style reading of the text drawn on it (see `ecomtune/synth/mid.py`);
 - `instruct.jsonl`: stage-3 instructions in the paper's families: VQA (choice, yes/no, with and
   without title & category), attribute extraction, precise instruction following, listings, and
   multi-image item intelligence;
@@ -25,7 +27,8 @@ from pathlib import Path
 from ecomtune.bench import prompts
 from ecomtune.data.jsonl import write_jsonl_atomic
 from ecomtune.synth.items import APPAREL, BRANDS, COLOURS, PATTERNS, Item, make_items
-from ecomtune.synth.render import SCENE_COLOURS, SHAPES, render_scene, render_view_with_boxes
+from ecomtune.synth.mid import view_pairs
+from ecomtune.synth.render import SCENE_COLOURS, SHAPES, render_scene, render_view_with_marks
 
 # Deep Fashion options per attribute (the choices a benchmark question offers).
 OPTIONS: dict[str, tuple[str, ...]] = {
@@ -138,23 +141,29 @@ def _write_catalog_files(out_dir: Path, count: int, seed: int, general: int) -> 
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     items = make_items(count, seed)
     rng = random.Random(seed + 1)
-    captions, instruct, bench = [], [], {}
+    # The mid set draws from its own generator, so adding it left every other file's bytes as they were.
+    mid_rng = random.Random(f"mid:{seed}")
+    captions, mid, instruct, bench = [], [], [], {}
     for item in track(items, description="rendering catalog", transient=True, disable=count < 200):
-        boxes = []
+        boxes, marks = [], []
         for index, (view, path) in enumerate(zip(item.views, image_paths(item), strict=True)):
-            image, view_boxes = render_view_with_boxes(item, view, index)
+            image, view_marks = render_view_with_marks(item, view, index)
             image.save(out_dir / path, format="PNG")
-            boxes.append([list(b) for b in view_boxes])
+            boxes.append([list(mark.box) for mark in view_marks])
+            marks.append(view_marks)
         if item.split == "train":
             captions.append(chat(image_paths(item)[:1], prompts.caption_prompt(), caption(item)))
+            for view, path, view_marks in zip(item.views, image_paths(item), marks, strict=True):
+                mid.extend(chat([path], q, a) for q, a in view_pairs(item, view, view_marks, mid_rng))
             instruct.extend(instructions(item, rng, boxes))
         else:
             for task, records in bench_records(item, boxes).items():
                 bench.setdefault(task, []).extend(records)
     bench["general"] = general_records(general, seed, out_dir)
-    paths = {"captions": out_dir / "captions.jsonl", "instruct": out_dir / "instruct.jsonl",
-             "items": out_dir / "items.jsonl", "bench": out_dir / "bench"}
+    paths = {"captions": out_dir / "captions.jsonl", "mid": out_dir / "mid.jsonl",
+             "instruct": out_dir / "instruct.jsonl", "items": out_dir / "items.jsonl", "bench": out_dir / "bench"}
     write_jsonl_atomic(paths["captions"], captions)
+    write_jsonl_atomic(paths["mid"], mid)
     write_jsonl_atomic(paths["instruct"], instruct)
     write_jsonl_atomic(paths["items"], [asdict(i) for i in items])
     for task, records in bench.items():
