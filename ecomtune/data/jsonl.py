@@ -10,24 +10,37 @@ from typing import Any
 from ecomtune.errors import Problem
 
 
+def is_blank(raw: bytes) -> bool:
+    """Whether a raw line holds nothing but whitespace (as `decode_line` sees it): such lines are not records."""
+    try:
+        return not raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return False
+
+
+def decode_line(raw: bytes, where: str) -> tuple[Any, Problem | None]:
+    """One non-blank line of a JSONL file as (record, None), or (None, problem) when it is not UTF-8 or not
+    JSON. Shared by `read_jsonl` and the data sources that read single lines by their offset."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, Problem(f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})", where,
+                             "save the file as UTF-8")
+    try:
+        return json.loads(line), None
+    except json.JSONDecodeError as exc:
+        return None, Problem(f"malformed JSON ({exc.msg} at column {exc.colno})", where,
+                             "each line must be one complete JSON object")
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[str, Any, Problem | None]]:
     """Each non-empty line as (where, record, problem): `record` is the decoded JSON, or None with a
     `problem` when the line is malformed. Reading goes on past bad lines so that all are reported."""
     for number, raw in enumerate(Path(path).read_bytes().splitlines(), start=1):
+        if is_blank(raw):
+            continue
         where = f"{path}:{number}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield where, None, Problem(f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})",
-                                       where, "save the file as UTF-8")
-            continue
-        if not line.strip():
-            continue
-        try:
-            yield where, json.loads(line), None
-        except json.JSONDecodeError as exc:
-            yield where, None, Problem(f"malformed JSON ({exc.msg} at column {exc.colno})", where,
-                                       "each line must be one complete JSON object")
+        yield where, *decode_line(raw, where)
 
 
 def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
