@@ -108,8 +108,9 @@ def test_plan_command_prints_the_budget_and_writes_json(tmp_path):
     assert "tokens per sample" in result.stdout and "over budget" in result.stdout
     report = json.loads(out.read_text())
     assert report["memory"]["fits"] is False and report["memory"]["advice"]
-    bad = run_cli("plan", "recipes/tiny-qwen2-vl.yaml", "--stage", "mid")
-    assert bad.returncode == 2 and "--stage align or --stage sft" in bad.stderr
+    assert "mixture" in result.stdout and report["mixture"][0]["share"] == 1.0
+    bad = run_cli("plan", "recipes/tiny-qwen2-vl.yaml", "--stage", "final")
+    assert bad.returncode == 2 and "--stage align or mid or sft" in bad.stderr
 
 
 def test_plan_with_packing_counts_rows_of_max_length(catalog):

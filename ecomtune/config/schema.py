@@ -14,9 +14,9 @@ import importlib.util
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 ComponentMode = Literal["frozen", "full"]
@@ -258,8 +258,48 @@ class ImageSettings(StrictModel):
                                   "duplicates (crops).")
 
 
+DataFormat = Literal["auto", "canonical", "llava", "sharegpt", "hf"]
+
+
+class DataSource(StrictModel):
+    """One dataset of a stage's mixture, and how much of it the stage takes."""
+
+    path: str = Field(description="A data file (.jsonl / .json), a folder (Hugging Face `save_to_disk`, parquet or "
+                      "arrow files), or a Hugging Face hub dataset id (owner/name).")
+    format: DataFormat = Field(
+        "auto", description="canonical (ecomtune JSONL), llava (LLaVA JSON: image + conversations from/value), "
+        "sharegpt (messages / conversations with role/content or from/value), hf (a Hugging Face dataset with an "
+        "Image column). auto: detected from the path and the first record.")
+    sampling: str = Field(
+        "all", description="Rows taken: all, first:N, end:N or random:N; N is a count or a percentage (first:10%). "
+        "A percentage above 100% repeats the source. random is seeded by the stage's train.seed.")
+    image_root: Path | None = Field(
+        None, description="Folder that relative image paths start from (LLaVA data keeps one image folder for "
+        "all its files). Default: the data file's folder.")
+    split: str = Field("train", description="Split of a Hugging Face dataset (hub id or `save_to_disk` dict).")
+
+    @field_validator("sampling")
+    @classmethod
+    def _known_rule(cls, value: str) -> str:
+        from ecomtune.data.mixture import parse_rule
+
+        parse_rule(value)  # raises ValueError naming the rules there are
+        return value
+
+
+def _data_kind(value: object) -> str:
+    return "sources" if isinstance(value, list) else "path"
+
+
+# One path, or a list of sources: tagged so that a broken list reports only its own problems.
+StageData = Annotated[Annotated[Path, Tag("path")] | Annotated[list[DataSource], Tag("sources")],
+                      Discriminator(_data_kind)]
+
+
 class StageSettings(StrictModel):
-    data: Path | None = Field(None, description="Training JSONL in the canonical format (see README).")
+    data: StageData | None = Field(
+        None, description="The stage's data: one source (a path: data file, folder, hub dataset id, or a "
+        "LLaVA-OneVision mixture YAML with `datasets:`), or a list of sources, each with its own sampling rule.")
     images: ImageSettings = Field(default_factory=ImageSettings, description="Multi-image strategy and caps.")
     max_length: int | None = Field(
         2048,
@@ -316,8 +356,9 @@ class AlignStage(StageSettings):
     )
 
 
-class SftStage(StageSettings):
-    """Stage 3, visual instruction tuning: QLoRA on the language model, projector full or frozen."""
+class LoraStage(StageSettings):
+    """A stage that trains a LoRA adapter on a (4-bit) base: the projector full or frozen, the vision tower frozen
+    or adapted too."""
 
     projector: ComponentMode = Field(
         "full", description="Train the projector fully (full) or keep it as align left it (frozen)."
@@ -326,9 +367,20 @@ class SftStage(StageSettings):
     lora: LoraSettings = Field(default_factory=LoraSettings, description="The LoRA adapter on the language model.")
 
 
+class MidStage(LoraStage):
+    """Stage 1.5, mid-stage training: re-captioned and OCR-style data, at more capacity than align (LoRA on the
+    language model, projector full) on the same 4-bit base as sft."""
+
+
+class SftStage(LoraStage):
+    """Stage 3, visual instruction tuning: QLoRA on the language model, projector full or frozen."""
+
+
 class Recipe(StrictModel):
     """A whole recipe: the backbone and the settings of each stage."""
 
     backbone: BackboneSettings = Field(default_factory=BackboneSettings, description="The model to adapt.")
     align: AlignStage = Field(default_factory=AlignStage, description="Stage 1: projector alignment.")
+    mid: MidStage = Field(default_factory=MidStage, description="Stage 1.5: mid-stage training on re-captions and "
+                          "OCR-style data (QLoRA).")
     sft: SftStage = Field(default_factory=SftStage, description="Stage 3: visual instruction tuning (QLoRA).")

@@ -46,6 +46,7 @@ class Sample:
     messages: list[dict[str, Any]]
     source: str = ""  # file:line, for messages about this sample later on
     boxes: list[list[list[float]]] | None = None  # per image: informative regions [x0, y0, x1, y1] (text, labels)
+    origin: int = 0  # which source of the stage's mixture it came from (index), for per-source statistics
 
     def to_row(self) -> dict[str, Any]:
         """A row for a `datasets.Dataset`: images and content blocks as JSON text, so that Arrow never merges

@@ -1,0 +1,127 @@
+"""Mixtures: which rows of each data source a stage takes, by LLaVA-OneVision's sampling rules.
+
+Rules (pure functions of the row count and the seed, so every process of a distributed run takes the same rows):
+- `all`: every row;
+- `first:N` / `end:N`: the first / last N rows; `random:N`: N rows drawn without replacement, seeded;
+- N is a count or a percentage (`first:10%`, rounded up as OneVision does). A count above the rows available
+  takes them all (as OneVision does); a percentage above 100% repeats the source: `first:250%` is every row
+  twice and then the first half.
+An unknown rule is an error: OneVision silently reads a typo as `all`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+RULE = re.compile(r"^(first|end|random):(\d+(?:\.\d+)?)(%?)$")
+RULES_HELP = "all, first:N, end:N or random:N, with N a count (first:1000) or a percentage (first:10%)"
+
+
+@dataclass(frozen=True)
+class SamplingRule:
+    """A parsed rule: `kind` and either a `count` or a `percent`."""
+
+    kind: Literal["all", "first", "end", "random"]
+    count: int | None = None
+    percent: float | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "all":
+            return "all"
+        return f"{self.kind}:{self.count}" if self.count is not None else f"{self.kind}:{self.percent:g}%"
+
+    def rows_taken(self, available: int) -> int:
+        """How many rows the rule yields from `available` rows (repeats included)."""
+        if self.kind == "all":
+            return available
+        if self.count is not None:
+            return min(self.count, available)
+        return math.ceil(available * self.percent / 100)
+
+
+def parse_rule(text: str) -> SamplingRule:
+    """A sampling rule from its text; ValueError naming the rules there are for anything else."""
+    text = str(text).strip()
+    if text == "all":
+        return SamplingRule("all")
+    match = RULE.match(text)
+    if not match:
+        raise ValueError(f"unknown sampling rule {text!r}: use {RULES_HELP}")
+    kind, number, percent = match.groups()
+    if percent:
+        value = float(number)
+        if value <= 0:
+            raise ValueError(f"sampling rule {text!r} takes no rows: the percentage must be above 0")
+        return SamplingRule(kind, percent=value)  # type: ignore[arg-type]
+    if "." in number or int(number) <= 0:
+        raise ValueError(f"sampling rule {text!r}: a count must be a whole number above 0 (or write a percentage)")
+    return SamplingRule(kind, count=int(number))  # type: ignore[arg-type]
+
+
+def select_rows(rule: SamplingRule, available: int, seed: int = 0, salt: str = "") -> list[int]:
+    """The row indices `rule` takes from `available` rows, in training order. `random` draws with a generator
+    seeded by `seed` and `salt` (the source's name), so sources of one mixture draw independently and every
+    process draws the same rows."""
+    wanted = rule.rows_taken(available)
+    if available == 0 or wanted == 0:
+        return []
+    whole, rest = divmod(wanted, available)
+    rows = list(range(available)) * whole
+    if rule.kind in ("all", "first"):
+        rows += list(range(rest))
+    elif rule.kind == "end":
+        rows += list(range(available - rest, available))
+    else:
+        rows += sorted(random.Random(f"{seed}:{salt}").sample(range(available), rest))
+    return rows
+
+
+ONEVISION_KEYS = {"json_path": "path", "sampling_strategy": "sampling", "image_root": "image_root",
+                  "image_folder": "image_root", "format": "format"}
+
+
+def read_onevision_yaml(path: Path) -> list[dict[str, Any]]:
+    """A LLaVA-OneVision mixture YAML (`datasets:` of `json_path` + `sampling_strategy`) as source settings, each
+    path relative to the YAML's folder. ecomtune also reads `image_root` (or `image_folder`) and `format` per entry;
+    any other key is an error naming its line (OneVision ignores typos; a silently ignored key loses data)."""
+    import yaml
+
+    from ecomtune.errors import ConfigError, Problem
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Cannot read the mixture {path}: {str(exc).splitlines()[0]}",
+                          fix="a mixture YAML has `datasets:`, a list of {json_path, sampling_strategy}") from None
+    fix = "write `datasets:` as a list of entries with json_path and sampling_strategy (LLaVA-OneVision's format)"
+    if not isinstance(data, dict) or not isinstance(data.get("datasets"), list) or not data["datasets"]:
+        raise ConfigError(f"{path} is not a mixture: it needs a non-empty `datasets:` list", fix=fix)
+    problems = [Problem(f"unknown top-level key '{key}'", str(path), fix) for key in data if key != "datasets"]
+    entries = next(v for k, v in node.value if k.value == "datasets").value
+    sources = []
+    for entry, entry_node in zip(data["datasets"], entries, strict=True):
+        where = f"{path}:{entry_node.start_mark.line + 1}"
+        if not isinstance(entry, dict) or "json_path" not in entry:
+            problems.append(Problem("entry has no json_path", where, fix))
+            continue
+        unknown = [k for k in entry if k not in ONEVISION_KEYS]
+        problems += [Problem(f"unknown key '{k}' (known: {', '.join(ONEVISION_KEYS)})", where) for k in unknown]
+        source = {ONEVISION_KEYS[k]: v for k, v in entry.items() if k in ONEVISION_KEYS}
+        for key in ("path", "image_root"):
+            if key in source and not Path(str(source[key])).is_absolute():
+                source[key] = str(Path(path).parent / str(source[key]))
+        try:
+            parse_rule(source.get("sampling", "all"))
+        except ValueError as exc:
+            problems.append(Problem(str(exc), where))
+        sources.append(source)
+    if problems:
+        raise ConfigError(f"Mixture {path} has {len(problems)} problem(s)", problems)
+    return sources
