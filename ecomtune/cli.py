@@ -15,8 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ecomtune.config.stages import STAGE_INFO  # cheap: names and titles only
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Adapt any Hugging Face vision-language model to e-commerce understanding: align -> sft.")
+                  help="Adapt any Hugging Face vision-language model to e-commerce understanding: align -> mid -> sft.")
 console = Console(stderr=True)
 stdout = Console()
 
@@ -155,45 +157,41 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML to check."), s
     stdout.print(f"[green]{recipe}: valid[/green]")
 
 
-@app.command()
-def align(recipe: Path = RecipeOpt, backbone: str = BackboneOpt, data: Path = DataOpt, output: Path = OutputOpt,
-          sets: list[str] = SetOpt, resume: bool = ResumeOpt, overwrite: bool = OverwriteOpt) -> None:
-    """Stage 1: vision-language alignment. Trains only the projector; vision tower and LM stay frozen."""
-    _quiet_libraries()
-    from ecomtune.train.stages import run_align
+def _stage_command(name: str, title: str, starts_from: tuple[str, ...]):
+    """The command of one stage of the registry: every stage takes the same options."""
+    init_help = (f"A finished run to start from: {' or '.join(starts_from)} (an align run gives its projector; a "
+                 "LoRA run's adapter is continued)." if starts_from else "Not taken: this stage starts from the "
+                 "backbone.")
 
-    result = run_align(_recipe(recipe, sets, "align", backbone, data), output, resume=resume, overwrite=overwrite,
-                       recipe_file=recipe)
-    _report(result)
+    def command(recipe: Path = RecipeOpt, backbone: str = BackboneOpt, data: Path = DataOpt, output: Path = OutputOpt,
+                init_from: Path = typer.Option(None, "--init-from", help=init_help), sets: list[str] = SetOpt,
+                resume: bool = ResumeOpt, overwrite: bool = OverwriteOpt, images: str = ImagesOpt) -> None:
+        _quiet_libraries()
+        from ecomtune.train.stages import run_stage
+
+        result = run_stage(name, _recipe(recipe, sets, name, backbone, data, images), output, init_from=init_from,
+                           resume=resume, overwrite=overwrite, recipe_file=recipe)
+        _report(result)
+
+    command.__doc__ = f"Stage {name}: {title}."
+    return command
 
 
-@app.command()
-def sft(recipe: Path = RecipeOpt, backbone: str = BackboneOpt, data: Path = DataOpt, output: Path = OutputOpt,
-        init_from: Path = typer.Option(None, "--init-from", help="A finished `ecomtune align` run folder."),
-        sets: list[str] = SetOpt, resume: bool = ResumeOpt, overwrite: bool = OverwriteOpt,
-        images: str = ImagesOpt) -> None:
-    """Stage 3: visual instruction tuning with QLoRA (4-bit base + LoRA) through TRL's SFTTrainer."""
-    _quiet_libraries()
-    from ecomtune.train.stages import run_sft
-
-    result = run_sft(_recipe(recipe, sets, "sft", backbone, data, images), output, init_from=init_from,
-                     resume=resume, overwrite=overwrite, recipe_file=recipe)
-    _report(result)
+for _stage in STAGE_INFO.values():
+    app.command(_stage.name)(_stage_command(_stage.name, _stage.title, _stage.init_from))
 
 
 @app.command()
 def plan(recipe: Path = typer.Argument(..., help="Recipe YAML."),
-         stage: str = typer.Option("sft", "--stage", help="Which stage to plan: align or sft."),
+         stage: str = typer.Option("sft", "--stage", help=f"Which stage to plan: {', '.join(STAGE_INFO)}."),
          backbone: str = BackboneOpt, data: Path = DataOpt, sets: list[str] = SetOpt, images: str = ImagesOpt,
          out: Path = typer.Option(None, "--out", "-o", help="Also write the plan as JSON.")) -> None:
     """Measure every sample with the real processor and estimate peak GPU memory, before training."""
     _quiet_libraries()
-    from ecomtune.errors import ConfigError
     from ecomtune.runs.manifest import write_json_atomic
     from ecomtune.train.plan import plan_stage
 
-    if stage not in ("align", "sft"):
-        raise ConfigError(f"--stage {stage} is not a stage", fix="use --stage align or --stage sft")
+    _check_stage(stage)
     report = plan_stage(_recipe(recipe, sets, stage, backbone, data, images), stage)
     _print_plan(report)
     if out:
@@ -204,18 +202,16 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML."),
 @app.command()
 def profile(recipe: Path = typer.Argument(..., help="Recipe YAML."),
             steps: int = typer.Option(10, "--steps", min=2, help="Optimizer steps per run (the first is untimed)."),
-            stage: str = typer.Option("sft", "--stage", help="Which stage to profile: align or sft."),
+            stage: str = typer.Option("sft", "--stage", help=f"Which stage to profile: {', '.join(STAGE_INFO)}."),
             repeats: int = typer.Option(1, "--repeats", min=1, help="Rounds of all runs; each run's median is "
                                         "shown (3 steadies figures on a busy machine)."),
             backbone: str = BackboneOpt, data: Path = DataOpt, sets: list[str] = SetOpt,
             out: Path = typer.Option(None, "--out", "-o", help="Also write the figures as JSON.")) -> None:
     """Train N steps with TRL's collator, then ecomtune with packing off and on: tokens/s, padding, memory."""
     _quiet_libraries()
-    from ecomtune.errors import ConfigError
     from ecomtune.train.profile import profile_recipe, write_profile
 
-    if stage not in ("align", "sft"):
-        raise ConfigError(f"--stage {stage} is not a stage", fix="use --stage align or --stage sft")
+    _check_stage(stage)
     chosen = _recipe(recipe, sets, stage, backbone, data, None)
     rows = profile_recipe(chosen, stage, steps, progress=lambda mode: stdout.print(f"[dim]profiling {mode}...[/dim]"),
                           repeats=repeats)
@@ -246,6 +242,13 @@ def profile(recipe: Path = typer.Argument(..., help="Recipe YAML."),
         stdout.print(f"profile: {out}")
 
 
+def _check_stage(stage: str) -> None:
+    from ecomtune.errors import ConfigError
+
+    if stage not in STAGE_INFO:
+        raise ConfigError(f"--stage {stage} is not a stage", fix=f"use --stage {' or '.join(STAGE_INFO)}")
+
+
 def _cuda() -> bool:
     import torch
 
@@ -256,6 +259,7 @@ def _print_plan(report: dict) -> None:
     tokens, image_tokens, memory = report["tokens"], report["image_tokens"], report["memory"]
     stdout.print(f"[bold]{report['stage']}[/bold] on {report['backbone']['name']}: {report['samples']} samples "
                  f"from {report['data']}, images: {report['images']['strategy']}")
+    print_mixture(report["mixture"])
     table = Table(title="tokens per sample (text + image)")
     for column in ("min", "median", "p95", "max", "image tokens (median / max)", "padding"):
         table.add_column(column, justify="right")
@@ -288,6 +292,17 @@ def _print_plan(report: dict) -> None:
                      "lower, largest first:[/red]")
         for line in memory["advice"]:
             stdout.print(f"  - {line}")
+
+
+def print_mixture(sources: list[dict]) -> None:
+    """The realised mixture: per source its format, rows available, rule, rows taken, tokens and share."""
+    table = Table(title="mixture (rows taken by each source's sampling rule)")
+    for column in ("source", "format", "rows", "sampling", "taken", "tokens", "share"):
+        table.add_column(column, justify="left" if column in ("source", "format", "sampling") else "right")
+    for s in sources:
+        table.add_row(s["path"], s["format"], f"{s['available']:,}", s["sampling"], f"{s['taken']:,}",
+                      f"{s['tokens']:,}", f"{s['share']:.1%}")
+    stdout.print(table)
 
 
 def _report(result) -> None:

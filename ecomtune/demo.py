@@ -1,7 +1,8 @@
 """`ecomtune demo`: the whole recipe on the embedded default, offline, on a CPU, in a few minutes.
 
-Generates the synthetic catalog, benchmarks the untrained tiny-qwen2-vl, runs align then sft with
-the shipped tiny recipe, benchmarks again, and prints before/after per task. The bar is printed as
+Generates the synthetic catalog, benchmarks the untrained tiny-qwen2-vl, runs align -> mid -> sft with
+the shipped tiny recipe (mid continues from align's projector, sft continues mid's adapter), benchmarks
+again, and prints before/after per task. The bar is printed as
 measured: after sft, deep-fashion colour and pattern accuracy should beat their majority-class
 baselines, i.e. the model reads the picture.
 """
@@ -17,7 +18,7 @@ from ecomtune.bench.runner import run_bench
 from ecomtune.config.loading import SHIPPED_RECIPES, load_recipe
 from ecomtune.runs.outputs import locked, refuse_non_empty
 from ecomtune.synth.catalog import write_catalog
-from ecomtune.train.stages import run_align, run_sft
+from ecomtune.train.stages import run_stage
 
 DEMO_RECIPE = SHIPPED_RECIPES / "tiny-qwen2-vl.yaml"
 BAR_ATTRIBUTES = ("colour", "pattern")
@@ -42,18 +43,21 @@ def run_demo(output: Path, seed: int = 0, items: int = 480, overwrite: bool = Fa
 
 def _run_demo(output: Path, seed: int, items: int, overrides: list[str]) -> dict[str, Path]:
     console = Console()
-    console.rule("[bold]1/5 synthetic catalog")
+    console.rule("[bold]1/6 synthetic catalog")
     data = write_catalog(output / "catalog", items, seed, overwrite=True)
     console.print(f"{items} items -> {data['captions']}, {data['instruct']}, benchmark in {data['bench']}")
-    recipe = load_recipe(DEMO_RECIPE, overrides, values={"align.data": data["captions"], "sft.data": data["instruct"]})
+    recipe = load_recipe(DEMO_RECIPE, overrides, values={"align.data": data["captions"], "mid.data": data["mid"],
+                                                         "sft.data": data["instruct"]})
 
-    console.rule("[bold]2/5 bench: untrained backbone")
+    console.rule("[bold]2/6 bench: untrained backbone")
     before = run_bench(recipe.backbone.name, "all", data["bench"], out=output / "bench-before.json")
-    console.rule("[bold]3/5 align: projector only")
-    aligned = run_align(recipe, output / "align", overwrite=True)
-    console.rule("[bold]4/5 sft: QLoRA")
-    tuned = run_sft(recipe, output / "sft", init_from=aligned.output, overwrite=True)
-    console.rule("[bold]5/5 bench: after align + sft")
+    console.rule("[bold]3/6 align: projector only")
+    aligned = run_stage("align", recipe, output / "align", overwrite=True)
+    console.rule("[bold]4/6 mid: re-captions and label reading, QLoRA")
+    mid = run_stage("mid", recipe, output / "mid", init_from=aligned.output, overwrite=True)
+    console.rule("[bold]5/6 sft: instructions, continuing mid's adapter")
+    tuned = run_stage("sft", recipe, output / "sft", init_from=mid.output, overwrite=True)
+    console.rule("[bold]6/6 bench: after align + mid + sft")
     after = run_bench(str(tuned.output), "all", data["bench"], out=output / "bench-after.json")
 
     console.rule("[bold]results")
@@ -63,12 +67,12 @@ def _run_demo(output: Path, seed: int, items: int, overrides: list[str]) -> dict
         verdict = "[green]beats[/green]" if beats else "[red]does not beat[/red]"
         console.print(f"deep-fashion {attribute}: accuracy {accuracy:.3f} {verdict} the majority-class baseline "
                       f"{majority:.3f}")
-    for result in (aligned, tuned):
+    for result in (aligned, mid, tuned):
         m = result.manifest
         trained = ", ".join(f"{r['component']} {r['trainable']:,}" for r in m["parameters"] if r["trainable"])
         console.print(f"{m['stage']}: trained {trained} params in {m['metrics']['global_step']} steps "
                       f"({m['metrics'].get('train_runtime', 0):.0f}s) -> {result.output}")
     console.print(f"bench results: {output / 'bench-before.json'}, {output / 'bench-after.json'} "
                   f"(compare again with `ecomtune bench compare`)")
-    return {"align": aligned.output, "sft": tuned.output, "before": output / "bench-before.json",
+    return {"align": aligned.output, "mid": mid.output, "sft": tuned.output, "before": output / "bench-before.json",
             "after": output / "bench-after.json"}

@@ -16,7 +16,7 @@ from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import ResolvedRoles, lora_target_regex, resolve_roles
 from ecomtune.config.schema import Recipe
 from ecomtune.errors import ConfigError, Problem
-from ecomtune.runs.manifest import finished_run
+from ecomtune.runs.manifest import FinishedRun, finished_run
 from ecomtune.runtime import is_main_process
 from ecomtune.train.components import apply_plan, parameter_table, print_parameter_table
 
@@ -80,18 +80,28 @@ def load_aligned_projector(model, roles: ResolvedRoles, init_from: Path, backbon
     return str(init_from)
 
 
-def sft_model(recipe: Recipe, backbone: ResolvedBackbone, init_from: Path | None = None, show: bool = True):
-    """The model as stage 3 trains it: 4-bit base (per recipe), PEFT LoRA on the language model (and the vision
-    tower when asked), projector full or frozen, the aligned projector loaded first. Returns (model, roles, rows)."""
+def lora_model(recipe: Recipe, stage_name: str, backbone: ResolvedBackbone, init_from: Path | None = None,
+               show: bool = True):
+    """The model as a LoRA stage (mid, sft) trains it: 4-bit base (per recipe), PEFT LoRA on the language model
+    (and the vision tower when asked), projector full or frozen. Returns (model, roles, rows).
+
+    `init_from` an align run: its projector is loaded, then a new adapter starts (seeded by train.seed). A LoRA
+    run (mid, sft): its adapter is continued, not merged: the same base, the same adapter weights and projector,
+    so the stage starts exactly where that run ended and its adapter still loads on the plain base with peft.
+    The stage's LoRA shape must then equal the run's (`continue_adapter` says what differs)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
-    stage = recipe.sft
+    stage = getattr(recipe, stage_name)
+    start = finished_run(init_from, "--init-from") if init_from is not None else None
+    if start is not None and start.base != backbone.source:
+        raise ConfigError(f"--init-from {init_from} trained on {start.base}, not {backbone.source}",
+                          fix="use the same --backbone for every stage of a recipe")
     overrides = role_overrides(recipe.backbone)
     model = load_model(backbone, stage.quant, overrides)
     roles = resolve_roles(model, backbone.spec, overrides)
-    if init_from is not None:
-        load_aligned_projector(model, roles, init_from, backbone)
+    if start is not None and start.stage == "align":
+        load_aligned_projector(model, roles, start.folder, backbone)
     if stage.quant.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=stage.train.gradient_checkpointing)
 
@@ -102,29 +112,60 @@ def sft_model(recipe: Recipe, backbone: ResolvedBackbone, init_from: Path | None
         vision_targets = stage.lora.vision_targets or list(backbone.spec.vision_lora_targets)
         if not vision_targets:
             raise ConfigError(
-                "sft.vision is 'lora' but no vision LoRA targets are known for this backbone",
+                f"{stage_name}.vision is 'lora' but no vision LoRA targets are known for this backbone",
                 [Problem(f"Linear layers in the vision tower: {linear_layer_names(model, roles.vision_tower)}",
-                         "sft.lora.vision_targets")],
-                fix="name some in sft.lora.vision_targets, or set sft.vision: frozen")
+                         f"{stage_name}.lora.vision_targets")],
+                fix=f"name some in {stage_name}.lora.vision_targets, or set {stage_name}.vision: frozen")
         target = f"({target})|({lora_target_regex(roles.vision_tower, vision_targets)})"
     # The projector travels in the adapter whenever it differs from the base's: trained now, or aligned before.
-    save_projector = stage.projector == "full" or init_from is not None
+    save_projector = stage.projector == "full" or start is not None
     lora = LoraConfig(r=stage.lora.r, lora_alpha=stage.lora.alpha, lora_dropout=stage.lora.dropout,
                       target_modules=target, modules_to_save=list(roles.projector) if save_projector else None,
                       task_type="CAUSAL_LM")
     set_seed(stage.train.seed)  # LoRA's initial weights are drawn here: the same seed, the same adapter
-    model = get_peft_model(model, lora)
+    if start is not None and start.stage != "align":
+        model = continue_adapter(model, start, lora, stage_name)
+    else:
+        model = get_peft_model(model, lora)
     plan = {"vision_tower": "lora" if stage.vision == "lora" else "frozen", "projector": stage.projector,
             "language_model": "lora"}
     apply_plan(model, roles, plan)
     rows = parameter_table(model, roles, plan)
     if not any(r.component == "lora" and r.trainable for r in rows):
         raise ConfigError("LoRA matched no layer of the language model",
-                          [Problem(f"targets {lm_targets} under {roles.language_model}", "sft.lora.targets")],
+                          [Problem(f"targets {lm_targets} under {roles.language_model}", f"{stage_name}.lora.targets")],
                           fix="name Linear layers that exist (`ecomtune backbones` lists the defaults)")
     if show and is_main_process():
-        title = f"sft: {backbone.spec.family} ({backbone.source}), 4-bit={stage.quant.load_in_4bit}"
+        title = f"{stage_name}: {backbone.spec.family} ({backbone.source}), 4-bit={stage.quant.load_in_4bit}"
+        if start is not None:
+            title += f", from {start.stage} run {start.folder}"
         print_parameter_table(rows, title)
     return model, roles, rows
 
 
+def continue_adapter(model, start: FinishedRun, wanted, stage_name: str):
+    """`model` with the adapter of a finished LoRA run loaded for further training. The stage's LoRA must have the
+    run's shape (rank, alpha, targets, what travels with it); only the dropout may change."""
+    from peft import LoraConfig, PeftModel
+
+    saved = LoraConfig.from_pretrained(str(start.folder))
+    problems = [Problem(f"{name}: the run has {getattr(saved, name)!r}, this stage {getattr(wanted, name)!r}",
+                        f"{stage_name}.{key}")
+                for name, key in (("r", "lora.r"), ("lora_alpha", "lora.alpha"), ("target_modules", "lora.targets"))
+                if getattr(saved, name) != getattr(wanted, name)]
+    if wanted.modules_to_save and not saved.modules_to_save:
+        problems.append(Problem(f"the run's adapter does not carry the projector, but {stage_name}.projector is full",
+                                f"{stage_name}.projector"))
+    if problems:
+        raise ConfigError(f"--init-from {start.folder}: {stage_name} continues that {start.stage} run's adapter, so "
+                          "its LoRA must have the same shape", problems,
+                          fix=f"set {stage_name}.lora and {stage_name}.vision as the run's recipe has them (its "
+                          "manifest.json), or start from the align run")
+    saved.lora_dropout = wanted.lora_dropout
+    saved.inference_mode = False
+    return PeftModel.from_pretrained(model, str(start.folder), config=saved, is_trainable=True)
+
+
+def sft_model(recipe: Recipe, backbone: ResolvedBackbone, init_from: Path | None = None, show: bool = True):
+    """The model as stage 3 trains it (see `lora_model`)."""
+    return lora_model(recipe, "sft", backbone, init_from, show)

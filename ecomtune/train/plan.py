@@ -20,14 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ecomtune.backbones.loading import check_available, load_processor, pick_compute_dtype, role_overrides
-from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
+from ecomtune.backbones.loading import check_available, pick_compute_dtype, role_overrides
+from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import ResolvedRoles, lora_target_regex, resolve_roles
-from ecomtune.config.schema import Recipe, SftStage, StageSettings
+from ecomtune.config.schema import LoraStage, Recipe, StageSettings
 from ecomtune.data.collator import VisionChatCollator
-from ecomtune.data.packing import check_packable, packing_stats, plan_packs
-from ecomtune.data.schema import Sample, load_samples, present_samples
-from ecomtune.errors import ConfigError
+from ecomtune.data.packing import packing_stats, plan_packs
+from ecomtune.data.schema import Sample
 from ecomtune.train.memory import GIB, ModelShape, TrainShape, advice, estimate, optimizer_kind
 
 
@@ -112,14 +111,14 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
     from ecomtune.backbones.discovery import linear_layer_names
 
     stage: StageSettings = getattr(recipe, stage_name)
-    if stage.data is None:
-        raise ConfigError(f"No training data for {stage_name}", fix=f"pass --data FILE or set {stage_name}.data")
-    backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.seed, recipe.backbone.revision)
-    listed = load_samples(stage.data)
-    samples = present_samples(listed, backbone.spec, stage.images, str(stage.data))
-    processor = load_processor(backbone, recipe.backbone)
+    from ecomtune.data.stage_samples import mixture_table
+    from ecomtune.train.stages import read_stage
+
+    given = read_stage(recipe, stage, stage_name)  # the very path training takes: the same samples, same checks
+    backbone, processor, samples = given.backbone, given.processor, given.read.samples
     measured = measure(processor, samples, backbone.spec.conversation)
     totals = [t for t, _ in measured]
+    given.read.count_tokens(totals)
     images = [i for _, i in measured]
     limit = stage.max_length
     kept = [t for t in totals if limit is None or t <= limit]
@@ -128,7 +127,6 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
     image_tokens = batch * max(images)
     packing = None
     if stage.packing:  # rows of up to max_length tokens; a step holds batch_size rows
-        check_packable(backbone.spec, f"{stage_name}.packing")
         fits = [i for i, t in enumerate(totals) if t <= limit]
         packs = plan_packs([totals[i] for i in fits], [len(samples[i].images) for i in fits], limit,
                            stage.max_images_per_pack)
@@ -141,7 +139,7 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
     shape = model_shape(model, config, roles)
     lora = 0
     projector_trainable = True
-    if isinstance(stage, SftStage):
+    if isinstance(stage, LoraStage):
         targets = stage.lora.targets or list(backbone.spec.lora_targets) or linear_layer_names(model,
                                                                                              roles.language_model)
         lora = lora_parameters(model, lora_target_regex(roles.language_model, targets), stage.lora.r)
@@ -160,13 +158,15 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
     cap = stage.images.max_images
     return {
         "stage": stage_name, "backbone": {"name": recipe.backbone.name, "family": backbone.spec.family},
-        "data": str(stage.data), "images": stage.images.model_dump(),
+        "data": str(stage.data) if not isinstance(stage.data, list) else "mixture",
+        "mixture": mixture_table(given.read.sources), "images": stage.images.model_dump(),
         "samples": len(samples),
         "tokens": {"min": min(totals), "median": median(totals), "p95": percentile(totals, 95), "max": max(totals)},
         "image_tokens": {"median": median(images), "max": max(images), "total": sum(images)},
         "max_length": limit, "on_overlong": stage.on_overlong,
         "over_max_length": len(totals) - len(kept),
-        "over_image_cap": sum(len(s.images) > cap for s in listed) if stage.images.strategy in ("all", "crops") else 0,
+        "over_image_cap": sum(n > cap for n in given.read.listed_images)
+        if stage.images.strategy in ("all", "crops") else 0,
         "image_cap": cap,
         "padding": {"batch_size": batch, "packed": packing is not None,
                     "fraction": 1 - packing["fill"] if packing else padding_fraction(kept or totals, batch,

@@ -171,12 +171,11 @@ def _collator(mode: str, model, prepared, stage) -> tuple[Any, Any]:
 def profile_mode(mode: str, recipe: Recipe, stage_name: str, prepared, steps: int) -> ProfileRow:
     """Train `steps` optimizer steps in one mode and measure steps 2..N."""
     from ecomtune.backbones.loading import pick_compute_dtype
-    from ecomtune.train.stages import align_model, sft_model
+    from ecomtune.train.stages import STAGES
     from ecomtune.train.trl_bridge import build_trainer
 
     stage = getattr(recipe, stage_name)
-    build = align_model if stage_name == "align" else sft_model
-    model, _, _ = build(recipe, prepared.backbone, show=False)
+    model, _, _ = STAGES[stage_name].build(recipe, prepared.backbone, None, False)
     train = stage.train.model_copy(update={"max_steps": steps, "save_steps": steps * 1000,
                                            "logging_steps": steps * 1000})
     if mode == "trl":

@@ -18,21 +18,30 @@ from ecomtune.backbones.loading import load_processor, pick_compute_dtype
 from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
 from ecomtune.backbones.spec import ResolvedRoles
 from ecomtune.config.schema import Recipe, StageSettings
+from ecomtune.config.stages import STAGE_INFO, StageInfo
 from ecomtune.data.collator import count_tokens
 from ecomtune.data.packing import check_packable, packing_stats, plan_packs
-from ecomtune.data.schema import Sample, load_samples
+from ecomtune.data.schema import Sample
+from ecomtune.data.stage_samples import StageSamples, load_stage_samples, mixture_sources, mixture_table
 from ecomtune.data.strategies import ref_paths
 from ecomtune.errors import ConfigError, DataError, Problem
-from ecomtune.runs.manifest import fingerprint_file, finished_run, write_manifest
+from ecomtune.runs.manifest import finished_run, write_manifest
 from ecomtune.runs.outputs import Guarded, check_location, check_writable, locked, swap_in
 from ecomtune.runtime import decided_by_main, is_main_process
-from ecomtune.train.models import PROJECTOR_FILE, align_model, load_aligned_projector, projector_state, sft_model
+from ecomtune.train.models import (
+    PROJECTOR_FILE,
+    align_model,
+    load_aligned_projector,
+    lora_model,
+    projector_state,
+    sft_model,
+)
 from ecomtune.train.packed_attention import language_attention
 from ecomtune.train.run_folder import clear_leftovers, plan_run_folder
 from ecomtune.train.trl_bridge import build_trainer, checkpoint_steps, restore_finished_checkpoint, training_data
 
-__all__ = ["PROJECTOR_FILE", "STAGES", "StageResult", "align_model", "load_aligned_projector", "run_align",
-           "run_sft", "run_stage", "sft_model"]
+__all__ = ["PROJECTOR_FILE", "STAGES", "StageResult", "align_model", "load_aligned_projector", "lora_model",
+           "run_align", "run_sft", "run_stage", "sft_model"]
 
 
 @dataclass
@@ -80,9 +89,31 @@ def _length_report(processor, samples: list[Sample], stage: StageSettings,
 
 
 @dataclass
+class StageInput:
+    """A stage's data read and checked, before anything is measured: the backbone, its processor, the samples as
+    the strategy presents them, and the realised mixture."""
+
+    backbone: ResolvedBackbone
+    processor: Any
+    read: StageSamples
+
+
+def read_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> StageInput:
+    """Resolve the backbone, refuse what cannot run, read and check every source of the stage's mixture. Shared by
+    training, `plan` and `profile`, so they never disagree about the data."""
+    if stage.data is None:
+        raise ConfigError(f"No training data for {stage_name}", fix=f"pass --data FILE or set {stage_name}.data")
+    backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.seed, recipe.backbone.revision)
+    if stage.packing:
+        check_packable(backbone.spec, f"{stage_name}.packing")
+    read = load_stage_samples(stage.data, backbone.spec, stage.images, stage.train.seed, f"{stage_name}.data")
+    return StageInput(backbone, load_processor(backbone, recipe.backbone), read)
+
+
+@dataclass
 class PreparedData:
     """A stage's data, checked and measured: the samples kept, their stats and token lengths, the packed rows
-    (sample indices per row) when the stage packs."""
+    (sample indices per row) when the stage packs, and the realised mixture."""
 
     backbone: ResolvedBackbone
     processor: Any
@@ -90,23 +121,21 @@ class PreparedData:
     stats: dict[str, Any]
     lengths: list[int]
     packs: list[list[int]] | None
+    read: StageSamples
 
 
 def prepare_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> PreparedData:
-    """Everything before the model loads: resolve the backbone, refuse what cannot run, read and measure data."""
-    if stage.data is None:
-        raise ConfigError(f"No training data for {stage_name}", fix=f"pass --data FILE or set {stage_name}.data")
-    backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.seed, recipe.backbone.revision)
-    if stage.packing:
-        check_packable(backbone.spec, f"{stage_name}.packing")
-    samples = load_samples(stage.data, backbone.spec, stage.images)
-    processor = load_processor(backbone, recipe.backbone)
-    samples, stats, lengths = _length_report(processor, samples, stage, backbone.spec.conversation)
+    """Everything before the model loads: `read_stage`, then measure every sample (over-long ones are an error or
+    dropped, per on_overlong) and plan packed rows."""
+    given = read_stage(recipe, stage, stage_name)
+    samples, stats, lengths = _length_report(given.processor, given.read.samples, stage,
+                                             given.backbone.spec.conversation)
+    given.read.count_tokens(lengths, samples)
     packs = None
     if stage.packing:
         packs = plan_packs(lengths, [len(s.images) for s in samples], stage.max_length, stage.max_images_per_pack)
         stats["packing"] = packing_stats(packs, lengths, stage.max_length)
-    return PreparedData(backbone, processor, samples, stats, lengths, packs)
+    return PreparedData(given.backbone, given.processor, samples, stats, lengths, packs, given.read)
 
 
 def stage_data(prepared: PreparedData, model, stage: StageSettings):
@@ -119,11 +148,13 @@ def stage_data(prepared: PreparedData, model, stage: StageSettings):
     return data
 
 
-def _data_record(stage: StageSettings, samples: list[Sample], lengths: dict[str, Any]) -> dict[str, Any]:
-    images = [p for s in samples for ref in s.images for p in ref_paths(ref)]
-    return {"path": str(stage.data), "sha256": fingerprint_file(stage.data, images), "tokens": lengths}
-
-
+def _data_record(stage: StageSettings, prepared: PreparedData) -> dict[str, Any]:
+    """The manifest's record of the data: every source (available, rule, taken, tokens, share, sha256), one
+    sha256 over all of them and the images used, and the token statistics."""
+    images = [p for s in prepared.samples for ref in s.images for p in ref_paths(ref)]
+    path = str(stage.data) if not isinstance(stage.data, list) else None
+    return {"path": path, "sources": mixture_table(prepared.read.sources),
+            "sha256": prepared.read.fingerprint(images), "tokens": prepared.stats}
 
 
 def _save_align(trainer, model, roles: ResolvedRoles, processor, folder: Path) -> None:
@@ -135,7 +166,7 @@ def _save_align(trainer, model, roles: ResolvedRoles, processor, folder: Path) -
         processor.save_pretrained(folder)
 
 
-def _save_sft(trainer, model, roles: ResolvedRoles, processor, folder: Path) -> None:
+def _save_lora(trainer, model, roles: ResolvedRoles, processor, folder: Path) -> None:
     trainer.save_model(str(folder))  # the PEFT adapter; every process calls it, the main one writes
     if trainer.is_world_process_zero():
         (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest has the recipe
@@ -144,24 +175,38 @@ def _save_sft(trainer, model, roles: ResolvedRoles, processor, folder: Path) -> 
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of the recipe as data: how its model is built (`build(recipe, backbone, init_from, show)`),
-    what it saves, which finished stages `--init-from` may name, and whether one is required."""
+    """One stage of the recipe as data: what the command line knows of it (`info`: name, title, which finished
+    stages `--init-from` may name), how its model is built (`build(recipe, backbone, init_from, show)`), what it
+    saves and which outputs its manifest names."""
 
-    name: str
-    title: str
+    info: StageInfo
     build: Callable[..., tuple[Any, ResolvedRoles, list]]
     save: Callable[..., None]
     outputs: Callable[[ResolvedBackbone], dict[str, str]]
-    init_from: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def init_from(self) -> tuple[str, ...]:
+        return self.info.init_from
 
 
+def _adapter_outputs(backbone: ResolvedBackbone) -> dict[str, str]:
+    return {"adapter": "adapter_model.safetensors", "processor": ".", "base": backbone.source}
+
+
+def _lora_build(name: str) -> Callable[..., tuple[Any, ResolvedRoles, list]]:
+    return lambda recipe, backbone, start, show: lora_model(recipe, name, backbone, start, show)
+
+
+# A new stage is one entry here, one in `ecomtune.config.stages.STAGE_INFO` and its settings in the recipe schema.
 STAGES: dict[str, Stage] = {
-    "align": Stage("align", "vision-language alignment (projector only)",
-                   lambda recipe, backbone, init_from, show: align_model(recipe, backbone, show),
+    "align": Stage(STAGE_INFO["align"], lambda recipe, backbone, start, show: align_model(recipe, backbone, show),
                    _save_align, lambda backbone: {"projector": PROJECTOR_FILE, "processor": "."}),
-    "sft": Stage("sft", "visual instruction tuning (QLoRA)", sft_model, _save_sft,
-                 lambda backbone: {"adapter": "adapter_model.safetensors", "processor": ".", "base": backbone.source},
-                 init_from=("align",)),
+    "mid": Stage(STAGE_INFO["mid"], _lora_build("mid"), _save_lora, _adapter_outputs),
+    "sft": Stage(STAGE_INFO["sft"], _lora_build("sft"), _save_lora, _adapter_outputs),
 }
 
 
@@ -187,8 +232,18 @@ def _common_manifest(stage: str, recipe: Recipe, backbone: ResolvedBackbone, ini
 
 
 def _guarded(stage: StageSettings, samples: list[Sample], recipe_file: Path | None, init_from: Path | None) -> Guarded:
-    guarded = Guarded(files=[("data file", Path(stage.data))] + ([("recipe", recipe_file)] if recipe_file else []),
+    """What a stage's output may not touch: its data (files, dataset folders, a mixture YAML), the folders of its
+    images, the recipe and the run it starts from."""
+    guarded = Guarded(files=[("recipe", recipe_file)] if recipe_file else [],
                       folders=[("--init-from run", Path(init_from))] if init_from else [])
+    if not isinstance(stage.data, list):
+        guarded.files.append(("data file", Path(stage.data)))
+    for source in mixture_sources(stage.data):
+        path = Path(source.path)
+        if path.is_dir():
+            guarded.folders.append(("dataset folder", path))
+        elif path.exists():
+            guarded.files.append(("data file", path))
     return guarded.add_images(p for s in samples for ref in s.images for p in ref_paths(ref))
 
 
@@ -196,8 +251,10 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
               overwrite: bool = False, callbacks: list | None = None, recipe_file: Path | None = None) -> StageResult:
     """Run one stage of the recipe into `output` (see the module docstring). `recipe_file`: the recipe's path,
     which the output may not hold. `--resume` on a finished run does nothing and returns its manifest."""
-    stage_def, stage = STAGES[name], getattr(recipe, name)
+    stage_def, stage = STAGES.get(name), getattr(recipe, name, None)
     output, main, console = Path(output), is_main_process(), _console()
+    if name not in STAGES:
+        raise ConfigError(f"{name} is not a stage", fix=f"use one of {', '.join(STAGES)}")
     if init_from is not None and not stage_def.init_from:
         raise ConfigError(f"--init-from: {name} starts from the backbone, not from another run",
                           fix="drop --init-from")
@@ -225,7 +282,7 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
                                 pick_compute_dtype(stage.quant.compute_dtype), callbacks)
         metrics = _train(trainer, folder.checkpoint, stage.train.max_steps)
         manifest = {**common, "roles": asdict(roles), "parameters": [asdict(r) for r in rows],
-                    "data": _data_record(stage, prepared.samples, prepared.stats), "metrics": metrics,
+                    "data": _data_record(stage, prepared), "metrics": metrics,
                     "outputs": stage_def.outputs(prepared.backbone)}
         if trainer.state.global_step >= trainer.state.max_steps:
             stage_def.save(trainer, model, roles, prepared.processor, folder.write_to)
