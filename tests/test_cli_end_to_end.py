@@ -43,6 +43,20 @@ def test_align_then_sft_with_the_shipped_sample_data(align_run):
     assert (out / "adapter_model.safetensors").is_file()
 
 
+def test_three_stages_through_the_command_line(align_run):
+    mid = align_run.parent / "mid"
+    result = run_cli("mid", "--recipe", "tiny-qwen2-vl", "--init-from", str(align_run), "--output", str(mid),
+                     *short("mid", steps=2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mid on tiny-qwen2-vl" in result.stdout
+    manifest = json.loads((mid / "manifest.json").read_text())
+    assert manifest["stage"] == "mid" and manifest["data"]["sources"][0]["path"] == "data_samples/mid.jsonl"
+    sft = align_run.parent / "sft-from-mid"
+    result = run_cli("sft", "--recipe", TINY, "--init-from", str(mid), "--output", str(sft), *short("sft", steps=2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((sft / "manifest.json").read_text())["init_from"] == str(mid)
+
+
 def test_existing_output_is_not_clobbered(align_run):
     result = run_cli("align", "--recipe", TINY, "--output", str(align_run), *short("align"))
     assert result.returncode == 2 and "--overwrite" in result.stderr and "Traceback" not in result.stderr
