@@ -111,8 +111,8 @@ def model_fingerprint(spec: str) -> str:
     run, folder = run_of(spec), Path(spec)
     if folder.is_dir() and (folder / "adapter_config.json").is_file():
         return _sha256_files([folder / "adapter_model.safetensors"])
-    if run is not None and run.stage == "align":
-        return _sha256_files([folder / "projector.safetensors"])
+    if run is not None and run.projector:
+        return _sha256_files([folder / run.projector])
     backbone = model_backbone(spec)
     if backbone.is_local:
         return _fingerprint_model_folder(Path(backbone.source))
@@ -144,7 +144,7 @@ def load_for_inference(spec: str, load_in_4bit: bool | None = None) -> LoadedMod
         processor = AutoProcessor.from_pretrained(folder)  # saved beside the adapter by `ecomtune sft`
         reapply_resolution(processor, backbone, run)
         kind = "adapter"
-    elif run is not None and run.stage == "align":
+    elif run is not None and run.projector:
         roles = ResolvedRoles(**run.manifest["roles"])  # as found when the run trained, recipe overrides included
         model = load_model(backbone, quant, RoleOverrides(roles.vision_tower, roles.projector, roles.language_model))
         load_aligned_projector(model, roles, folder, backbone)

@@ -98,6 +98,16 @@ class FinishedRun:
         """The backbone the run trained on (hub id or folder)."""
         return str(self.manifest["backbone"]["source"])
 
+    @property
+    def adapter(self) -> str | None:
+        """The PEFT adapter file the run saved (LoRA stages), if any."""
+        return self.manifest.get("outputs", {}).get("adapter")
+
+    @property
+    def projector(self) -> str | None:
+        """The projector weights file the run saved (projector-only stages), if any."""
+        return self.manifest.get("outputs", {}).get("projector")
+
     def stage_settings(self) -> dict[str, Any]:
         """The recipe section of the run's stage, as it trained."""
         return dict(self.manifest.get("recipe", {}).get(self.stage, {}))

@@ -50,11 +50,14 @@ def load_aligned_projector(model, roles: ResolvedRoles, init_from: Path, backbon
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    run = finished_run(init_from, "--init-from", ("align",))
+    run = finished_run(init_from, "--init-from")
+    if not run.projector:
+        raise ConfigError(f"--init-from {init_from} is a {run.stage} run, which saved no projector of its own",
+                          fix="point it at the --output of a finished `ecomtune align`")
     if run.base != backbone.source:
         raise ConfigError(f"--init-from {init_from} was aligned on {run.base}, not {backbone.source}",
                           fix="use the same --backbone for align and sft")
-    path = Path(init_from) / PROJECTOR_FILE
+    path = Path(init_from) / run.projector
     try:
         weights = load_file(str(path))
     except (SafetensorError, OSError) as exc:
@@ -100,7 +103,7 @@ def lora_model(recipe: Recipe, stage_name: str, backbone: ResolvedBackbone, init
     overrides = role_overrides(recipe.backbone)
     model = load_model(backbone, stage.quant, overrides)
     roles = resolve_roles(model, backbone.spec, overrides)
-    if start is not None and start.stage == "align":
+    if start is not None and start.projector:
         load_aligned_projector(model, roles, start.folder, backbone)
     if stage.quant.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=stage.train.gradient_checkpointing)
@@ -123,7 +126,7 @@ def lora_model(recipe: Recipe, stage_name: str, backbone: ResolvedBackbone, init
                       target_modules=target, modules_to_save=list(roles.projector) if save_projector else None,
                       task_type="CAUSAL_LM")
     set_seed(stage.train.seed)  # LoRA's initial weights are drawn here: the same seed, the same adapter
-    if start is not None and start.stage != "align":
+    if start is not None and start.adapter:
         model = continue_adapter(model, start, lora, stage_name)
     else:
         model = get_peft_model(model, lora)
