@@ -26,7 +26,8 @@ stdout = Console()
 RecipeOpt = typer.Option(None, "--recipe", "-r", help="Recipe YAML (see `ecomtune recipes`).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a recipe key: --set sft.lora.r=8 (repeatable).")
 BackboneOpt = typer.Option(None, "--backbone", "-b", help="Alias, hub id or local folder (overrides the recipe).")
-DataOpt = typer.Option(None, "--data", "-d", help="Training JSONL in the canonical format (overrides the recipe).")
+DataOpt = typer.Option(None, "--data", "-d", help="The stage's data (overrides the recipe): a JSONL / JSON file, a "
+                       "dataset folder, a hub dataset id or a LLaVA-OneVision mixture YAML.")
 OutputOpt = typer.Option(..., "--output", "-o", help="Run folder to write.")
 ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
 ImagesOpt = typer.Option(None, "--images", help="Multi-image strategy: all, primary, grid or crops "
@@ -185,14 +186,17 @@ for _stage in STAGE_INFO.values():
 def plan(recipe: Path = typer.Argument(..., help="Recipe YAML."),
          stage: str = typer.Option("sft", "--stage", help=f"Which stage to plan: {', '.join(STAGE_INFO)}."),
          backbone: str = BackboneOpt, data: Path = DataOpt, sets: list[str] = SetOpt, images: str = ImagesOpt,
-         out: Path = typer.Option(None, "--out", "-o", help="Also write the plan as JSON.")) -> None:
+         out: Path = typer.Option(None, "--out", "-o", help="Also write the plan as JSON."),
+         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file.")) -> None:
     """Measure every sample with the real processor and estimate peak GPU memory, before training."""
     _quiet_libraries()
     from ecomtune.runs.manifest import write_json_atomic
     from ecomtune.train.plan import plan_stage
 
     _check_stage(stage)
-    report = plan_stage(_recipe(recipe, sets, stage, backbone, data, images), stage)
+    chosen = _recipe(recipe, sets, stage, backbone, data, images)
+    _check_results_file(out, overwrite, recipe, getattr(chosen, stage).data)
+    report = plan_stage(chosen, stage)
     _print_plan(report)
     if out:
         write_json_atomic(out, report)
@@ -206,13 +210,15 @@ def profile(recipe: Path = typer.Argument(..., help="Recipe YAML."),
             repeats: int = typer.Option(1, "--repeats", min=1, help="Rounds of all runs; each run's median is "
                                         "shown (3 steadies figures on a busy machine)."),
             backbone: str = BackboneOpt, data: Path = DataOpt, sets: list[str] = SetOpt,
-            out: Path = typer.Option(None, "--out", "-o", help="Also write the figures as JSON.")) -> None:
+            out: Path = typer.Option(None, "--out", "-o", help="Also write the figures as JSON."),
+            overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file.")) -> None:
     """Train N steps with TRL's collator, then ecomtune with packing off and on: tokens/s, padding, memory."""
     _quiet_libraries()
     from ecomtune.train.profile import profile_recipe, write_profile
 
     _check_stage(stage)
     chosen = _recipe(recipe, sets, stage, backbone, data, None)
+    _check_results_file(out, overwrite, recipe, getattr(chosen, stage).data)
     rows = profile_recipe(chosen, stage, steps, progress=lambda mode: stdout.print(f"[dim]profiling {mode}...[/dim]"),
                           repeats=repeats)
     settings = getattr(chosen, stage)
@@ -240,6 +246,18 @@ def profile(recipe: Path = typer.Argument(..., help="Recipe YAML."),
         write_profile(rows, out, {"recipe": str(recipe), "stage": stage, "steps": steps, "repeats": repeats,
                                   "device": "cuda" if _cuda() else "cpu"})
         stdout.print(f"profile: {out}")
+
+
+def _check_results_file(out: Path | None, overwrite: bool, recipe: Path | None, data) -> None:
+    """A plan or profile JSON may not overwrite the recipe, the data or an earlier file unless told to."""
+    from ecomtune.runs.outputs import Guarded, check_file_output
+
+    if out is None:
+        return
+    inputs = [("recipe", recipe)] if recipe else []
+    if data is not None and not isinstance(data, list):
+        inputs.append(("data", Path(data)))
+    check_file_output(out, overwrite, Guarded(files=inputs))
 
 
 def _check_stage(stage: str) -> None:
@@ -313,6 +331,10 @@ def _report(result) -> None:
     m = result.manifest
     if result.model is None:  # --resume on a finished run: nothing was trained
         return
+    if not result.complete:
+        stdout.print(f"[yellow]{m['stage']} stopped at step {m['metrics']['global_step']} before its last step: "
+                     f"nothing final was saved; continue with --resume --output {result.output}[/yellow]")
+        return
     trained = ", ".join(f"{r['component']} ({r['mode']}, {r['trainable']:,} params)"
                         for r in m["parameters"] if r["trainable"])
     metrics = m["metrics"]
@@ -346,6 +368,7 @@ def bench(
     judge_plain_http: bool = typer.Option(False, "--judge-plain-http", help="Send ECOMTUNE_JUDGE_API_KEY to an "
                                           "http:// judge on another machine (refused by default: it travels "
                                           "unencrypted)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
     """Run the benchmark tasks on a model: `ecomtune bench --model runs/sft --tasks all`."""
     if ctx.invoked_subcommand is not None:
@@ -359,7 +382,7 @@ def bench(
     data = data or Path("data_samples/bench")
     results = run_bench(model, tasks, data, out=out, limit=limit, batch_size=batch_size, judge=judge,
                         load_in_4bit=load_in_4bit, images=_image_settings(model, images, max_images),
-                        judge_plain_http=judge_plain_http)
+                        judge_plain_http=judge_plain_http, overwrite=overwrite)
     print_table(results_table(results))
     if "deep-fashion" in results["tasks"]:
         print_table(attribute_table(results))

@@ -50,7 +50,8 @@ def _run_demo(output: Path, seed: int, items: int, overrides: list[str]) -> dict
                                                          "sft.data": data["instruct"]})
 
     console.rule("[bold]2/6 bench: untrained backbone")
-    before = run_bench(recipe.backbone.name, "all", data["bench"], out=output / "bench-before.json")
+    before = run_bench(recipe.backbone.name, "all", data["bench"], out=output / "bench-before.json",
+                     overwrite=True)
     console.rule("[bold]3/6 align: projector only")
     aligned = run_stage("align", recipe, output / "align", overwrite=True)
     console.rule("[bold]4/6 mid: re-captions and label reading, QLoRA")
@@ -58,7 +59,8 @@ def _run_demo(output: Path, seed: int, items: int, overrides: list[str]) -> dict
     console.rule("[bold]5/6 sft: instructions, continuing mid's adapter")
     tuned = run_stage("sft", recipe, output / "sft", init_from=mid.output, overwrite=True)
     console.rule("[bold]6/6 bench: after align + mid + sft")
-    after = run_bench(str(tuned.output), "all", data["bench"], out=output / "bench-after.json")
+    after = run_bench(str(tuned.output), "all", data["bench"], out=output / "bench-after.json",
+                    overwrite=True)
 
     console.rule("[bold]results")
     console.print(compare_table(before, after, ("before", "after"), exclude=("by_subset", "by_aspect")))

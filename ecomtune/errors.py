@@ -64,6 +64,9 @@ _OS_FAULTS = {
     errno.ENOENT: ("no such file or folder", "check the path"),
     errno.EISDIR: ("it is a folder, not a file", "give the path of a file"),
     errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
+    errno.EEXIST: ("a file is in the way of a folder", "check the path: a part of it is a file"),
+    errno.EBUSY: ("the file or folder is busy (a mount point, or in use)", "use a folder inside it, or another path"),
+    errno.EXDEV: ("a rename would cross file systems", "keep the output on one disk (not a mount point)"),
 }
 
 

@@ -141,3 +141,25 @@ def test_predict_never_writes_over_its_input(items):
     with pytest.raises(ConfigError, match="is the data file"):
         run_predict("tiny-qwen2-vl", items, "item-intelligence", items)
     assert items.read_bytes() == before
+
+
+def test_an_interrupted_overwrite_never_passes_old_answers_off_as_new(items, tmp_path):
+    out = tmp_path / "preds.jsonl"
+    run_predict("tiny-qwen2-vl", items, "item-intelligence", out, batch_size=2)  # model A's answers, all four
+    finished = out.read_bytes()
+    primary = ImageSettings(strategy="primary")
+
+    def stop_after_first_batch(done: int, total: int) -> None:
+        if done:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_predict("tiny-qwen2-vl", items, "item-intelligence", out, images=primary, batch_size=2, overwrite=True,
+                    on_progress=stop_after_first_batch)
+    assert out.read_bytes() == finished, "the old file stays until the new one is complete"
+    with pytest.raises(ConfigError, match="cannot be resumed"):
+        run_predict("tiny-qwen2-vl", items, "item-intelligence", out, images=primary, batch_size=2)
+    resumed = run_predict("tiny-qwen2-vl", items, "item-intelligence", out, images=primary, batch_size=2,
+                          overwrite=True)
+    assert (resumed.skipped, resumed.predicted) == (2, 2), "only this run's own partial answers are kept"
+    assert {line["strategy"] for line in lines(out)} == {"primary"} and len(lines(out)) == 4

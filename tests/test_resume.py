@@ -125,3 +125,12 @@ def test_an_interrupted_overwrite_leaves_the_old_run_as_it_was(catalog, straight
     assert replaced.output == output and status(output) == "complete"
     assert not (output / "notes.txt").exists(), "no stale file of the old run survives"
     assert not any(p.name.startswith(f".{output.name}.") and p.is_dir() for p in tmp_path.iterdir())
+
+
+def test_resuming_with_the_plan_cut_to_the_last_checkpoint_finishes_there(catalog, tmp_path):
+    output = tmp_path / "run"
+    killed("after-save:2", output, catalog)
+    shorter = [*overrides(catalog), "sft.train.max_steps=2"]
+    result = run_sft(load_recipe(None, shorter), output, resume=True)
+    assert result.complete and result.manifest["metrics"]["global_step"] == 2 and status(output) == "complete"
+    assert (output / "adapter_model.safetensors").is_file()

@@ -93,3 +93,57 @@ def test_shape_changes_name_only_model_keys():
     assert shape_changes(before, recipe(vision="lora"), "sft") == ["sft.vision: 'frozen' -> 'lora'"]
     changed = Recipe.model_validate({"backbone": {"name": "tiny-gemma3"}}).model_dump(mode="json")
     assert shape_changes(before, changed, "sft") == ["backbone.name: 'tiny-qwen2-vl' -> 'tiny-gemma3'"]
+
+
+def test_a_swap_killed_between_its_renames_gives_the_old_folder_back(tmp_path):
+    from ecomtune.runs.outputs import Guarded, replacing_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "user.txt").write_text("mine")
+    out.rename(tmp_path / ".out.replaced")  # the state a kill between swap_in's two renames leaves
+    with pytest.raises(ConfigError, match="not empty"):
+        with replacing_folder(out, False, Guarded()) as staging:
+            (staging / "new.txt").write_text("new")
+    assert (out / "user.txt").read_text() == "mine" and not (tmp_path / ".out.replaced").exists()
+    write_manifest(tmp_path / "run", status="running", stage="sft", recipe=recipe())
+    (tmp_path / "run").rename(tmp_path / ".run.replaced")
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        plan(tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "manifest.json").is_file(), "a run folder is put back before anything is decided"
+
+
+def test_inputs_behind_links_and_results_files_are_guarded(tmp_path):
+    from ecomtune.runs.outputs import Guarded, check_file_output, location_problems
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "train.jsonl").write_text("{}\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").symlink_to(shared / "train.jsonl")
+    guarded = Guarded(files=[("data file", data / "train.jsonl")])
+    assert location_problems(data, guarded), "the link itself is guarded, not only what it points to"
+    assert location_problems(shared, guarded)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text("{}")
+    with pytest.raises(ConfigError, match="inside the model folder"):
+        check_file_output(run / "manifest.json", True, Guarded(folders=[("model folder", run)]))
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already exists"):
+        check_file_output(tmp_path / "results.json", False, Guarded())
+    check_file_output(tmp_path / "results.json", True, Guarded())
+
+
+def test_resume_refuses_a_checkpoint_past_the_plan_and_a_folder_it_did_not_write(tmp_path):
+    out = tmp_path / "run"
+    write_manifest(out, status="running", stage="sft", recipe=recipe(train={"max_steps": 4, "save_steps": 2}))
+    checkpoint(out, 4)
+    with pytest.raises(ConfigError, match="past sft.train.max_steps = 2"):
+        plan(out, resume=True, recipe_dict=recipe(train={"max_steps": 2, "save_steps": 2}))
+    foreign = tmp_path / "foreign"
+    checkpoint(foreign, 2)
+    with pytest.raises(ConfigError, match="is not an ecomtune run"):
+        plan(foreign, resume=True)
+    assert (foreign / "checkpoint-2").is_dir()

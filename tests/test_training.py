@@ -214,7 +214,7 @@ def test_resume_finishes_with_the_same_step_count(catalog, tmp_path):
 
 def test_resume_without_checkpoint_is_a_clear_error(catalog, tmp_path):
     recipe = load_recipe(None, [f"sft.data={catalog['instruct']}"])
-    with pytest.raises(ConfigError, match="no complete checkpoint"):
+    with pytest.raises(ConfigError, match="is not an ecomtune run"):
         run_sft(recipe, tmp_path / "empty", resume=True)
 
 

@@ -6,9 +6,9 @@ answer is the file renamed to `<out>`, so a file at `<out>` is always complete. 
 crash mid-write is dropped and its item predicted again. Answers already written are never dropped:
 a smaller `--limit` leaves a finished file as it is.
 
-A run resumes only what the same model, task, data and settings wrote: they are recorded beside the
-output (`<out>.settings.json`), and anything else is refused with what differs, unless `--overwrite`
-(which replaces the old file only once the new one is complete).
+A run resumes only what the same model, task, data and settings wrote: they are recorded beside each
+file (`<out>.settings.json`, `<out>.partial.settings.json`), and anything else is refused with what
+differs, unless `--overwrite` (which replaces the old file only once the new one is complete).
 """
 
 from __future__ import annotations
@@ -81,25 +81,35 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in changed]
 
 
-def _earlier_answers(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, str]:
-    """The answers an earlier run left (finished file and partial one), if they were made the same way; with
-    `overwrite`, none (they are replaced once the new file is complete)."""
-    partial, recorded = partial_path(out), settings_path(out)
-    if overwrite or not (out.exists() or partial.exists()):
-        return {}
+def _recorded(path: Path) -> dict[str, Any] | None:
     try:
-        before = json.loads(recorded.read_text(encoding="utf-8"))
+        found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        before = None
-    if not isinstance(before, dict):
-        raise ConfigError(f"{out} exists but {recorded.name} (what made it) is missing or unreadable, so it cannot "
-                          "be resumed safely", fix="pass --overwrite to replace it, or choose another --out")
-    changes = _differences(before, settings)
-    if changes:
-        raise ConfigError(f"{out} was made by another model, task, data or settings: it cannot be resumed",
-                          [Problem(change, str(recorded)) for change in changes],
-                          fix="pass the same options as before to resume, --overwrite to replace it, or a new --out")
-    return {**_answered(out), **_answered(partial)}
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _earlier_answers(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, str]:
+    """The answers earlier runs left that were made exactly this way. Each file has its own record of what made
+    it: `<out>.settings.json` for the finished file, `<out>.partial.settings.json` for the one in progress, so an
+    interrupted `--overwrite` never passes the old model's answers off as the new one's. Anything else is refused
+    unless `overwrite` (which keeps only a partial file of this very run)."""
+    answers: dict[str, str] = {}
+    files = ((out, settings_path(out)), (partial_path(out), settings_path(partial_path(out))))
+    for index, (path, recorded) in enumerate(files):
+        if not path.exists() or (overwrite and index == 0):
+            continue
+        before = _recorded(recorded)
+        changes = ["(no record of what made it)"] if before is None else _differences(before, settings)
+        if changes and overwrite:
+            continue  # a partial file of another run: it is replaced
+        if changes:
+            raise ConfigError(f"{path} was made by another model, task, data or settings: it cannot be resumed",
+                              [Problem(change, str(recorded)) for change in changes],
+                              fix="pass the same options as before to resume, --overwrite to replace it, or a new "
+                              "--out")
+        answers.update(_answered(path))
+    return answers
 
 
 def run_predict(model: str, data: Path, task_name: str, out: Path, images: ImageSettings | None = None,
@@ -135,13 +145,14 @@ def run_predict(model: str, data: Path, task_name: str, out: Path, images: Image
         if not todo and out.exists() and not partial.exists():
             return PredictSummary(out, len(records), len(records), 0, 0, 0.0, _images_per_item(records))
         check_writable(out.parent, option="--out")
-        write_json_atomic(settings_path(out), settings)
+        write_json_atomic(settings_path(partial), settings)
         staged = partial.with_name(partial.name + ".tmp")  # rewritten whole (torn line dropped), then swapped in
         staged.write_text("".join(line + "\n" for line in done.values()), encoding="utf-8")
         staged.replace(partial)
         predicted, parsed, seconds = _predict_into(partial, model, load_in_4bit, task, todo, images, batch_size,
                                                    on_progress)
         partial.replace(out)
+        settings_path(partial).replace(settings_path(out))  # after the answers: a stale record only refuses
     return PredictSummary(out, len(records), len(records) - len(todo), predicted, parsed, seconds,
                           _images_per_item(records))
 

@@ -214,11 +214,17 @@ def run_images(model: str) -> ImageSettings:
 
 def run_bench(model: str, tasks: str, data: Path, out: Path | None = None, limit: int | None = None,
               batch_size: int = 16, judge: str | None = None, load_in_4bit: bool | None = None,
-              images: ImageSettings | None = None, judge_plain_http: bool = False) -> dict[str, Any]:
+              images: ImageSettings | None = None, judge_plain_http: bool = False,
+              overwrite: bool = False) -> dict[str, Any]:
     """Run the chosen tasks on `model` over `data/<task>.jsonl`; write and return the results. `images`: the
     multi-image strategy (default: the one the run trained with). Relative image paths may reach the data
     folder's parent (a catalog keeps `bench/` beside `images/`) but no further."""
     chosen = resolve_tasks(tasks)
+    if out is not None:
+        from ecomtune.runs.outputs import Guarded, check_file_output
+
+        inputs = [("model folder", Path(model))] if Path(model).is_dir() else []
+        check_file_output(Path(out), overwrite, Guarded(folders=[*inputs, ("benchmark data", Path(data))]))
     images = images or run_images(model)
     root = Path(data).resolve().parent
     spec = model_backbone(model).spec

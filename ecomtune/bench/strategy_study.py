@@ -77,7 +77,7 @@ def _study(output: Path, strategies: tuple[str, ...], items: int, seed: int, sft
         predicted = run_predict(str(tuned.output), items_file, TASK, output / f"predict-{strategy}.jsonl",
                                 images, root=catalog["bench"].parent, overwrite=True)
         scores = run_bench(str(tuned.output), TASK, catalog["bench"], out=output / f"bench-{strategy}.json",
-                           images=images)["tasks"][TASK]["scores"]
+                           images=images, overwrite=True)["tasks"][TASK]["scores"]
         rows[strategy] = {
             "images_per_item": {"median": median(len(r["images"]) for r in records),
                                 "max": max(len(r["images"]) for r in records)},

@@ -15,6 +15,7 @@ import math
 import random
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +42,7 @@ class SamplingRule:
             return available
         if self.count is not None:
             return min(self.count, available)
-        return math.ceil(available * self.percent / 100)
+        return math.ceil(Fraction(str(self.percent)) * available / 100)  # exact: 16.1% of 1000 is 161
 
 
 def parse_rule(text: str) -> SamplingRule:
@@ -65,8 +66,8 @@ def parse_rule(text: str) -> SamplingRule:
 
 def select_rows(rule: SamplingRule, available: int, seed: int = 0, salt: str = "") -> list[int]:
     """The row indices `rule` takes from `available` rows, in training order. `random` draws with a generator
-    seeded by `seed` and `salt` (the source's name), so sources of one mixture draw independently and every
-    process draws the same rows."""
+    seeded by `seed` and `salt` (the stage loader passes the source's place in the mixture and its path), so
+    sources of one mixture draw independently and every process draws the same rows."""
     wanted = rule.rows_taken(available)
     if available == 0 or wanted == 0:
         return []

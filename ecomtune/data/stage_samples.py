@@ -17,13 +17,13 @@ from ecomtune.config.schema import DataSource
 from ecomtune.data.mixture import parse_rule, read_onevision_yaml, select_rows
 from ecomtune.data.schema import MAX_REPORTED, Sample, parse_record, present_samples
 from ecomtune.data.sources import open_source
+from ecomtune.data.sources.detect import MIXTURE_SUFFIXES
 from ecomtune.errors import ConfigError, DataError, Problem
 
 if TYPE_CHECKING:
     from ecomtune.backbones.spec import BackboneSpec
     from ecomtune.config.schema import ImageSettings
 
-MIXTURE_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass
@@ -45,6 +45,8 @@ class StageSamples:
     samples: list[Sample]  # as the multi-image strategy presents them; `origin` indexes `sources`
     listed_images: list[int]  # images per sample before the strategy (for the image-cap count)
     sources: list[SourceUse] = field(default_factory=list)
+    image_files: list[str] = field(default_factory=list)  # every image the taken records name, before the strategy
+    image_roots: list[Path] = field(default_factory=list)  # image folders the sources name explicitly
 
     def fingerprint(self, image_paths: list[str]) -> str:
         """sha256 over every source's fingerprint and every image file the samples use."""
@@ -110,8 +112,10 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
         empty = ", ".join(f"{u.path} ({u.available} rows, {u.sampling})" for u in uses)
         raise DataError(f"{title}: the mixture gives no samples: {empty}", fix="add data, or take more rows")
     listed = [len(s.images) for s in samples]
+    files = list(dict.fromkeys(p for s in samples for p in s.images if isinstance(p, str)))
+    roots = [Path(s.image_root) for s in mixture_sources(data) if s.image_root is not None]
     presented = present_samples(samples, spec, images, title) if spec is not None or images is not None else samples
-    return StageSamples(presented, listed, uses)
+    return StageSamples(presented, listed, uses, files, roots)
 
 
 def _with_origin(sample: Sample, origin: int) -> Sample:

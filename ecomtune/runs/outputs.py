@@ -45,24 +45,36 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or path.is_relative_to(folder)
 
 
+def _forms(path: Path) -> set[Path]:
+    """A path as given (made absolute) and with its links resolved: a guard holds for either."""
+    return {Path(os.path.abspath(path)), Path(path).resolve()}
+
+
 def location_problems(output: Path, guarded: Guarded, option: str = "--output") -> list[Problem]:
-    """Every way `output` would write over, into or around something the command reads."""
-    out = Path(output).resolve()
+    """Every way `output` would write over, into or around something the command reads. Paths are compared as
+    given and with links resolved, so a link into the data (or a data file that is a link) is caught too."""
+    outs = _forms(output)
     problems = []
     for what, path in guarded.files:
-        path = Path(path).resolve()
-        if _inside(path, out):
-            problems.append(Problem(f"{option} {output} {'is' if path == out else 'holds'} the {what} {path}"))
+        for form in _forms(path):
+            hit = next((out for out in outs if _inside(form, out)), None)
+            if hit is not None:
+                problems.append(Problem(f"{option} {output} {'is' if form == hit else 'holds'} the {what} {path}"))
+                break
     seen: set[Path] = set()
     for what, folder in guarded.folders:
-        folder = Path(folder).resolve()
-        if folder in seen:
+        forms = _forms(folder)
+        if forms & seen:
             continue
-        seen.add(folder)
-        if _inside(out, folder):
-            problems.append(Problem(f"{option} {output} is {'' if out == folder else 'inside '}the {what} {folder}"))
-        elif _inside(folder, out):
-            problems.append(Problem(f"{option} {output} holds the {what} {folder}"))
+        seen |= forms
+        for form in forms:
+            if any(_inside(out, form) for out in outs):
+                inside = "" if form in outs else "inside "
+                problems.append(Problem(f"{option} {output} is {inside}the {what} {folder}"))
+                break
+            if any(_inside(form, out) for out in outs):
+                problems.append(Problem(f"{option} {output} holds the {what} {folder}"))
+                break
     return problems
 
 
@@ -72,6 +84,17 @@ def check_location(output: Path, guarded: Guarded, option: str = "--output") -> 
         raise ConfigError(f"Refusing to write to {output}: it would mix with what this command reads",
                           problems[:20], fix=f"choose an {option} folder apart from the data, the images, the "
                           "recipe and the run you start from")
+
+
+def check_file_output(path: Path, overwrite: bool, guarded: Guarded, option: str = "--out") -> None:
+    """A results file (bench, plan, profile) may not be any input, sit inside a run or dataset it reads, or replace
+    an earlier file unless `overwrite`. Checked before any work, so a long benchmark never ends in a refusal."""
+    path = Path(path)
+    check_location(path, guarded, option)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder", fix=f"give {option} a file path, e.g. results.json")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{option} {path} already exists", fix=f"choose another {option}, or pass --overwrite")
 
 
 def is_empty(folder: Path) -> bool:
@@ -85,19 +108,43 @@ def refuse_non_empty(output: Path, overwrite: bool, option: str = "--output") ->
                           fix=f"choose a new {option}, or pass --overwrite to replace what is there")
 
 
+def real_path(output: Path) -> Path:
+    """The folder an output really is: absolute, links resolved, so its siblings (staging, lock) sit beside the
+    real folder on its own disk, and `--out .` has a name."""
+    return Path(output).resolve()
+
+
 def staging_path(output: Path) -> Path:
     """Where new content for `output` is written before it is swapped in (deterministic: every process of a
     distributed run agrees on it)."""
-    output = Path(output)
+    output = real_path(output)
     return output.parent / f".{output.name}.incoming"
+
+
+def _replaced_path(output: Path) -> Path:
+    output = real_path(output)
+    return output.parent / f".{output.name}.replaced"
+
+
+def recover_interrupted_swap(output: Path) -> None:
+    """If a swap was killed between its two renames, `output` is missing and the old folder waits aside: put it
+    back, so the user's folder is never lost to the next command."""
+    old = _replaced_path(output)
+    if old.exists() and not real_path(output).exists():
+        old.rename(real_path(output))
 
 
 def swap_in(staging: Path, output: Path) -> None:
     """Replace `output` with the finished `staging` folder: rename the old one aside, rename the new one in,
-    then delete the old one. At no point is there neither."""
-    output = Path(output)
-    old = output.parent / f".{output.name}.replaced"
-    if old.exists():
+    then delete the old one. A kill between the renames leaves the old one aside, and the next command puts it
+    back (`recover_interrupted_swap`) before anything else."""
+    output = real_path(output)
+    if os.path.ismount(output):
+        raise ConfigError(f"{output} is a mount point: it cannot be replaced by renaming",
+                          fix="write to a folder inside it, or to a new folder")
+    recover_interrupted_swap(output)
+    old = _replaced_path(output)
+    if old.exists():  # a finished swap whose clean-up was killed: output is there, this is the stale old copy
         shutil.rmtree(old)
     if output.exists():
         output.rename(old)
@@ -134,7 +181,7 @@ class OutputLock:
     def __init__(self, output: Path) -> None:
         from filelock import FileLock
 
-        output = Path(output)
+        output = real_path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         self.output = output
         self.path = output.parent / f".{output.name}.lock"
@@ -176,7 +223,11 @@ def replacing_folder(output: Path, overwrite: bool, guarded: Guarded, option: st
     check_location(output, guarded, option)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{option} {output} is a file, not a folder", fix=f"give {option} a folder path")
+    if overwrite and os.path.ismount(real_path(output)):
+        raise ConfigError(f"{option} {output} is a mount point: it cannot be replaced whole",
+                          fix=f"give {option} a folder inside it")
     with locked(output):
+        recover_interrupted_swap(output)
         refuse_non_empty(output, overwrite, option)
         staging = staging_path(output)
         if staging.exists():

@@ -3,8 +3,10 @@
 The Trainer writes `checkpoint-N/` file by file (weights, optimizer, scheduler, RNG states, trainer state); a
 kill or a full disk in the middle leaves a folder that looks like a checkpoint but cannot be resumed from.
 `SealCheckpoints` writes a seal into each checkpoint after the Trainer has finished saving it (and every
-process has reached that point), listing each file with its size. A checkpoint counts only when its seal is
-there and every file it lists still has that size; `last_complete_checkpoint` skips the others, naming them.
+process has reached that point), listing each file with its size. A sealed checkpoint counts only while every
+file it lists still has that size; an unsealed one (from before seals, or killed while sealing) counts when its
+trainer state, the file the Trainer writes last, is whole. `last_complete_checkpoint` skips the others, naming
+them.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """How each stage builds the model it trains: what loads, in which precision, and what trains per component.
 
-align: projector full, everything else frozen. sft: 4-bit base (per recipe), PEFT LoRA on the language model
-(and the vision tower when asked), projector full or frozen, started from an align run's projector. Each
-builder returns (model, roles, parameter rows) and prints the parameter table on the main process.
+align: projector full, everything else frozen. mid and sft (LoRA stages): 4-bit base (per recipe), PEFT LoRA on
+the language model (and the vision tower when asked), projector full or frozen; started from an align run's
+projector (a new adapter), or from a LoRA run whose adapter is continued. Each builder returns (model, roles,
+parameter rows) and prints the parameter table on the main process.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def lora_model(recipe: Recipe, stage_name: str, backbone: ResolvedBackbone, init
                 fix=f"name some in {stage_name}.lora.vision_targets, or set {stage_name}.vision: frozen")
         target = f"({target})|({lora_target_regex(roles.vision_tower, vision_targets)})"
     # The projector travels in the adapter whenever it differs from the base's: trained now, or aligned before.
-    save_projector = stage.projector == "full" or start is not None
+    # A continued adapter keeps what it carries (`continue_adapter`).
+    save_projector = stage.projector == "full" or (start is not None and start.projector is not None)
     lora = LoraConfig(r=stage.lora.r, lora_alpha=stage.lora.alpha, lora_dropout=stage.lora.dropout,
                       target_modules=target, modules_to_save=list(roles.projector) if save_projector else None,
                       task_type="CAUSAL_LM")
@@ -156,7 +158,7 @@ def continue_adapter(model, start: FinishedRun, wanted, stage_name: str):
                         f"{stage_name}.{key}")
                 for name, key in (("r", "lora.r"), ("lora_alpha", "lora.alpha"), ("target_modules", "lora.targets"))
                 if getattr(saved, name) != getattr(wanted, name)]
-    if wanted.modules_to_save and not saved.modules_to_save:
+    if wanted.modules_to_save and not saved.modules_to_save:  # the stage would train a projector it cannot save
         problems.append(Problem(f"the run's adapter does not carry the projector, but {stage_name}.projector is full",
                                 f"{stage_name}.projector"))
     if problems:
@@ -167,8 +169,3 @@ def continue_adapter(model, start: FinishedRun, wanted, stage_name: str):
     saved.lora_dropout = wanted.lora_dropout
     saved.inference_mode = False
     return PeftModel.from_pretrained(model, str(start.folder), config=saved, is_trainable=True)
-
-
-def sft_model(recipe: Recipe, backbone: ResolvedBackbone, init_from: Path | None = None, show: bool = True):
-    """The model as stage 3 trains it (see `lora_model`)."""
-    return lora_model(recipe, "sft", backbone, init_from, show)

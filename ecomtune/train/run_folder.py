@@ -17,7 +17,7 @@ from typing import Any
 
 from ecomtune.errors import ConfigError, Problem
 from ecomtune.runs.manifest import MANIFEST, read_manifest
-from ecomtune.runs.outputs import is_empty, staging_path
+from ecomtune.runs.outputs import is_empty, recover_interrupted_swap, staging_path
 from ecomtune.train.checkpoints import incomplete_checkpoints, last_complete_checkpoint
 
 # Recipe keys that change the trained model's shape or starting point: a checkpoint made under other values
@@ -71,9 +71,13 @@ def plan_run_folder(output: Path, stage: str, recipe: dict[str, Any], init_from:
                     overwrite: bool, warn: Callable[[str], None]) -> RunFolder:
     """Decide where the run writes; refuse, before any model loads, what would mix runs or lose one."""
     output = Path(output)
+    recover_interrupted_swap(output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file", fix="give --output a folder path")
     existing = read_manifest(output)
+    if resume and existing is None:
+        raise ConfigError(f"--resume: {output} is not an ecomtune run (it has no {MANIFEST})",
+                          fix="point --output at the folder of the interrupted ecomtune run")
     if resume:
         if existing is not None and existing.get("stage") not in (None, stage):
             raise ConfigError(f"--resume: {output} holds a {existing['stage']} run, not a {stage} run",
@@ -94,6 +98,10 @@ def plan_run_folder(output: Path, stage: str, recipe: dict[str, Any], init_from:
         if checkpoint is None:
             raise ConfigError(f"--resume: no complete checkpoint-* folder in {output}",
                               fix="run without --resume to start, or point --output at the interrupted run")
+        step, planned = int(checkpoint.name.split("-")[1]), recipe[stage]["train"]["max_steps"]
+        if 0 < planned < step:
+            raise ConfigError(f"--resume: {checkpoint.name} is already past {stage}.train.max_steps = {planned}",
+                              fix=f"resume with max_steps of {step} or more, or start a new --output")
         return RunFolder(output, output, checkpoint)
     if is_empty(output) or _only_a_start(output, existing):
         return RunFolder(output, output)

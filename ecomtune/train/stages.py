@@ -1,9 +1,10 @@
 """The recipe's stages: one registry entry each (`STAGES`) and one runner (`run_stage`).
 
-Every stage follows one path: decide where it writes (fresh, resumed, or replacing; `run_folder`) -> check the
-data (before any model is loaded) -> measure every sample with the real processor -> check the output's place,
-lock it, write a "running" manifest -> load the model -> set what trains per component -> train through TRL ->
-save standard outputs and a "complete" manifest (main process only, so torchrun / accelerate runs write once).
+Every stage follows one path: lock the output -> decide where it writes (fresh, resumed, or replacing;
+`run_folder`) -> read and check the data (before any model is loaded) and measure every sample with the real
+processor -> check the output stays apart from every input, probe it, write a "running" manifest -> load the
+model -> set what trains per component -> train through TRL -> save standard outputs and a "complete" manifest
+(main process only, so torchrun / accelerate runs write once).
 """
 
 from __future__ import annotations
@@ -34,14 +35,13 @@ from ecomtune.train.models import (
     load_aligned_projector,
     lora_model,
     projector_state,
-    sft_model,
 )
 from ecomtune.train.packed_attention import language_attention
 from ecomtune.train.run_folder import clear_leftovers, plan_run_folder
 from ecomtune.train.trl_bridge import build_trainer, checkpoint_steps, restore_finished_checkpoint, training_data
 
 __all__ = ["PROJECTOR_FILE", "STAGES", "StageResult", "align_model", "load_aligned_projector", "lora_model",
-           "run_align", "run_sft", "run_stage", "sft_model"]
+           "run_align", "run_sft", "run_stage"]
 
 
 @dataclass
@@ -51,6 +51,7 @@ class StageResult:
     output: Path
     manifest: dict[str, Any]
     model: Any = field(default=None, repr=False)
+    complete: bool = True  # False when training stopped before its last step (nothing final was saved)
 
 
 def _console():
@@ -216,7 +217,7 @@ def _train(trainer, checkpoint: Path | None, planned_steps: int) -> dict[str, An
     if checkpoint is not None:
         step, recorded = checkpoint_steps(checkpoint)
         if step >= (planned_steps if planned_steps > 0 else recorded):
-            return restore_finished_checkpoint(trainer, checkpoint)
+            return restore_finished_checkpoint(trainer, checkpoint, planned_steps)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     return {"global_step": result.global_step, "train_loss": result.training_loss, **result.metrics}
 
@@ -231,9 +232,10 @@ def _common_manifest(stage: str, recipe: Recipe, backbone: ResolvedBackbone, ini
     }
 
 
-def _guarded(stage: StageSettings, samples: list[Sample], recipe_file: Path | None, init_from: Path | None) -> Guarded:
-    """What a stage's output may not touch: its data (files, dataset folders, a mixture YAML), the folders of its
-    images, the recipe and the run it starts from."""
+def _guarded(stage: StageSettings, read: StageSamples, recipe_file: Path | None, init_from: Path | None) -> Guarded:
+    """What a stage's output may not touch: its data (files, dataset folders, a mixture YAML), the folders of every
+    image its records name (before the strategy picks some), the image roots it names, the recipe and the run it
+    starts from."""
     guarded = Guarded(files=[("recipe", recipe_file)] if recipe_file else [],
                       folders=[("--init-from run", Path(init_from))] if init_from else [])
     if not isinstance(stage.data, list):
@@ -244,7 +246,8 @@ def _guarded(stage: StageSettings, samples: list[Sample], recipe_file: Path | No
             guarded.folders.append(("dataset folder", path))
         elif path.exists():
             guarded.files.append(("data file", path))
-    return guarded.add_images(p for s in samples for ref in s.images for p in ref_paths(ref))
+    guarded.folders += [("image folder", root) for root in read.image_roots]
+    return guarded.add_images(read.image_files)
 
 
 def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = None, resume: bool = False,
@@ -270,7 +273,7 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
         if init_from is not None:
             finished_run(init_from, "--init-from", stage_def.init_from)  # before any data is read
         prepared = prepare_stage(recipe, stage, name)
-        check_location(output, _guarded(stage, prepared.samples, recipe_file, init_from))
+        check_location(output, _guarded(stage, prepared.read, recipe_file, init_from))
         common = _common_manifest(name, recipe, prepared.backbone, init_from)
         if main:
             clear_leftovers(folder)
@@ -284,13 +287,14 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
         manifest = {**common, "roles": asdict(roles), "parameters": [asdict(r) for r in rows],
                     "data": _data_record(stage, prepared), "metrics": metrics,
                     "outputs": stage_def.outputs(prepared.backbone)}
-        if trainer.state.global_step >= trainer.state.max_steps:
+        complete = trainer.state.global_step >= trainer.state.max_steps
+        if complete:
             stage_def.save(trainer, model, roles, prepared.processor, folder.write_to)
             if trainer.is_world_process_zero():
                 write_manifest(folder.write_to, **manifest)
                 if folder.replacing:
                     swap_in(folder.write_to, output)
-        return StageResult(output, manifest, model)
+        return StageResult(output, manifest, model, complete)
 
 
 def run_align(recipe: Recipe, output: Path, resume: bool = False, overwrite: bool = False,

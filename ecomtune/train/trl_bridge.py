@@ -180,17 +180,20 @@ def checkpoint_steps(checkpoint: Path) -> tuple[int, int]:
     return int(state["global_step"]), int(state["max_steps"])
 
 
-def restore_finished_checkpoint(trainer, checkpoint: Path) -> dict:
+def restore_finished_checkpoint(trainer, checkpoint: Path, planned_steps: int) -> dict:
     """Take a checkpoint saved at the last planned step as the trained model, without training.
 
     `Trainer.train(resume_from_checkpoint=...)` from a checkpoint at `max_steps` runs one step more before it
     checks the step count (transformers 5.24), so a run killed during its final save would end one step past
     its plan. Instead the checkpoint's weights and state are loaded as the Trainer would load them, and the
-    stage goes straight to its final save. `train_loss` is then the mean of the logged losses."""
+    stage goes straight to its final save. `train_loss` is then the mean of the logged losses. `planned_steps`
+    (when positive) is the recipe's max_steps, which the final save is judged by."""
     from transformers.trainer_callback import TrainerState
 
     trainer._load_from_checkpoint(str(checkpoint))
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    if planned_steps > 0:  # the plan as the recipe has it now (a resume may have lowered it to this step)
+        trainer.state.max_steps = planned_steps
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {"global_step": trainer.state.global_step, "train_loss": sum(losses) / len(losses) if losses else None,
             "restored_from": str(checkpoint)}
