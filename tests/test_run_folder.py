@@ -140,7 +140,7 @@ def test_resume_refuses_a_checkpoint_past_the_plan_and_a_folder_it_did_not_write
     out = tmp_path / "run"
     write_manifest(out, status="running", stage="sft", recipe=recipe(train={"max_steps": 4, "save_steps": 2}))
     checkpoint(out, 4)
-    with pytest.raises(ConfigError, match="past sft.train.max_steps = 2"):
+    with pytest.raises(ConfigError, match=r"past sft\.train\.max_steps = 2"):
         plan(out, resume=True, recipe_dict=recipe(train={"max_steps": 2, "save_steps": 2}))
     foreign = tmp_path / "foreign"
     checkpoint(foreign, 2)
