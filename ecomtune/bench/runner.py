@@ -147,7 +147,7 @@ def load_for_inference(spec: str, load_in_4bit: bool | None = None) -> LoadedMod
     elif run is not None and run.projector:
         roles = ResolvedRoles(**run.manifest["roles"])  # as found when the run trained, recipe overrides included
         model = load_model(backbone, quant, RoleOverrides(roles.vision_tower, roles.projector, roles.language_model))
-        load_aligned_projector(model, roles, folder, backbone)
+        load_aligned_projector(model, roles, run, backbone)
         processor = AutoProcessor.from_pretrained(folder)  # saved by `ecomtune align`
         reapply_resolution(processor, backbone, run)
         kind = "aligned"

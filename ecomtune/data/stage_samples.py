@@ -87,7 +87,8 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     samples: list[Sample] = []
     uses: list[SourceUse] = []
     problems: list[Problem] = []
-    for origin, source in enumerate(mixture_sources(data)):
+    sources = mixture_sources(data)
+    for origin, source in enumerate(sources):
         opened = open_source(source.path, source.format, source.image_root, source.split)
         rule = parse_rule(source.sampling)
         rows = select_rows(rule, opened.rows, seed, f"{origin}:{source.path}")
@@ -113,7 +114,7 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
         raise DataError(f"{title}: the mixture gives no samples: {empty}", fix="add data, or take more rows")
     listed = [len(s.images) for s in samples]
     files = list(dict.fromkeys(p for s in samples for p in s.images if isinstance(p, str)))
-    roots = [Path(s.image_root) for s in mixture_sources(data) if s.image_root is not None]
+    roots = [Path(s.image_root) for s in sources if s.image_root is not None]
     presented = present_samples(samples, spec, images, title) if spec is not None or images is not None else samples
     return StageSamples(presented, listed, uses, files, roots)
 

@@ -17,7 +17,7 @@ from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import ResolvedRoles, lora_target_regex, resolve_roles
 from ecomtune.config.schema import Recipe
 from ecomtune.errors import ConfigError, Problem
-from ecomtune.runs.manifest import FinishedRun, finished_run
+from ecomtune.runs.manifest import FinishedRun
 from ecomtune.runtime import is_main_process
 from ecomtune.train.components import apply_plan, parameter_table, print_parameter_table
 
@@ -45,13 +45,13 @@ def projector_state(model, roles: ResolvedRoles) -> dict[str, Any]:
             for key, value in model.get_submodule(path).state_dict().items()}
 
 
-def load_aligned_projector(model, roles: ResolvedRoles, init_from: Path, backbone: ResolvedBackbone) -> str:
-    """Copy the projector trained by `ecomtune align` into `model`; checks the run is finished, matches the
+def load_aligned_projector(model, roles: ResolvedRoles, run: FinishedRun, backbone: ResolvedBackbone) -> str:
+    """Copy the projector a finished run saved (`ecomtune align`) into `model`; checks the run has one, matches the
     backbone, and that its projector file is whole."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    run = finished_run(init_from, "--init-from")
+    init_from = run.folder
     if not run.projector:
         raise ConfigError(f"--init-from {init_from} is a {run.stage} run, which saved no projector of its own",
                           fix="point it at the --output of a finished `ecomtune align`")
@@ -62,7 +62,7 @@ def load_aligned_projector(model, roles: ResolvedRoles, init_from: Path, backbon
     try:
         weights = load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise ConfigError(f"--init-from {init_from}: {PROJECTOR_FILE} cannot be read ({exc})",
+        raise ConfigError(f"--init-from {init_from}: {run.projector} cannot be read ({exc})",
                           fix="the file is damaged or truncated; run `ecomtune align` again into a new --output") \
             from None
     stray = [k for k in weights if not any(k.startswith(path + ".") for path in roles.projector)]
@@ -84,28 +84,28 @@ def load_aligned_projector(model, roles: ResolvedRoles, init_from: Path, backbon
     return str(init_from)
 
 
-def lora_model(recipe: Recipe, stage_name: str, backbone: ResolvedBackbone, init_from: Path | None = None,
+def lora_model(recipe: Recipe, stage_name: str, backbone: ResolvedBackbone, start: FinishedRun | None = None,
                show: bool = True):
     """The model as a LoRA stage (mid, sft) trains it: 4-bit base (per recipe), PEFT LoRA on the language model
     (and the vision tower when asked), projector full or frozen. Returns (model, roles, rows).
 
-    `init_from` an align run: its projector is loaded, then a new adapter starts (seeded by train.seed). A LoRA
-    run (mid, sft): its adapter is continued, not merged: the same base, the same adapter weights and projector,
-    so the stage starts exactly where that run ended and its adapter still loads on the plain base with peft.
-    The stage's LoRA shape must then equal the run's (`continue_adapter` says what differs)."""
+    `start`, the finished `--init-from` run: from an align run its projector is loaded, then a new adapter
+    starts (seeded by train.seed). From a LoRA run (mid, sft) its adapter is continued, not merged: the same
+    base, the same adapter weights and projector, so the stage starts exactly where that run ended and its
+    adapter still loads on the plain base with peft. The stage's LoRA shape must then equal the run's
+    (`continue_adapter` says what differs)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
     stage = getattr(recipe, stage_name)
-    start = finished_run(init_from, "--init-from") if init_from is not None else None
     if start is not None and start.base != backbone.source:
-        raise ConfigError(f"--init-from {init_from} trained on {start.base}, not {backbone.source}",
+        raise ConfigError(f"--init-from {start.folder} trained on {start.base}, not {backbone.source}",
                           fix="use the same --backbone for every stage of a recipe")
     overrides = role_overrides(recipe.backbone)
     model = load_model(backbone, stage.quant, overrides)
     roles = resolve_roles(model, backbone.spec, overrides)
     if start is not None and start.projector:
-        load_aligned_projector(model, roles, start.folder, backbone)
+        load_aligned_projector(model, roles, start, backbone)
     if stage.quant.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=stage.train.gradient_checkpointing)
 

@@ -10,7 +10,6 @@ model -> set what trains per component -> train through TRL -> save standard out
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ from ecomtune.config.stages import STAGE_INFO, StageInfo
 from ecomtune.data.collator import count_tokens
 from ecomtune.data.packing import check_packable, packing_stats, plan_packs
 from ecomtune.data.schema import Sample
-from ecomtune.data.stage_samples import StageSamples, load_stage_samples, mixture_sources, mixture_table
+from ecomtune.data.sources.detect import MIXTURE_SUFFIXES
+from ecomtune.data.stage_samples import StageSamples, load_stage_samples, mixture_table
 from ecomtune.data.strategies import ref_paths
 from ecomtune.errors import ConfigError, DataError, Problem
 from ecomtune.runs.manifest import finished_run, write_manifest
@@ -177,8 +177,8 @@ def _save_lora(trainer, model, roles: ResolvedRoles, processor, folder: Path) ->
 @dataclass(frozen=True)
 class Stage:
     """One stage of the recipe as data: what the command line knows of it (`info`: name, title, which finished
-    stages `--init-from` may name), how its model is built (`build(recipe, backbone, init_from, show)`), what it
-    saves and which outputs its manifest names."""
+    stages `--init-from` may name), how its model is built (`build(recipe, backbone, start, show)`, `start`
+    being the finished `--init-from` run or None), what it saves and which outputs its manifest names."""
 
     info: StageInfo
     build: Callable[..., tuple[Any, ResolvedRoles, list]]
@@ -238,9 +238,9 @@ def _guarded(stage: StageSettings, read: StageSamples, recipe_file: Path | None,
     starts from."""
     guarded = Guarded(files=[("recipe", recipe_file)] if recipe_file else [],
                       folders=[("--init-from run", Path(init_from))] if init_from else [])
-    if not isinstance(stage.data, list):
-        guarded.files.append(("data file", Path(stage.data)))
-    for source in mixture_sources(stage.data):
+    if not isinstance(stage.data, list) and Path(stage.data).suffix.lower() in MIXTURE_SUFFIXES:
+        guarded.files.append(("mixture", Path(stage.data)))
+    for source in read.sources:
         path = Path(source.path)
         if path.is_dir():
             guarded.folders.append(("dataset folder", path))
@@ -261,8 +261,7 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
     if init_from is not None and not stage_def.init_from:
         raise ConfigError(f"--init-from: {name} starts from the backbone, not from another run",
                           fix="drop --init-from")
-    with ExitStack() as held:
-        held.enter_context(locked(output, enabled=main))
+    with locked(output, enabled=main):
         folder = decided_by_main(lambda: plan_run_folder(output, name, recipe.model_dump(mode="json"), init_from,
                                                          resume, overwrite,
                                                          lambda text: console.print(f"[yellow]{text}[/yellow]")))
@@ -270,8 +269,7 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
             console.print(f"{output} is a finished {name} run ({folder.finished['metrics']['global_step']} steps): "
                           "nothing to resume")
             return StageResult(output, folder.finished)
-        if init_from is not None:
-            finished_run(init_from, "--init-from", stage_def.init_from)  # before any data is read
+        start = finished_run(init_from, "--init-from", stage_def.init_from) if init_from is not None else None
         prepared = prepare_stage(recipe, stage, name)
         check_location(output, _guarded(stage, prepared.read, recipe_file, init_from))
         common = _common_manifest(name, recipe, prepared.backbone, init_from)
@@ -279,7 +277,7 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
             clear_leftovers(folder)
             check_writable(folder.write_to)
             write_manifest(folder.write_to, status="running", **common)
-        model, roles, rows = stage_def.build(recipe, prepared.backbone, init_from, True)
+        model, roles, rows = stage_def.build(recipe, prepared.backbone, start, True)
         data = stage_data(prepared, model, stage)
         trainer = build_trainer(model, prepared.processor, data, stage.train, folder.write_to,
                                 pick_compute_dtype(stage.quant.compute_dtype), callbacks)
