@@ -172,8 +172,8 @@ def test_a_run_with_truncated_weights_is_damaged(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from ecomtune.bench.runner import run_of
     from ecomtune.errors import ConfigError
+    from ecomtune.runs.loading import run_of
 
     run = tmp_path / "align-run"
     run.mkdir()

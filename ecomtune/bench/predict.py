@@ -21,17 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ecomtune.bench.records import check_records_fit, read_task_records
-from ecomtune.bench.runner import (
-    generate_batches,
-    load_for_inference,
-    model_backbone,
-    model_fingerprint,
-    resolve_tasks,
-    run_images,
-)
+from ecomtune.bench.runner import generate_batches, resolve_tasks
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.strategies import ref_paths
 from ecomtune.errors import ConfigError, Problem
+from ecomtune.runs.loading import load_for_inference, model_backbone, model_fingerprint, run_images
 from ecomtune.runs.manifest import fingerprint_file, write_json_atomic
 from ecomtune.runs.outputs import Guarded, check_location, check_writable, locked
 

@@ -8,7 +8,6 @@ parameter rows) and prints the parameter table on the main process.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ecomtune.backbones.discovery import linear_layer_names
@@ -17,6 +16,7 @@ from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import ResolvedRoles, lora_target_regex, resolve_roles
 from ecomtune.config.schema import Recipe
 from ecomtune.errors import ConfigError, Problem
+from ecomtune.runs.loading import load_aligned_projector
 from ecomtune.runs.manifest import FinishedRun
 from ecomtune.runtime import is_main_process
 from ecomtune.train.components import apply_plan, parameter_table, print_parameter_table
@@ -43,45 +43,6 @@ def projector_state(model, roles: ResolvedRoles) -> dict[str, Any]:
     so a projector made of several modules (Qwen3-VL's merger and deepstack mergers) is one file."""
     return {f"{path}.{key}": value.detach().contiguous().cpu() for path in roles.projector
             for key, value in model.get_submodule(path).state_dict().items()}
-
-
-def load_aligned_projector(model, roles: ResolvedRoles, run: FinishedRun, backbone: ResolvedBackbone) -> str:
-    """Copy the projector a finished run saved (`ecomtune align`) into `model`; checks the run has one, matches the
-    backbone, and that its projector file is whole."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    init_from = run.folder
-    if not run.projector:
-        raise ConfigError(f"--init-from {init_from} is a {run.stage} run, which saved no projector of its own",
-                          fix="point it at the --output of a finished `ecomtune align`")
-    if run.base != backbone.source:
-        raise ConfigError(f"--init-from {init_from} was aligned on {run.base}, not {backbone.source}",
-                          fix="use the same --backbone for align and sft")
-    path = Path(init_from) / run.projector
-    try:
-        weights = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise ConfigError(f"--init-from {init_from}: {run.projector} cannot be read ({exc})",
-                          fix="the file is damaged or truncated; run `ecomtune align` again into a new --output") \
-            from None
-    stray = [k for k in weights if not any(k.startswith(path + ".") for path in roles.projector)]
-    if stray:
-        raise ConfigError(f"{path} holds weights outside this model's projector",
-                          [Problem(f"{stray[:3]}", "projector modules " + ", ".join(roles.projector))],
-                          fix="align and sft must use the same backbone and the same backbone.projector")
-    for module_path in roles.projector:
-        module = model.get_submodule(module_path)
-        ref = next(module.parameters())
-        part = {k.removeprefix(module_path + "."): v.to(ref.device, ref.dtype) for k, v in weights.items()
-                if k.startswith(module_path + ".")}
-        try:
-            module.load_state_dict(part, strict=True)  # a missing key is an error, never ignored
-        except RuntimeError as exc:
-            raise ConfigError(f"{path} does not fit this model's projector {module_path}",
-                              [Problem(str(exc).splitlines()[0], str(path))],
-                              fix="align and sft must use the same backbone") from None
-    return str(init_from)
 
 
 def lora_model(recipe: Recipe, stage_name: str, backbone: ResolvedBackbone, start: FinishedRun | None = None,
