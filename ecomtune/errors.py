@@ -53,6 +53,10 @@ class BackboneError(EcomtuneError):
     """A backbone cannot be resolved, downloaded, or its module roles cannot be found."""
 
 
+class ExportError(EcomtuneError):
+    """An exported model does not reproduce the run it came from, or lacks a file that serving needs."""
+
+
 # Faults of the machine rather than of ecomtune, by errno: (what happened, the fix).
 _OS_FAULTS = {
     errno.ENOSPC: ("the disk is full", "free some space (or write to another disk); a training run continues from "

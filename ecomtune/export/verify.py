@@ -1,0 +1,150 @@
+"""Checking an exported folder against the run it came from, on real images through the real processors.
+
+The run is loaded the way `ecomtune bench` loads it (base + adapter, or base + aligned projector, on the 4-bit
+base it trained on for a `dequantized` merge, on the full-precision base for a `pristine` one). The export is
+loaded with plain transformers (and plain peft for the vLLM layout), nothing of ecomtune. For each sample the
+run generates a few greedy tokens; both models then score that same sequence (teacher forcing), so every
+position is compared on identical inputs and one early difference cannot snowball:
+- the exported processor must produce the same input ids and pixels as the run's (files copied whole);
+- the largest logit difference, relative to the run's largest logit, must stay within the rounding of the
+  export dtype (`TOLERANCE`);
+- greedy-token agreement (the share of positions whose top token is the same) is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ecomtune.data.collator import adds_own_specials
+from ecomtune.data.images import load_rgb
+
+# The largest logit difference allowed, as a share of the largest logit magnitude: what rounding every weight
+# to the export dtype can cost over a forward pass (float32 differs only by the order of additions).
+TOLERANCE = {"float32": 1e-3, "bfloat16": 6e-2, "float16": 1e-2}
+NEW_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class Verification:
+    samples: int
+    positions: int
+    max_logit_diff: float
+    logit_scale: float
+    tolerance: float
+    token_agreement: float
+    same_inputs: bool
+
+    @property
+    def relative_diff(self) -> float:
+        return self.max_logit_diff / max(self.logit_scale, 1.0)
+
+    @property
+    def ok(self) -> bool:
+        return self.same_inputs and self.relative_diff <= self.tolerance
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "relative_diff": self.relative_diff, "ok": self.ok}
+
+
+def verification_samples(count: int, images: list[Path] | None = None) -> list[tuple[Any, str]]:
+    """(image, prompt) pairs: the given images, or rendered catalog products, each with a benchmark prompt."""
+    from ecomtune.bench import prompts
+
+    questions = [prompts.caption_prompt(), prompts.extraction_prompt(), prompts.listing_prompt(),
+                 prompts.choice_prompt("colour", ["red", "blue", "green", "black"])]
+    if images:
+        pictures = [load_rgb(path) for path in images]
+    else:
+        from ecomtune.synth.items import make_item
+        from ecomtune.synth.render import render_view
+
+        items = [make_item(index, seed=0) for index in range(count)]
+        pictures = [render_view(item, item.views[0], 0) for item in items]
+    return [(picture, questions[index % len(questions)]) for index, picture in enumerate(pictures)]
+
+
+def _encode(processor, image, prompt: str, device) -> dict[str, torch.Tensor]:
+    content = [{"type": "image"}, {"type": "text", "text": prompt}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(text=[text], images=[[image]], return_tensors="pt",
+                       add_special_tokens=adds_own_specials(processor, text))
+    return {key: value.to(device) for key, value in inputs.items() if isinstance(value, torch.Tensor)}
+
+
+def _extend(inputs: dict[str, torch.Tensor], sequence: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The prompt's inputs with `sequence` (prompt + generated) as the text: per-token tensors grow with it (the
+    attention mask with ones, token types with zeros, as for text)."""
+    length = inputs["input_ids"].shape[1]
+    grown = {"input_ids": sequence}
+    extra = sequence.shape[1] - length
+    for key, value in inputs.items():
+        if key == "input_ids":
+            continue
+        if value.dim() >= 2 and value.shape[0] == 1 and value.shape[1] == length and extra > 0:
+            fill = torch.ones if key == "attention_mask" else torch.zeros
+            value = torch.cat([value, fill((1, extra, *value.shape[2:]), dtype=value.dtype, device=value.device)],
+                              dim=1)
+        grown[key] = value
+    return grown
+
+
+def _scored_logits(model, inputs: dict[str, torch.Tensor], start: int) -> torch.Tensor:
+    with torch.no_grad():
+        logits = model(**inputs).logits[0, start - 1:-1]
+    return logits.float().cpu()
+
+
+def reference(model, processor, samples) -> list[dict[str, Any]]:
+    """For each sample: the run's prompt inputs, its greedy continuation, and its logits along it."""
+    device = next(model.parameters()).device
+    found = []
+    for image, prompt in samples:
+        inputs = _encode(processor, image, prompt, device)
+        with torch.no_grad():
+            sequence = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+        start = inputs["input_ids"].shape[1]
+        logits = _scored_logits(model, _extend(inputs, sequence), start)
+        found.append({"inputs": {k: v.cpu() for k, v in inputs.items()}, "sequence": sequence.cpu(),
+                      "start": start, "logits": logits})
+    return found
+
+
+def compare(model, processor, samples, expected: list[dict[str, Any]], dtype: str) -> Verification:
+    """Score the run's sequences with the exported model and compare (see the module docstring)."""
+    device = next(model.parameters()).device
+    same_inputs, worst, scale, agree, positions = True, 0.0, 0.0, 0, 0
+    for (image, prompt), ref in zip(samples, expected, strict=True):
+        inputs = _encode(processor, image, prompt, device)
+        for key, value in ref["inputs"].items():
+            mine = inputs.get(key)
+            if mine is None or mine.shape != value.shape or not torch.equal(mine.cpu().to(value.dtype), value):
+                same_inputs = False
+        logits = _scored_logits(model, _extend(inputs, ref["sequence"].to(device)), ref["start"])
+        if logits.shape != ref["logits"].shape:
+            same_inputs = False
+            continue
+        worst = max(worst, float((logits - ref["logits"]).abs().max()))
+        scale = max(scale, float(ref["logits"].abs().max()))
+        agree += int((logits.argmax(-1) == ref["logits"].argmax(-1)).sum())
+        positions += logits.shape[0]
+    return Verification(len(samples), positions, worst, scale, TOLERANCE[dtype],
+                        agree / positions if positions else 0.0, same_inputs)
+
+
+def load_exported(folder: Path, adapter: Path | None = None):
+    """The export as a user loads it: plain transformers (and plain peft for a separate adapter)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    kwargs: dict[str, Any] = {"dtype": "auto"}
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForImageTextToText.from_pretrained(str(folder), **kwargs)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    return model.eval(), AutoProcessor.from_pretrained(str(folder))
