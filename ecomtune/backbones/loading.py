@@ -126,6 +126,13 @@ def load_processor(backbone: ResolvedBackbone, settings: BackboneSettings | None
     return processor
 
 
+def quant_storage_dtype(quant: QuantSettings) -> torch.dtype:
+    """The dtype packed 4-bit weights are stored in. `auto` here is uint8, bitsandbytes' own default: a launch that
+    shards parameters (FSDP, ZeRO-3) needs the load dtype instead, and the trainer resolves `auto` to it before
+    the model loads (`ecomtune.train.distributed`), because this layer does not know how it was launched."""
+    return torch.uint8 if quant.quant_storage == "auto" else getattr(torch, quant.quant_storage)
+
+
 def quantization_config(quant: QuantSettings, skip_modules: list[str]):
     """bitsandbytes 4-bit settings; `skip_modules` stay in full precision (projector, lm_head, and the
     vision tower unless quantize_vision)."""
@@ -136,9 +143,18 @@ def quantization_config(quant: QuantSettings, skip_modules: list[str]):
         bnb_4bit_quant_type=quant.quant_type,
         bnb_4bit_use_double_quant=quant.double_quant,
         bnb_4bit_compute_dtype=pick_compute_dtype(quant.compute_dtype),
-        bnb_4bit_quant_storage=torch.uint8,
+        bnb_4bit_quant_storage=quant_storage_dtype(quant),
         llm_int8_skip_modules=skip_modules,
     )
+
+
+def _placed_by_the_engine() -> bool:
+    """True when FSDP's low-memory loading or DeepSpeed ZeRO-3 decides where weights go (as transformers itself
+    sees it): then a `device_map` would put a whole copy on every GPU, and ZeRO-3 refuses one outright."""
+    from transformers.distributed.fsdp import is_fsdp_enabled
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    return is_fsdp_enabled() or is_deepspeed_zero3_enabled()
 
 
 def load_model(backbone: ResolvedBackbone, quant: QuantSettings, overrides: RoleOverrides | None = None):
@@ -151,7 +167,7 @@ def load_model(backbone: ResolvedBackbone, quant: QuantSettings, overrides: Role
     auto_class = backbone.spec.model_class()
     dtype = pick_compute_dtype(quant.compute_dtype)
     kwargs: dict = {"dtype": dtype, "revision": backbone.revision}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not _placed_by_the_engine():
         kwargs["device_map"] = {"": PartialState().local_process_index}
     if quant.load_in_4bit:
         # Role paths are known from the spec before loading; resolve them on a weightless skeleton.

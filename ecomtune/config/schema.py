@@ -22,6 +22,7 @@ from pydantic_core import PydanticCustomError
 ComponentMode = Literal["frozen", "full"]
 VisionMode = Literal["frozen", "lora"]
 ComputeDtype = Literal["auto", "bfloat16", "float16", "float32"]
+QuantStorage = Literal["auto", "uint8", "bfloat16", "float16", "float32"]
 
 # The pydantic error type of `refuse`; `validate_recipe_dict` turns each of its problems into its own Problem.
 RULES_BROKEN = "ecomtune_rules"
@@ -153,6 +154,11 @@ class QuantSettings(StrictModel):
     )
     quantize_vision: bool = Field(
         False, description="Also quantize the vision tower. Saves memory on large ViTs; costs some image fidelity."
+    )
+    quant_storage: QuantStorage = Field(
+        "auto", description="Dtype the packed 4-bit weights are stored in. auto: uint8 on one process or DDP; the "
+        "compute dtype under FSDP or DeepSpeed ZeRO-3, which shard only floating tensors of one dtype (the load "
+        "dtype). An explicit value that differs from the compute dtype is refused there.",
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecomtune.backbones.loading import load_processor, pick_compute_dtype
+from ecomtune.backbones.loading import load_processor, pick_compute_dtype, role_overrides
 from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
 from ecomtune.backbones.spec import ResolvedRoles
 from ecomtune.config.schema import Recipe, StageSettings
@@ -29,6 +29,17 @@ from ecomtune.errors import ConfigError, DataError, Problem
 from ecomtune.runs.manifest import finished_run, write_manifest
 from ecomtune.runs.outputs import Guarded, check_location, check_writable, locked, swap_in
 from ecomtune.runtime import decided_by_main, is_main_process
+from ecomtune.train.distributed import (
+    LaunchSetup,
+    check_engine,
+    check_samples,
+    check_wrap_classes,
+    gather_full_state_at_save,
+    module_classes,
+    read_setup,
+    recipe_for_engine,
+    uniform_frozen_dtype,
+)
 from ecomtune.train.models import (
     PROJECTOR_FILE,
     align_model,
@@ -38,7 +49,13 @@ from ecomtune.train.models import (
 )
 from ecomtune.train.packed_attention import language_attention
 from ecomtune.train.run_folder import clear_leftovers, plan_run_folder
-from ecomtune.train.trl_bridge import build_trainer, checkpoint_steps, restore_finished_checkpoint, training_data
+from ecomtune.train.trl_bridge import (
+    build_trainer,
+    checkpoint_steps,
+    restore_finished_checkpoint,
+    sft_config,
+    training_data,
+)
 
 __all__ = ["PROJECTOR_FILE", "STAGES", "StageResult", "align_model", "load_aligned_projector", "lora_model",
            "run_align", "run_sft", "run_stage"]
@@ -168,6 +185,7 @@ def _save_align(trainer, model, roles: ResolvedRoles, processor, folder: Path) -
 
 
 def _save_lora(trainer, model, roles: ResolvedRoles, processor, folder: Path) -> None:
+    gather_full_state_at_save(trainer)  # FSDP: the adapter and projector whole on rank 0, not shards
     trainer.save_model(str(folder))  # the PEFT adapter; every process calls it, the main one writes
     if trainer.is_world_process_zero():
         (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest has the recipe
@@ -250,6 +268,31 @@ def _guarded(stage: StageSettings, read: StageSamples, recipe_file: Path | None,
     return guarded.add_images(read.image_files)
 
 
+def _check_launch(name: str, recipe: Recipe) -> LaunchSetup:
+    """The engine this process was launched under, checked against the stage's recipe before anything is read."""
+    setup = read_setup()
+    check_engine(recipe, name, setup)
+    return setup
+
+
+def _check_data_for_launch(setup: LaunchSetup, prepared: PreparedData, name: str, recipe: Recipe) -> None:
+    """What the launch asks of the data and the model's layout, still before any weights load."""
+    check_samples([len(s.images) for s in prepared.samples], [s.source for s in prepared.samples], name, setup)
+    if setup.engine == "fsdp":
+        check_wrap_classes(setup, module_classes(prepared.backbone, role_overrides(recipe.backbone)))
+
+
+def _build(stage_def: Stage, name: str, recipe: Recipe, setup: LaunchSetup, prepared: PreparedData, start):
+    """The stage's model, built from the recipe as the launch needs it (4-bit storage dtype resolved); under FSDP
+    with a 4-bit base, frozen weights are brought back to one dtype per unit (`uniform_frozen_dtype`)."""
+    built = recipe_for_engine(recipe, name, setup)
+    model, roles, rows = stage_def.build(built, prepared.backbone, start, True)
+    quant = getattr(built, name).quant
+    if setup.engine == "fsdp" and quant.load_in_4bit:
+        uniform_frozen_dtype(model, pick_compute_dtype(quant.compute_dtype))
+    return model, roles, rows
+
+
 def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = None, resume: bool = False,
               overwrite: bool = False, callbacks: list | None = None, recipe_file: Path | None = None) -> StageResult:
     """Run one stage of the recipe into `output` (see the module docstring). `recipe_file`: the recipe's path,
@@ -261,6 +304,7 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
     if init_from is not None and not stage_def.init_from:
         raise ConfigError(f"--init-from: {name} starts from the backbone, not from another run",
                           fix="drop --init-from")
+    setup = _check_launch(name, recipe)
     with locked(output, enabled=main):
         folder = decided_by_main(lambda: plan_run_folder(output, name, recipe.model_dump(mode="json"), init_from,
                                                          resume, overwrite,
@@ -271,16 +315,21 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
             return StageResult(output, folder.finished)
         start = finished_run(init_from, "--init-from", stage_def.init_from) if init_from is not None else None
         prepared = prepare_stage(recipe, stage, name)
+        _check_data_for_launch(setup, prepared, name, recipe)
         check_location(output, _guarded(stage, prepared.read, recipe_file, init_from))
         common = _common_manifest(name, recipe, prepared.backbone, init_from)
         if main:
             clear_leftovers(folder)
             check_writable(folder.write_to)
             write_manifest(folder.write_to, status="running", **common)
-        model, roles, rows = stage_def.build(recipe, prepared.backbone, start, True)
+        compute_dtype = pick_compute_dtype(stage.quant.compute_dtype)
+        # ZeRO-3 partitions weights as they load only if the training arguments exist first (they hand
+        # DeepSpeed's config to transformers), so under DeepSpeed they are made before the model.
+        args = sft_config(stage.train, folder.write_to, compute_dtype) if setup.engine == "deepspeed" else None
+        model, roles, rows = _build(stage_def, name, recipe, setup, prepared, start)
         data = stage_data(prepared, model, stage)
-        trainer = build_trainer(model, prepared.processor, data, stage.train, folder.write_to,
-                                pick_compute_dtype(stage.quant.compute_dtype), callbacks)
+        trainer = build_trainer(model, prepared.processor, data, stage.train, folder.write_to, compute_dtype,
+                                callbacks, args)
         metrics = _train(trainer, folder.checkpoint, stage.train.max_steps)
         manifest = {**common, "roles": asdict(roles), "parameters": [asdict(r) for r in rows],
                     "data": _data_record(stage, prepared), "metrics": metrics,

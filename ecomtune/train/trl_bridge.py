@@ -152,9 +152,10 @@ def training_data(model, processor, samples: list[Sample], train: TrainSettings,
 
 
 def build_trainer(model, processor, data, train: TrainSettings, output: Path, compute_dtype: torch.dtype,
-                  callbacks: list | None = None):
+                  callbacks: list | None = None, args=None):
     """An SFTTrainer over `data`, a (dataset, collator) pair from `training_data` (or any collator that yields
-    model inputs with labels)."""
+    model inputs with labels). `args`: the `sft_config` made before the model loaded (DeepSpeed ZeRO-3 needs
+    it then), or None to make it here."""
     from trl import SFTTrainer
 
     dataset, collator = data
@@ -164,7 +165,7 @@ def build_trainer(model, processor, data, train: TrainSettings, output: Path, co
     with guard, keep_trainable_dtypes(model):
         return trainer_class(
             model=model,
-            args=sft_config(train, output, compute_dtype),
+            args=args if args is not None else sft_config(train, output, compute_dtype),
             train_dataset=dataset,
             processing_class=processor,
             data_collator=collator,
