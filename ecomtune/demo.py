@@ -2,7 +2,8 @@
 
 Generates the synthetic catalog, benchmarks the untrained tiny-qwen2-vl, runs align -> mid -> sft with
 the shipped tiny recipe (mid continues from align's projector, sft continues mid's adapter), benchmarks
-again, and prints before/after per task. The bar is printed as
+again, prints before/after per task, and exports the sft run as one merged model folder, verified against the
+run. The bar is printed as
 measured: after sft, deep-fashion colour and pattern accuracy should beat their majority-class
 baselines, i.e. the model reads the picture.
 """
@@ -16,6 +17,7 @@ from rich.console import Console
 from ecomtune.bench.report import attribute_table, compare_table
 from ecomtune.bench.runner import run_bench
 from ecomtune.config.loading import SHIPPED_RECIPES, load_recipe
+from ecomtune.export.runner import run_export
 from ecomtune.runs.outputs import locked, refuse_non_empty
 from ecomtune.synth.catalog import write_catalog
 from ecomtune.train.stages import run_stage
@@ -43,24 +45,30 @@ def run_demo(output: Path, seed: int = 0, items: int = 480, overwrite: bool = Fa
 
 def _run_demo(output: Path, seed: int, items: int, overrides: list[str]) -> dict[str, Path]:
     console = Console()
-    console.rule("[bold]1/6 synthetic catalog")
+    console.rule("[bold]1/7 synthetic catalog")
     data = write_catalog(output / "catalog", items, seed, overwrite=True)
     console.print(f"{items} items -> {data['captions']}, {data['instruct']}, benchmark in {data['bench']}")
     recipe = load_recipe(DEMO_RECIPE, overrides, values={"align.data": data["captions"], "mid.data": data["mid"],
                                                          "sft.data": data["instruct"]})
 
-    console.rule("[bold]2/6 bench: untrained backbone")
+    console.rule("[bold]2/7 bench: untrained backbone")
     before = run_bench(recipe.backbone.name, "all", data["bench"], out=output / "bench-before.json",
                      overwrite=True)
-    console.rule("[bold]3/6 align: projector only")
+    console.rule("[bold]3/7 align: projector only")
     aligned = run_stage("align", recipe, output / "align", overwrite=True)
-    console.rule("[bold]4/6 mid: re-captions and label reading, QLoRA")
+    console.rule("[bold]4/7 mid: re-captions and label reading, QLoRA")
     mid = run_stage("mid", recipe, output / "mid", init_from=aligned.output, overwrite=True)
-    console.rule("[bold]5/6 sft: instructions, continuing mid's adapter")
+    console.rule("[bold]5/7 sft: instructions, continuing mid's adapter")
     tuned = run_stage("sft", recipe, output / "sft", init_from=mid.output, overwrite=True)
-    console.rule("[bold]6/6 bench: after align + mid + sft")
+    console.rule("[bold]6/7 bench: after align + mid + sft")
     after = run_bench(str(tuned.output), "all", data["bench"], out=output / "bench-after.json",
                     overwrite=True)
+    console.rule("[bold]7/7 export: one merged model folder that plain transformers load")
+    exported = run_export(tuned.output, output / "export", overwrite=True)
+    check = exported.verification
+    console.print(f"{exported.model_folder}: {exported.manifest['dtype']}, verified against the sft run on "
+                  f"{check.samples} images: max logit difference {check.relative_diff:.2%} of the largest logit "
+                  f"(allowed {check.tolerance:.0%}), greedy tokens agree at {check.token_agreement:.0%}")
 
     console.rule("[bold]results")
     console.print(compare_table(before, after, ("before", "after"), exclude=("by_subset", "by_aspect")))
@@ -77,4 +85,4 @@ def _run_demo(output: Path, seed: int, items: int, overrides: list[str]) -> dict
     console.print(f"bench results: {output / 'bench-before.json'}, {output / 'bench-after.json'} "
                   f"(compare again with `ecomtune bench compare`)")
     return {"align": aligned.output, "mid": mid.output, "sft": tuned.output, "before": output / "bench-before.json",
-            "after": output / "bench-after.json"}
+            "after": output / "bench-after.json", "export": exported.model_folder}

@@ -60,6 +60,8 @@ def test_the_demo_runs_from_an_installed_wheel(installed, tmp_path):
     for stage in ("align", "sft"):
         manifest = json.loads((tmp_path / "demo" / stage / "manifest.json").read_text())
         assert manifest["status"] == "complete" and manifest["metrics"]["global_step"] == 2
+    exported = json.loads((tmp_path / "demo" / "export" / "manifest.json").read_text())
+    assert exported["kind"] == "export" and exported["verification"]["ok"] and "verified against" in result.stdout
 
     again = run_installed(installed, tmp_path, "demo", "--output", "demo", "--items", "12", *FEW_STEPS)
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr

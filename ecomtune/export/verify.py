@@ -9,6 +9,8 @@ position is compared on identical inputs and one early difference cannot snowbal
 - the largest logit difference, relative to the run's largest logit, must stay within the rounding of the
   export dtype (`TOLERANCE`);
 - greedy-token agreement (the share of positions whose top token is the same) is reported.
+A continuation is cut at its first special or image-placeholder token (an untrained model may emit one), and the
+prompt's last position is always scored.
 """
 
 from __future__ import annotations
@@ -93,20 +95,44 @@ def _extend(inputs: dict[str, torch.Tensor], sequence: torch.Tensor) -> dict[str
 
 
 def _scored_logits(model, inputs: dict[str, torch.Tensor], start: int) -> torch.Tensor:
+    """The logits of every position from the prompt's last token on: each predicts the next token."""
     with torch.no_grad():
-        logits = model(**inputs).logits[0, start - 1:-1]
+        logits = model(**inputs).logits[0, start - 1:]
     return logits.float().cpu()
+
+
+def _placeholder_ids(model, processor) -> set[int]:
+    """Token ids a continuation must not hold when it is fed back: special tokens, and the image / video
+    placeholders (the model would look for image features that are not there)."""
+    config = model.config
+    found = set(getattr(processor.tokenizer, "all_special_ids", []) or [])
+    for holder in (config, getattr(config, "text_config", None)):
+        for name in ("image_token_id", "image_token_index", "video_token_id", "video_token_index"):
+            value = getattr(holder, name, None) if holder is not None else None
+            if isinstance(value, int):
+                found.add(value)
+    return found
+
+
+def _cut(sequence: torch.Tensor, start: int, stop: set[int]) -> torch.Tensor:
+    """The sequence up to (without) the first generated token in `stop`."""
+    for index in range(start, sequence.shape[1]):
+        if int(sequence[0, index]) in stop:
+            return sequence[:, :index]
+    return sequence
 
 
 def reference(model, processor, samples) -> list[dict[str, Any]]:
     """For each sample: the run's prompt inputs, its greedy continuation, and its logits along it."""
     device = next(model.parameters()).device
+    stop = _placeholder_ids(model, processor)
     found = []
     for image, prompt in samples:
         inputs = _encode(processor, image, prompt, device)
         with torch.no_grad():
             sequence = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
         start = inputs["input_ids"].shape[1]
+        sequence = _cut(sequence, start, stop)
         logits = _scored_logits(model, _extend(inputs, sequence), start)
         found.append({"inputs": {k: v.cpu() for k, v in inputs.items()}, "sequence": sequence.cpu(),
                       "start": start, "logits": logits})
