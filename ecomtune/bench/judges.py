@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 
 from ecomtune.bench.metrics import flatten, normalise, values_match
 from ecomtune.errors import ConfigError, EcomtuneError
+from ecomtune.runs.endpoint import key_exposed
 
 Verdict = Literal["correct", "incorrect", "unverifiable"]
 VERDICTS: tuple[Verdict, ...] = ("correct", "incorrect", "unverifiable")
@@ -90,23 +91,6 @@ class LocalModelJudge:
         prompt = judge_prompt(key, value, reference)
         out = self.pipe(prompt, max_new_tokens=5, do_sample=False, return_full_text=False)
         return parse_verdict(out[0]["generated_text"])
-
-
-def key_exposed(url: str) -> bool:
-    """Whether the API key would cross a network in clear text: plain http to a host other than this machine."""
-    from ipaddress import ip_address
-    from urllib.parse import urlparse
-
-    parsed = urlparse(url)
-    if parsed.scheme != "http":
-        return False
-    host = parsed.hostname or ""
-    if host == "localhost":
-        return False
-    try:
-        return not ip_address(host).is_loopback
-    except ValueError:  # a host name
-        return True
 
 
 def make_judge(spec: str | None, allow_plain_http_key: bool = False) -> Judge:

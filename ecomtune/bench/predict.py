@@ -13,8 +13,6 @@ differs, unless `--overwrite` (which replaces the old file only once the new one
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from ecomtune.bench.runner import generate_batches, resolve_tasks
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.strategies import ref_paths
 from ecomtune.errors import ConfigError, Problem
+from ecomtune.runs.appendlog import append_synced, lines_by_key, recorded_settings, rewrite, settings_differences
 from ecomtune.runs.loading import load_for_inference, model_backbone, model_fingerprint, run_images
 from ecomtune.runs.manifest import fingerprint_file, write_json_atomic
 from ecomtune.runs.outputs import Guarded, check_location, check_writable, locked
@@ -49,38 +48,8 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def _answered(path: Path) -> dict[str, str]:
-    """id -> line of every complete line in a predictions file; a torn last line is left out."""
-    found: dict[str, str] = {}
-    if not path.is_file():
-        return found
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            found[str(json.loads(line)["id"])] = line
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return found
-
-
 def settings_path(out: Path) -> Path:
     return out.with_name(out.name + ".settings.json")
-
-
-def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """What differs between two runs' settings; `model` (the argument as typed) is shown, not compared: the
-    fingerprint says whether it is the same model."""
-    changed = [key for key in sorted(set(before) | set(now)) if key != "model" and before.get(key) != now.get(key)]
-    if "model_fingerprint" in changed:
-        changed.insert(0, "model")
-    return [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in changed]
-
-
-def _recorded(path: Path) -> dict[str, Any] | None:
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return found if isinstance(found, dict) else None
 
 
 def _earlier_answers(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, str]:
@@ -93,8 +62,8 @@ def _earlier_answers(out: Path, settings: dict[str, Any], overwrite: bool) -> di
     for index, (path, recorded) in enumerate(files):
         if not path.exists() or (overwrite and index == 0):
             continue
-        before = _recorded(recorded)
-        changes = ["(no record of what made it)"] if before is None else _differences(before, settings)
+        before = recorded_settings(recorded)
+        changes = ["(no record of what made it)"] if before is None else settings_differences(before, settings)
         if changes and overwrite:
             continue  # a partial file of another run: it is replaced
         if changes:
@@ -102,7 +71,7 @@ def _earlier_answers(out: Path, settings: dict[str, Any], overwrite: bool) -> di
                               [Problem(change, str(recorded)) for change in changes],
                               fix="pass the same options as before to resume, --overwrite to replace it, or a new "
                               "--out")
-        answers.update(_answered(path))
+        answers.update(lines_by_key(path))
     return answers
 
 
@@ -140,9 +109,7 @@ def run_predict(model: str, data: Path, task_name: str, out: Path, images: Image
             return PredictSummary(out, len(records), len(records), 0, 0, 0.0, _images_per_item(records))
         check_writable(out.parent, option="--out")
         write_json_atomic(settings_path(partial), settings)
-        staged = partial.with_name(partial.name + ".tmp")  # rewritten whole (torn line dropped), then swapped in
-        staged.write_text("".join(line + "\n" for line in done.values()), encoding="utf-8")
-        staged.replace(partial)
+        rewrite(partial, done.values())  # rewritten whole (torn line dropped), then swapped in
         predicted, parsed, seconds = _predict_into(partial, model, load_in_4bit, task, todo, images, batch_size,
                                                    on_progress)
         partial.replace(out)
@@ -169,13 +136,13 @@ def _predict_into(partial: Path, model: str, load_in_4bit: bool | None, task, to
     with partial.open("a", encoding="utf-8") as handle:
         batches = generate_batches(loaded, prompts, [r["images"] for r in todo], task.max_new_tokens, batch_size)
         for batch in batches:
+            lines = []
             for record, answer in zip(todo[predicted:predicted + len(batch)], batch, strict=True):
                 value = task.parse(record, answer)
                 parsed += value is not None
-                handle.write(json.dumps(_line(task.name, record, answer, value, images)) + "\n")
+                lines.append(_line(task.name, record, answer, value, images))
+            append_synced(handle, lines)
             predicted += len(batch)
-            handle.flush()
-            os.fsync(handle.fileno())
             if on_progress is not None:
                 on_progress(predicted, len(todo))
     return predicted, parsed, time.perf_counter() - started

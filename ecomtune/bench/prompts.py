@@ -7,6 +7,9 @@ instructions mirror its benchmarks). Pure functions of their arguments.
 
 from __future__ import annotations
 
+import json
+import random
+
 COMPLIANCE_SECTIONS = ("identifiers", "attributes", "origin", "safety")
 
 
@@ -60,3 +63,54 @@ def caption_prompt() -> str:
 def general_prompt(attribute: str, options: list[str]) -> str:
     """General-skill probe: generic scenes, not products."""
     return f"Look at the shapes in the picture. What is their {attribute}? Choose one of: {', '.join(options)}."
+
+
+def chat_record(images: list[str], question: str, answer: str, boxes: list | None = None) -> dict:
+    """A canonical training record (README, 'Data format'): one user turn with its images, one answer.
+    `boxes` (one list per image) where the text on the views matters."""
+    blocks = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
+    record = {"images": images, "messages": [{"role": "user", "content": blocks},
+                                             {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}
+    if boxes is not None:
+        record["boxes"] = boxes
+    return record
+
+
+def compact(mapping: dict) -> str:
+    """A JSON answer as the instructions and the benchmark write it."""
+    return json.dumps(mapping, separators=(", ", ": "))
+
+
+def instruction_records(images: list[str], attributes: dict[str, str], aspects: dict[str, str], title: str,
+                        category: str, options: dict[str, tuple[str, ...] | list[str]], choice_attributes: list[str],
+                        rng: random.Random, boxes: list | None = None) -> list[dict]:
+    """The paper's single-item instruction families for one item, from what its pictures are known to show:
+    choice and yes/no VQA, Aspect Prediction (with title and category or without), attribute extraction, a title
+    with a required keyword (precise instruction following) and a whole listing from all `images`.
+
+    `attributes`: the visually verified aspects (lower-case names); `aspects`: the Aspect Prediction targets;
+    `options`: the values each attribute can take (for choice questions and "no" answers); `choice_attributes`:
+    the attributes asked as choice questions. Shared by the synthetic catalog (which knows the truth) and
+    curation (which verified it), so a curated set trains the phrasing the benchmark asks in. `rng` is drawn in
+    a fixed order, so the catalog's bytes depend only on its seed."""
+    primary = images[:1]
+    records = [chat_record(primary, choice_prompt(attr, list(options[attr])), attributes[attr])
+               for attr in choice_attributes if attr in attributes and attr in options]
+    askable = [a for a in attributes if a in options and len(options[a]) > 1]
+    if askable:
+        attr = rng.choice(askable)
+        asked = attributes[attr] if rng.random() < 0.5 else rng.choice(
+            [o for o in options[attr] if o != attributes[attr]])
+        records.append(chat_record(primary, yes_no_prompt(attr, asked), "yes" if asked == attributes[attr] else "no"))
+    if aspects:
+        with_context = rng.random() < 0.5
+        records.append(chat_record(primary, aspect_prompt(list(aspects), title if with_context else None,
+                                                          category if with_context else None), compact(aspects)))
+    if attributes:
+        records.append(chat_record(primary, extraction_prompt(), compact(attributes)))
+    if title.split():
+        keyword = rng.choice(title.split())
+        records.append(chat_record(primary, title_prompt(keyword), title))
+    listing = {"title": title, "category": category, "aspects": aspects}
+    records.append(chat_record(images, listing_prompt(), compact(listing), boxes))
+    return records

@@ -9,7 +9,10 @@ Output folder:
   without title & category), attribute extraction, precise instruction following, listings, and
   multi-image item intelligence;
 - `bench/<task>.jsonl`: benchmark records for held-out items (disjoint from training by item);
-- `items.jsonl`: the ground truth, with the noisy seller aspects and each item's split.
+- `items.jsonl`: the ground truth, with the noisy seller aspects and each item's split;
+- `listings.jsonl`: every item as a seller lists it (id, title, category, aspects as typed, images), the input
+  of `ecomtune curate`; `listings-truth.jsonl`, kept apart: per written aspect, what the pictures show and
+  whether the seller's value is right, wrong, not visible or boilerplate (see `ecomtune/synth/listings.py`).
 Multi-image records (listings, compliance, item-intelligence bench) carry `boxes`: the text drawn on
 each view, exactly as rendered, standing in for a grounding model's boxes (the `crops` strategy and
 `ecomtune crop` use them).
@@ -19,14 +22,16 @@ the paper's "visual verification" already applied.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict
 from pathlib import Path
 
 from ecomtune.bench import prompts
+from ecomtune.bench.prompts import chat_record as chat
+from ecomtune.bench.prompts import compact
 from ecomtune.data.jsonl import write_jsonl_atomic
 from ecomtune.synth.items import APPAREL, BRANDS, COLOURS, PATTERNS, Item, make_items
+from ecomtune.synth.listings import seller_listing
 from ecomtune.synth.mid import view_pairs
 from ecomtune.synth.render import SCENE_COLOURS, SHAPES, render_scene, render_view_with_marks
 
@@ -45,20 +50,6 @@ def image_paths(item: Item) -> list[str]:
     return [f"images/{item.item_id}_{i}.png" for i in range(len(item.views))]
 
 
-def chat(images: list[str], question: str, answer: str, boxes: list | None = None) -> dict:
-    """A canonical record; `boxes` (one list per image) where the text on the views matters."""
-    blocks = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
-    record = {"images": images, "messages": [{"role": "user", "content": blocks},
-                                             {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}
-    if boxes is not None:
-        record["boxes"] = boxes
-    return record
-
-
-def compact(mapping: dict) -> str:
-    return json.dumps(mapping, separators=(", ", ": "))
-
-
 def caption(item: Item) -> str:
     words = " ".join(item.attributes[k] for k in ("colour", "pattern") if k in item.attributes)
     return f"A {words} {item.product} on a white background."
@@ -67,21 +58,8 @@ def caption(item: Item) -> str:
 def instructions(item: Item, rng: random.Random, boxes: list) -> list[dict]:
     """Training instructions for one item, one or more per family. Multi-image records carry the text boxes of
     every view (`boxes`), as a grounding model would have marked them."""
-    primary = image_paths(item)[:1]
-    records = [chat(primary, prompts.choice_prompt(attr, list(OPTIONS[attr])), item.attributes[attr])
-               for attr in FASHION_ATTRIBUTES.get(item.subset, ()) if attr in item.attributes]
-    attr = rng.choice([a for a in item.attributes if a in OPTIONS])  # every item has a colour
-    asked = item.attributes[attr] if rng.random() < 0.5 else rng.choice(
-        [o for o in OPTIONS[attr] if o != item.attributes[attr]])
-    records.append(chat(primary, prompts.yes_no_prompt(attr, asked), "yes" if asked == item.attributes[attr] else "no"))
-    with_context = rng.random() < 0.5
-    records.append(chat(primary, prompts.aspect_prompt(list(item.aspects), item.title if with_context else None,
-                                                       item.category if with_context else None), compact(item.aspects)))
-    records.append(chat(primary, prompts.extraction_prompt(), compact(item.attributes)))
-    keyword = rng.choice(item.title.split())
-    records.append(chat(primary, prompts.title_prompt(keyword), item.title))
-    listing = {"title": item.title, "category": item.category, "aspects": item.aspects}
-    records.append(chat(image_paths(item), prompts.listing_prompt(), compact(listing), boxes))
+    records = prompts.instruction_records(image_paths(item), item.attributes, item.aspects, item.title, item.category,
+                                          OPTIONS, list(FASHION_ATTRIBUTES.get(item.subset, ())), rng, boxes)
     if item.compliance:
         records.append(chat(image_paths(item), prompts.compliance_prompt(len(item.views)), compact(item.compliance),
                             boxes))
@@ -161,11 +139,15 @@ def _write_catalog_files(out_dir: Path, count: int, seed: int, general: int) -> 
                 bench.setdefault(task, []).extend(records)
     bench["general"] = general_records(general, seed, out_dir)
     paths = {"captions": out_dir / "captions.jsonl", "mid": out_dir / "mid.jsonl",
-             "instruct": out_dir / "instruct.jsonl", "items": out_dir / "items.jsonl", "bench": out_dir / "bench"}
+             "instruct": out_dir / "instruct.jsonl", "items": out_dir / "items.jsonl", "bench": out_dir / "bench",
+             "listings": out_dir / "listings.jsonl", "listings_truth": out_dir / "listings-truth.jsonl"}
     write_jsonl_atomic(paths["captions"], captions)
     write_jsonl_atomic(paths["mid"], mid)
     write_jsonl_atomic(paths["instruct"], instruct)
     write_jsonl_atomic(paths["items"], [asdict(i) for i in items])
+    listings = [seller_listing(item, image_paths(item), seed) for item in items]
+    write_jsonl_atomic(paths["listings"], [listing for listing, _ in listings])
+    write_jsonl_atomic(paths["listings_truth"], [truth for _, truth in listings])
     for task, records in bench.items():
         # bench image paths are relative to the bench folder
         for record in records:
