@@ -1,58 +1,24 @@
 """Reading JSON out of model answers: the first object or array, repaired where the damage is the usual
-kind (code fences, prose around it, single quotes, trailing commas, generation cut off mid-way)."""
+kind (code fences, prose around it, single quotes, trailing commas, unquoted values, generation cut off
+mid-way). The repair itself is the `json-repair` library's; this module only picks the value of the kind the
+caller wants."""
 
 from __future__ import annotations
 
-import json
-import re
-
-
-def _balance(text: str) -> str:
-    """Close unclosed strings, objects and arrays: the usual damage when generation stops early."""
-    stack: list[str] = []
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "{[":
-            stack.append("}" if char == "{" else "]")
-        elif char in "}]" and stack:
-            stack.pop()
-    repaired = text + ('"' if in_string else "")
-    repaired = re.sub(r"[,:]\s*$", "", repaired.rstrip())
-    return repaired + "".join(reversed(stack))
+import json_repair
 
 
 def parse_json_value(text: str, kind: type = dict) -> dict | list | None:
-    """The first JSON object (kind=dict) or array (kind=list) in a model's answer, repaired when possible
-    (code fences, single quotes, trailing commas, truncation). None when nothing usable is there."""
-    opener, closer = ("{", "}") if kind is dict else ("[", "]")
-    if not text:
-        return None
-    body = re.sub(r"```(?:json)?", "", text).strip()
-    start = body.find(opener)
+    """The first JSON object (kind=dict) or array (kind=list) in a model's answer, repaired when possible.
+    None when nothing usable is there."""
+    opener = "{" if kind is dict else "["
+    start = text.find(opener) if text else -1
     if start < 0:
         return None
-    body = body[start:]
-    candidates = [body]
-    end = body.rfind(closer)
-    if end >= 0:
-        candidates.insert(0, body[: end + 1])
-    for candidate in candidates:
-        for attempt in (candidate, _balance(candidate)):
-            fixed = re.sub(r",\s*([}\]])", r"\1", attempt)
-            for variant in (fixed, fixed.replace("'", '"')):
-                try:
-                    value = json.loads(variant)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(value, kind):
-                    return value
-    return None
+    try:
+        value = json_repair.loads(text[start:])
+    except (ValueError, RecursionError):
+        return None
+    if kind is dict and isinstance(value, list):  # several objects in a row: the first one
+        value = next((item for item in value if isinstance(item, dict)), None)
+    return value if isinstance(value, kind) and value is not None else None
