@@ -69,9 +69,9 @@ def _image_settings(model: str, strategy: str | None, max_images: int | None):
     """The strategy for bench / predict: the run's (or the default), with the command line's changes."""
     from pydantic import ValidationError
 
-    from ecomtune.bench.runner import run_images
     from ecomtune.config.schema import ImageSettings
     from ecomtune.errors import ConfigError
+    from ecomtune.runs.loading import run_images
 
     if strategy is None and max_images is None:
         return None
@@ -369,6 +369,9 @@ def bench(
                                           "http:// judge on another machine (refused by default: it travels "
                                           "unencrypted)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    general: str = typer.Option(None, "--general", help="Also run lmms-eval tasks for the general-skill check, e.g. "
+                                "lmms-eval:mmbench_en_dev,mme,textvqa_val (needs the eval extra, a model folder and "
+                                "the tasks' data cached or the hub reachable; scores under general_harness)."),
 ) -> None:
     """Run the benchmark tasks on a model: `ecomtune bench --model runs/sft --tasks all`."""
     if ctx.invoked_subcommand is not None:
@@ -380,14 +383,43 @@ def bench(
     from ecomtune.bench.runner import run_bench
 
     data = data or Path("data_samples/bench")
-    results = run_bench(model, tasks, data, out=out, limit=limit, batch_size=batch_size, judge=judge,
-                        load_in_4bit=load_in_4bit, images=_image_settings(model, images, max_images),
-                        judge_plain_http=judge_plain_http, overwrite=overwrite)
+    settings = dict(limit=limit, batch_size=batch_size, judge=judge, load_in_4bit=load_in_4bit,
+                    images=_image_settings(model, images, max_images), judge_plain_http=judge_plain_http)
+    if general:
+        from ecomtune.bench.general_harness import general_table, run_bench_with_general
+
+        results = run_bench_with_general(general, model, tasks, data, out=out, overwrite=overwrite, **settings)
+    else:
+        results = run_bench(model, tasks, data, out=out, overwrite=overwrite, **settings)
     print_table(results_table(results))
     if "deep-fashion" in results["tasks"]:
         print_table(attribute_table(results))
+    if general:
+        print_table(general_table(results))
     if out:
         stdout.print(f"results: {out}")
+
+
+@bench_app.command("export")
+def bench_export(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the task package (YAML per task + utils.py)."),
+    fmt: str = typer.Option("lmms-eval", "--format", help="Harness to export for: lmms-eval."),
+    data: Path = typer.Option(None, "--data", "-d", help="Folder with <task>.jsonl files; default: "
+                              "data_samples/bench. The package reads it in place (absolute paths)."),
+    tasks: str = typer.Option("all", "--tasks", "-t", help="all, or a comma list of task names."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Write the benchmark as an lmms-eval task package: `lmms-eval --include_path OUT --tasks ecomtune`."""
+    from ecomtune.bench.lmms_eval_export import check_format, export_lmms_eval
+    from ecomtune.bench.runner import resolve_tasks
+
+    check_format(fmt)
+    package = export_lmms_eval(out, data or Path("data_samples/bench"), resolve_tasks(tasks), overwrite)
+    for name, harness_task in package.tasks.items():
+        stdout.print(f"{harness_task}: {package.items[name]} items ({name})")
+    stdout.print(f"package: {package.out} (group: ecomtune)\nrun: python -m lmms_eval --include_path {package.out} "
+                 "--tasks ecomtune --model qwen2_vl --model_args pretrained=MODEL_FOLDER --batch_size 1",
+                 soft_wrap=True)
 
 
 @bench_app.command("compare")
@@ -397,6 +429,21 @@ def bench_compare(a: Path = typer.Argument(..., help="Results JSON (before)."),
     from ecomtune.bench.report import compare_table, load_results, print_table
 
     print_table(compare_table(load_results(a), load_results(b)))
+
+
+@bench_app.command("report")
+def bench_report(
+    results: list[Path] = typer.Argument(..., help="Results JSON files, oldest first (e.g. before.json after.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The HTML file to write."),
+    examples: int = typer.Option(50, "--examples", min=0, help="Example cards per task (from the last file)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+) -> None:
+    """One self-contained HTML page: scores per task and attribute as bars, example cards filterable to failures."""
+    from ecomtune.bench.html_report import write_report
+    from ecomtune.runs.outputs import Guarded, check_file_output
+
+    check_file_output(out, overwrite, Guarded(files=[("results file", p) for p in results]))
+    stdout.print(f"report: {write_report(results, out, examples)}")
 
 
 @bench_app.command("strategies")
@@ -472,6 +519,35 @@ def predict(
 
 
 @app.command()
+def export(
+    run: Path = typer.Argument(..., help="A finished run folder (align, mid or sft)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the exported model to."),
+    fmt: str = typer.Option("merged", "--format", help="merged: one model folder (transformers, lmms-eval, vLLM); "
+                            "vllm: base with the projector baked in + a language-model-only LoRA adapter."),
+    merge_base: str = typer.Option("dequantized", "--merge-base", help="dequantized: the 4-bit base the adapter "
+                                   "trained on, dequantized (reproduces the run); pristine: the base's original "
+                                   "weights (no 4-bit rounding, drifts from the run by the quantization error)."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16, float16 or float32."),
+    samples: int = typer.Option(4, "--samples", min=1, help="Rendered product images to verify on."),
+    image: list[Path] = typer.Option(None, "--image", help="Verify on this image instead (repeatable)."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """A merged model (or vLLM's base + adapter layout) that plain transformers load, verified against the run."""
+    _quiet_libraries()
+    from ecomtune.export.report import print_export
+    from ecomtune.export.runner import run_export
+
+    choices = {"--format": (fmt, ("merged", "vllm")), "--merge-base": (merge_base, ("dequantized", "pristine")),
+               "--dtype": (dtype, ("bfloat16", "float16", "float32"))}
+    for option, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise typer.BadParameter(f"{value!r}: choose from {', '.join(allowed)}", param_hint=option)
+    with console.status("exporting: merge, save, verify against the run"):
+        result = run_export(run, out, fmt, merge_base, dtype, samples, image or None, overwrite)  # type: ignore[arg-type]
+    print_export(result, stdout)
+
+
+@app.command()
 def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL format (several images each)."),
          out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for images/ and items.jsonl."),
          boxes: Path = typer.Option(None, "--boxes", help='JSON {"image path": [[x0, y0, x1, y1], ...]}; default: '
@@ -522,6 +598,43 @@ def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL fo
         a = [getattr(s, after) for s in summaries]
         table.add_row(label, f"{median(b):g}", f"{median(a):g}", str(max(b)), str(max(a)))
     stdout.print(table)
+
+
+@app.command()
+def curate(
+    listings: Path = typer.Argument(..., help="Raw listings, JSONL or CSV: id, title, category, aspects, images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the steps, instruct.jsonl, captions.jsonl and "
+                             "report.json (resumed when it holds this same curation)."),
+    captioner: str = typer.Option(None, "--captioner", help="VLM that describes each primary image: alias, hub id, "
+                                  "folder, run folder, or an OpenAI-compatible endpoint URL."),
+    verifier: str = typer.Option(None, "--verifier", help="Model that gives the verdicts (default: the captioner): "
+                                 "an LLM reading captions, or with --verify vqa a VLM looking at the image."),
+    verify: str = typer.Option("caption", "--verify", help="caption (an LLM reads the caption, as in the paper) or "
+                               "vqa (the VLM is asked about the image)."),
+    caption_images: str = typer.Option("primary", "--caption-images", help="primary, or all (one caption each)."),
+    truth: Path = typer.Option(None, "--truth", help="Known truth to score against (default: NAME-truth.jsonl "
+                               "beside the listings, as `ecomtune synth` writes it)."),
+    cache: Path = typer.Option(None, "--cache", help="Answer cache JSONL shared between curations (default: "
+                               "OUT/cache.jsonl)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions per generation batch."),
+    limit: int = typer.Option(None, "--limit", min=1, help="The first N listings only."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out bad rows (listed in the report) instead of "
+                                  "stopping."),
+    endpoint_model: str = typer.Option("default", "--endpoint-model", help="Model name sent to an endpoint URL."),
+    plain_http: bool = typer.Option(False, "--plain-http", help="Allow sending ECOMTUNE_API_KEY over plain http "
+                                    "to another machine."),
+    load_in_4bit: bool = typer.Option(None, "--load-in-4bit/--no-4bit", help="Base precision (as bench)."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Visual verification: clean seller aspects, caption, keep only what the image supports, build instructions."""
+    _quiet_libraries()
+    from ecomtune.curate.report import render_report
+    from ecomtune.curate.runner import CurateOptions, run_curate
+
+    options = CurateOptions(captioner, verifier, verify, caption_images, batch_size, seed=0, load_in_4bit=load_in_4bit,
+                            endpoint_model=endpoint_model, plain_http=plain_http, skip_bad=skip_bad, limit=limit,
+                            truth=truth, cache=cache, overwrite=overwrite)
+    render_report(run_curate(listings, out, options, console), stdout)
 
 
 @app.command()

@@ -20,7 +20,7 @@ from ecomtune.bench.tasks import TASKS, Task
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.collator import adds_own_specials, batch_images
 from ecomtune.data.schema import ImageRef
-from ecomtune.data.strategies import open_image
+from ecomtune.data.strategies import open_image, ref_paths
 from ecomtune.errors import ConfigError
 from ecomtune.runs.loading import (
     LoadedModel,
@@ -111,7 +111,9 @@ def run_bench(model: str, tasks: str, data: Path, out: Path | None = None, limit
                            task.max_new_tokens, batch_size, task.name)
         seconds = time.perf_counter() - started
         scores, details = task.score(records, answers, the_judge)
-        examples = [{**d, "prompt": task.prompt(r), "images": len(r["images"]), "prediction": a}
+        examples = [{**d, "prompt": task.prompt(r), "images": len(r["images"]), "prediction": a,
+                     "image_paths": [p for ref in r["images"] for p in ref_paths(ref)],
+                     "reference": {key: r[key] for key in task.reference_fields if key in r}}
                     for d, r, a in zip(details, records, answers, strict=True)]
         results["tasks"][task.name] = {"scores": scores, "n": len(records), "seconds": round(seconds, 3),
                                        "examples_per_second": round(len(records) / seconds, 3) if seconds else None,

@@ -43,21 +43,25 @@ def fingerprint_file(path: Path, images: list[str] | None = None) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON through a synced temp file renamed into place: readers see the old file or the new one."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text through a synced temp file renamed into place: readers see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, default=str)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """`payload` as indented JSON, written atomically (`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def write_manifest(output: Path, status: str = "complete", **fields: Any) -> Path:
