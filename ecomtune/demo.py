@@ -3,7 +3,7 @@
 Generates the synthetic catalog, benchmarks the untrained tiny-qwen2-vl, runs align -> mid -> sft with
 the shipped tiny recipe (mid continues from align's projector, sft continues mid's adapter), benchmarks
 again, prints before/after per task, and exports the sft run as one merged model folder, verified against the
-run. The bar is printed as
+run, and writes an HTML report of both benchmarks. The bar is printed as
 measured: after sft, deep-fashion colour and pattern accuracy should beat their majority-class
 baselines, i.e. the model reads the picture.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ecomtune.bench.html_report import write_report
 from ecomtune.bench.report import attribute_table, compare_table
 from ecomtune.bench.runner import run_bench
 from ecomtune.config.loading import SHIPPED_RECIPES, load_recipe
@@ -82,7 +83,8 @@ def _run_demo(output: Path, seed: int, items: int, overrides: list[str]) -> dict
         trained = ", ".join(f"{r['component']} {r['trainable']:,}" for r in m["parameters"] if r["trainable"])
         console.print(f"{m['stage']}: trained {trained} params in {m['metrics']['global_step']} steps "
                       f"({m['metrics'].get('train_runtime', 0):.0f}s) -> {result.output}")
+    report = write_report([output / "bench-before.json", output / "bench-after.json"], output / "report.html")
     console.print(f"bench results: {output / 'bench-before.json'}, {output / 'bench-after.json'} "
-                  f"(compare again with `ecomtune bench compare`)")
+                  f"(compare again with `ecomtune bench compare`); open {report} for bars and examples")
     return {"align": aligned.output, "mid": mid.output, "sft": tuned.output, "before": output / "bench-before.json",
-            "after": output / "bench-after.json", "export": exported.model_folder}
+            "after": output / "bench-after.json", "export": exported.model_folder, "report": report}

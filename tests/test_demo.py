@@ -62,6 +62,7 @@ def test_the_demo_runs_from_an_installed_wheel(installed, tmp_path):
         assert manifest["status"] == "complete" and manifest["metrics"]["global_step"] == 2
     exported = json.loads((tmp_path / "demo" / "export" / "manifest.json").read_text())
     assert exported["kind"] == "export" and exported["verification"]["ok"] and "verified against" in result.stdout
+    assert "<h1>ecomtune bench report</h1>" in (tmp_path / "demo" / "report.html").read_text()
 
     again = run_installed(installed, tmp_path, "demo", "--output", "demo", "--items", "12", *FEW_STEPS)
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
