@@ -199,21 +199,23 @@ def test_general_names_missing_data_and_accepts_cached(tmp_path: Path, monkeypat
     (tmp_path / "hub").mkdir()
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(datasets_config, "HF_DATASETS_CACHE", tmp_path / "datasets")
-    configs = {"hubtask": "dataset_path: org/set\n", "localtask": "dataset_path: json\ndataset_kwargs:\n  data_files:\n"
-               f"    test: {tmp_path / 'absent.jsonl'}\n"}
+    configs = {"hubtask": "dataset_path: org/set\n", "preparedtask": "dataset_path: org/MySet\n",
+               "localtask": f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path}/absent.jsonl\n"}
     index = {}
     for name, text in configs.items():
         (tmp_path / f"{name}.yaml").write_text(f"task: {name}\n{text}")
         index[name] = {"type": "task", "yaml_path": str(tmp_path / f"{name}.yaml")}
-    index["both"] = {"type": "group", "task": ["hubtask", "localtask"], "yaml_path": -1}
+    index["all3"] = {"type": "group", "task": ["hubtask", "preparedtask", "localtask"], "yaml_path": -1}
     manager = type("Manager", (), {"task_index": index, "all_tasks": list(index)})()
 
-    leaves = general_harness.leaf_tasks(manager, ["both"])
-    assert leaves == ["hubtask", "localtask"]
+    leaves = general_harness.leaf_tasks(manager, ["all3", "hubtask"])
+    assert leaves == ["hubtask", "preparedtask", "localtask"]
     problems = [p.what for p in general_harness.missing_data(manager, leaves, hub_reachable=False)]
     assert problems[0] == "hubtask: dataset org/set is not in the local cache and the hub is not reachable"
-    assert "absent.jsonl" in problems[1]
+    assert "org/MySet" in problems[1] and "absent.jsonl" in problems[2]
+    assert [p.what for p in general_harness.missing_data(manager, leaves, hub_reachable=True)] == [problems[2]]
     (tmp_path / "hub" / "datasets--org--set" / "snapshots" / "abc").mkdir(parents=True)
+    (tmp_path / "datasets" / "org___my_set").mkdir(parents=True)  # as `datasets` names a prepared copy
     (tmp_path / "absent.jsonl").write_text("{}\n")
     assert general_harness.missing_data(manager, leaves, hub_reachable=False) == []
     with pytest.raises(ConfigError, match="did you mean"):
@@ -237,3 +239,23 @@ def test_general_refuses_what_the_harness_cannot_load(tmp_path: Path, monkeypatc
     with pytest.raises(ConfigError, match="names no lmms-eval tasks"):
         general_harness.parse_general("mme")
     assert general_harness.parse_general("lmms-eval:mme, textvqa_val") == ["mme", "textvqa_val"]
+
+
+def test_general_checks_first_and_writes_its_scores_beside_ecomtunes(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harness's checks come before ecomtune's tasks run; its scores land under general_harness in --out."""
+    from ecomtune.bench import general_harness, runner
+
+    calls: list[str] = []
+    plan = general_harness.HarnessPlan("m", "qwen2_vl", ["mme"], ["mme"])
+    monkeypatch.setattr(general_harness, "plan_general", lambda model, names: calls.append(f"plan {names}") or plan)
+    monkeypatch.setattr(runner, "run_bench", lambda *a, **k: calls.append("bench") or {"tasks": {}, "model": {}})
+    monkeypatch.setattr(general_harness, "run_general", lambda p: calls.append("harness") or {"tasks": {"mme": {}}})
+    out = tmp_path / "results.json"
+    results = general_harness.run_bench_with_general("lmms-eval:mme", "m", "general", tmp_path / "data", out=out)
+    assert calls == ["plan ['mme']", "bench", "harness"]
+    assert json.loads(out.read_text())["general_harness"] == results["general_harness"] == {"tasks": {"mme": {}}}
+    calls.clear()
+    with pytest.raises(ConfigError, match="already exists"):
+        general_harness.run_bench_with_general("lmms-eval:mme", "m", "general", tmp_path / "data", out=out)
+    assert calls == []

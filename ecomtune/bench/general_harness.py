@@ -107,9 +107,9 @@ def leaf_tasks(manager: Any, names: list[str]) -> list[str]:
     """The tasks behind each name (a group or tag stands for its members), each once; unknown names refused."""
     unknown = [n for n in names if n not in manager.task_index]
     if unknown:
+        close = {n: get_close_matches(n, manager.all_tasks, 3) for n in unknown}
         problems = [Problem(f"{n} is not an lmms-eval task, group or tag",
-                            fix="did you mean " + " or ".join(get_close_matches(n, manager.all_tasks, 3))
-                            if get_close_matches(n, manager.all_tasks, 3) else "") for n in unknown]
+                            fix="did you mean " + " or ".join(close[n]) if close[n] else "") for n in unknown]
         raise ConfigError("Unknown lmms-eval task(s)", problems,
                           fix="`python -m lmms_eval --tasks list` prints every name")
     leaves: list[str] = []
@@ -138,10 +138,13 @@ def dataset_cached(repo_id: str) -> bool:
     """Whether a hub dataset is on this machine: its files in the hub cache, or a prepared copy in the datasets
     cache (HF_HUB_CACHE / HF_DATASETS_CACHE, as `datasets` itself looks)."""
     from datasets import config as datasets_config
+    from datasets.naming import camelcase_to_snakecase
     from huggingface_hub import constants
 
     snapshots = Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}" / "snapshots"
-    prepared = Path(datasets_config.HF_DATASETS_CACHE) / repo_id.replace("/", "___")
+    namespace, _, name = repo_id.rpartition("/")
+    prepared = Path(datasets_config.HF_DATASETS_CACHE) / "___".join(filter(None, (namespace,
+                                                                               camelcase_to_snakecase(name))))
     return (snapshots.is_dir() and any(snapshots.iterdir())) or prepared.is_dir()
 
 

@@ -114,6 +114,8 @@ def readme_text(tasks: list[Task], data: Path) -> str:
             "```\npip install 'ecomtune[eval]'\n"
             f"python -m lmms_eval --include_path THIS_FOLDER --tasks {GROUP} --model qwen2_vl \\\n"
             "    --model_args pretrained=MODEL_FOLDER --batch_size 1\n```\n\n"
+            "`--model`: lmms-eval's class for the model's family (qwen2_vl for Qwen2-VL; on CPU add "
+            "`,device=cpu,device_map=cpu` to --model_args). "
             f"Tasks: {names} (group `{GROUP}`: all of them). Each reports the metrics `ecomtune bench` prints, "
             "scored by ecomtune's own scorers over all examples.\n")
 
