@@ -100,35 +100,15 @@ def backbones(
     """The capability matrix of every family, or (--inspect MODEL) what ecomtune finds in one model."""
     if inspect:
         _quiet_libraries()
-        from ecomtune.backbones.report import inspect_backbone
+        from ecomtune.backbones.report import inspect_backbone, print_inspection
         from ecomtune.backbones.spec import RoleOverrides
 
         overrides = RoleOverrides(vision_tower, tuple(projector) if projector else None, language_model)
-        found = inspect_backbone(inspect, overrides)
-        stdout.print(f"{found.source}: {found.model_class} ({found.family}), roles found by {found.found_by}",
-                     markup=False, highlight=False, soft_wrap=True)
-        table = Table()
-        for column in ("component", "module path", "parameters"):
-            table.add_column(column, justify="right" if column == "parameters" else "left")
-        paths = {"vision_tower": found.roles.vision_tower, "projector": "\n".join(found.roles.projector),
-                 "language_model": f"{found.roles.language_model}\n{found.roles.lm_head}", "other": ""}
-        for component, path in paths.items():
-            if component in found.parameters:
-                table.add_row(component, path, f"{found.parameters[component]:,}")
-        table.add_row("all", "", f"{sum(found.parameters.values()):,}", style="bold")
-        stdout.print(table)
+        print_inspection(inspect_backbone(inspect, overrides), stdout)
         return
-    from ecomtune.backbones.report import capability_rows
+    from ecomtune.backbones.report import print_capabilities
 
-    rows = capability_rows()
-    table = Table(title="ecomtune backbones: one row per family (--inspect MODEL for any other model)",
-                  show_lines=True)
-    for column in rows[0]:
-        # hub ids and module paths are copied whole; other cells wrap, never cut
-        table.add_column(column, no_wrap=column in ("aliases -> hub ids", "projector"), overflow="fold")
-    for row in rows:
-        table.add_row(*row.values())
-    stdout.print(table)
+    print_capabilities(stdout)
 
 
 @app.command()
@@ -168,11 +148,12 @@ def _stage_command(name: str, title: str, starts_from: tuple[str, ...]):
                 init_from: Path = typer.Option(None, "--init-from", help=init_help), sets: list[str] = SetOpt,
                 resume: bool = ResumeOpt, overwrite: bool = OverwriteOpt, images: str = ImagesOpt) -> None:
         _quiet_libraries()
+        from ecomtune.train.report import print_stage_result
         from ecomtune.train.stages import run_stage
 
         result = run_stage(name, _recipe(recipe, sets, name, backbone, data, images), output, init_from=init_from,
                            resume=resume, overwrite=overwrite, recipe_file=recipe)
-        _report(result)
+        print_stage_result(result, stdout)
 
     command.__doc__ = f"Stage {name}: {title}."
     return command
@@ -192,12 +173,13 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML."),
     _quiet_libraries()
     from ecomtune.runs.manifest import write_json_atomic
     from ecomtune.train.plan import plan_stage
+    from ecomtune.train.report import print_plan
 
     _check_stage(stage)
     chosen = _recipe(recipe, sets, stage, backbone, data, images)
     _check_results_file(out, overwrite, recipe, getattr(chosen, stage).data)
     report = plan_stage(chosen, stage)
-    _print_plan(report)
+    print_plan(report, stdout)
     if out:
         write_json_atomic(out, report)
         stdout.print(f"plan: {out}")
@@ -215,33 +197,14 @@ def profile(recipe: Path = typer.Argument(..., help="Recipe YAML."),
     """Train N steps with TRL's collator, then ecomtune with packing off and on: tokens/s, padding, memory."""
     _quiet_libraries()
     from ecomtune.train.profile import profile_recipe, write_profile
+    from ecomtune.train.report import print_profile
 
     _check_stage(stage)
     chosen = _recipe(recipe, sets, stage, backbone, data, None)
     _check_results_file(out, overwrite, recipe, getattr(chosen, stage).data)
     rows = profile_recipe(chosen, stage, steps, progress=lambda mode: stdout.print(f"[dim]profiling {mode}...[/dim]"),
                           repeats=repeats)
-    settings = getattr(chosen, stage)
-    table = Table(title=f"profile: {stage} on {chosen.backbone.name}, {settings.data}, {steps} steps x {repeats} "
-                  f"(step 1 untimed), batch {settings.train.batch_size} x accum {settings.train.grad_accum}, "
-                  f"max_length {settings.max_length}")
-    for column in ("run", "attention", "useful tokens/s", "padding", "samples/s", "peak RSS GiB", "peak GPU GiB",
-                   "vs TRL"):
-        table.add_column(column, justify="left" if column in ("run", "attention") else "right")
-    reference = next((r for r in rows if r.mode == "trl" and r.seconds), None)
-    for row in rows:
-        if row.note:
-            table.add_row(row.label, "", row.note, "", "", "", "", "")
-            continue
-        ratio = f"{row.tokens_per_s / reference.tokens_per_s:.2f}x" if reference else ""
-        gpu = "-" if row.peak_gpu_gib is None else f"{row.peak_gpu_gib:.2f}"
-        table.add_row(row.label, row.attention, f"{row.tokens_per_s:,.0f}", f"{row.padding:.1%}",
-                      f"{row.samples_per_s:.2f}", f"{row.peak_rss_gib:.2f}", gpu, ratio)
-    stdout.print(table)
-    packed = next((r for r in rows if r.mode == "packed" and r.seconds), None)
-    unpacked = next((r for r in rows if r.mode == "rows" and r.seconds), None)
-    if packed and unpacked:
-        stdout.print(f"packing on / off: {packed.tokens_per_s / unpacked.tokens_per_s:.2f}x useful tokens/s")
+    print_profile(rows, chosen, stage, steps, repeats, stdout)
     if out:
         write_profile(rows, out, {"recipe": str(recipe), "stage": stage, "steps": steps, "repeats": repeats,
                                   "device": "cuda" if _cuda() else "cpu"})
@@ -271,78 +234,6 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _print_plan(report: dict) -> None:
-    tokens, image_tokens, memory = report["tokens"], report["image_tokens"], report["memory"]
-    stdout.print(f"[bold]{report['stage']}[/bold] on {report['backbone']['name']}: {report['samples']} samples "
-                 f"from {report['data']}, images: {report['images']['strategy']}")
-    print_mixture(report["mixture"])
-    table = Table(title="tokens per sample (text + image)")
-    for column in ("min", "median", "p95", "max", "image tokens (median / max)", "padding"):
-        table.add_column(column, justify="right")
-    table.add_row(str(tokens["min"]), f"{tokens['median']:g}", str(tokens["p95"]), str(tokens["max"]),
-                  f"{image_tokens['median']:g} / {image_tokens['max']}",
-                  f"{report['padding']['fraction']:.1%} at batch {report['padding']['batch_size']}"
-                  + (" (packed, at most)" if report["padding"]["packed"] else ""))
-    stdout.print(table)
-    if report.get("packing"):
-        packing = report["packing"]
-        stdout.print(f"packing: {packing['samples']} samples in {packing['rows']} rows of up to "
-                     f"{packing['max_length']} tokens ({packing['samples_per_row']:g} per row, "
-                     f"{packing['fill']:.1%} full)")
-    if report["over_max_length"]:
-        action = "dropped" if report["on_overlong"] == "drop" else "fatal (on_overlong: error)"
-        stdout.print(f"[yellow]{report['over_max_length']} sample(s) longer than max_length={report['max_length']}: "
-                     f"{action}; never cut[/yellow]")
-    if report["over_image_cap"]:
-        stdout.print(f"{report['over_image_cap']} sample(s) have more than {report['image_cap']} images: the cap "
-                     f"keeps {report['images']['keep']} ones")
-    terms = Table(title=f"estimated peak GPU memory (GiB), budget {memory['budget_gib']:g}")
-    for name in memory["terms_gib"]:
-        terms.add_column(name, justify="right")
-    terms.add_row(*(f"{v:.2f}" for v in memory["terms_gib"].values()))
-    stdout.print(terms)
-    if memory["fits"]:
-        stdout.print(f"[green]fits: {memory['terms_gib']['total']:.1f} of {memory['budget_gib']:g} GiB[/green]")
-    else:
-        stdout.print(f"[red]over budget: {memory['terms_gib']['total']:.1f} of {memory['budget_gib']:g} GiB; "
-                     "lower, largest first:[/red]")
-        for line in memory["advice"]:
-            stdout.print(f"  - {line}")
-
-
-def print_mixture(sources: list[dict]) -> None:
-    """The realised mixture: per source its format, rows available, rule, rows taken, tokens and share."""
-    table = Table(title="mixture (rows taken by each source's sampling rule)")
-    for column in ("source", "format", "rows", "sampling", "taken", "tokens", "share"):
-        table.add_column(column, justify="left" if column in ("source", "format", "sampling") else "right")
-    for s in sources:
-        table.add_row(s["path"], s["format"], f"{s['available']:,}", s["sampling"], f"{s['taken']:,}",
-                      f"{s['tokens']:,}", f"{s['share']:.1%}")
-    stdout.print(table)
-
-
-def _report(result) -> None:
-    from ecomtune.runtime import is_main_process
-
-    if not is_main_process():
-        return
-    m = result.manifest
-    if result.model is None:  # --resume on a finished run: nothing was trained
-        return
-    if not result.complete:
-        stdout.print(f"[yellow]{m['stage']} stopped at step {m['metrics']['global_step']} before its last step: "
-                     f"nothing final was saved; continue with --resume --output {result.output}[/yellow]")
-        return
-    trained = ", ".join(f"{r['component']} ({r['mode']}, {r['trainable']:,} params)"
-                        for r in m["parameters"] if r["trainable"])
-    metrics = m["metrics"]
-    stdout.print(f"[bold]{m['stage']}[/bold] on {m['backbone']['name']}: trained {trained}")
-    loss = "-" if metrics.get("train_loss") is None else f"{metrics['train_loss']:.4f}"
-    stdout.print(f"  steps {metrics['global_step']}, final mean train loss {loss}, "
-              f"{metrics.get('train_runtime', 0):.1f}s")
-    stdout.print(f"  saved to {result.output} (manifest.json, {', '.join(m['outputs'])})")
 
 
 bench_app = typer.Typer(help="The compact benchmark suite.", invoke_without_command=True, no_args_is_help=False)
@@ -458,21 +349,12 @@ def bench_strategies(
 ) -> None:
     """Train one tiny model per multi-image strategy and compare visual tokens, items/s and item F1."""
     _quiet_libraries()
+    from ecomtune.bench.report import print_strategy_study
     from ecomtune.bench.strategy_study import run_strategy_study
 
     chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
     report = run_strategy_study(output, chosen, items, seed, steps, sets, overwrite)
-    table = Table(title=f"multi-image strategies on {report['items']} held-out catalog items (item-intelligence)")
-    for column in ("strategy", "images / item", "visual tokens / item", "predict items/s", "F1", "precision",
-                   "recall", "JSON parse rate"):
-        table.add_column(column, justify="left" if column == "strategy" else "right")
-    for name, row in report["strategies"].items():
-        scores = row["scores"]
-        table.add_row(name, f"{row['images_per_item']['median']:g} (max {row['images_per_item']['max']})",
-                      f"{row['visual_tokens_per_item']['median']:g} (max {row['visual_tokens_per_item']['max']})",
-                      f"{row['predict_items_per_second']:.2f}", f"{scores['f1']:.3f}", f"{scores['precision']:.3f}",
-                      f"{scores['recall']:.3f}", f"{scores['json_parse_rate']:.2f}")
-    stdout.print(table)
+    print_strategy_study(report, stdout)
     stdout.print(f"study: {output / 'study.json'}")
 
 
@@ -566,11 +448,9 @@ def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL fo
     """Originals plus one square crop per boxed image, de-duplicated and capped; prints images and visual
     tokens per item before and after."""
     _quiet_libraries()
-    from statistics import median
-
     from ecomtune.backbones.loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
-    from ecomtune.data.item_crops import boxes_from_file, crop_file
+    from ecomtune.data.item_crops import boxes_from_file, crop_file, print_crop_summary
     from ecomtune.errors import ConfigError
 
     if grounding_coords not in ("auto", "pixels", "norm1000", "resized"):
@@ -589,15 +469,7 @@ def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL fo
         stdout.print(f"grounding {grounding}: {found['boxes']} boxes on {found['images']} images "
                      f"({found['dropped']} outside their image, dropped)")
     summaries = crop_file(items, out_dir, boxes_for, processor, margin, max_images, threshold, overwrite, boxes)
-    table = Table(title=f"ecomtune crop: {len(summaries)} items -> {out_dir / 'items.jsonl'}")
-    for column in ("per item", "median before", "median after", "max before", "max after"):
-        table.add_column(column, justify="left" if column == "per item" else "right")
-    for label, before, after in (("images", "images_before", "images_after"),
-                                 ("visual tokens", "tokens_before", "tokens_after")):
-        b = [getattr(s, before) for s in summaries]
-        a = [getattr(s, after) for s in summaries]
-        table.add_row(label, f"{median(b):g}", f"{median(a):g}", str(max(b)), str(max(a)))
-    stdout.print(table)
+    print_crop_summary(summaries, out_dir, stdout)
 
 
 @app.command()

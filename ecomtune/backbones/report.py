@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.console import Console
+from rich.table import Table
+
 from ecomtune.backbones.families import FAMILIES
 from ecomtune.backbones.spec import BackboneSpec, ResolvedRoles, RoleOverrides, resolve_roles
 
@@ -70,3 +73,32 @@ def inspect_backbone(name: str, overrides: RoleOverrides | None = None) -> Inspe
     found_by = "recipe paths" if overrides and any(vars(overrides).values()) else (
         "inspection (generic fallback)" if backbone.spec.is_generic else f"registry spec {backbone.spec.family}")
     return Inspection(backbone.source, backbone.spec.family, type(model).__name__, roles, found_by, counts)
+
+
+def print_inspection(found: Inspection, stdout: Console) -> None:
+    """`ecomtune backbones --inspect`: the model's class, how its roles were found, parameters per component."""
+    stdout.print(f"{found.source}: {found.model_class} ({found.family}), roles found by {found.found_by}",
+                 markup=False, highlight=False, soft_wrap=True)
+    table = Table()
+    for column in ("component", "module path", "parameters"):
+        table.add_column(column, justify="right" if column == "parameters" else "left")
+    paths = {"vision_tower": found.roles.vision_tower, "projector": "\n".join(found.roles.projector),
+             "language_model": f"{found.roles.language_model}\n{found.roles.lm_head}", "other": ""}
+    for component, path in paths.items():
+        if component in found.parameters:
+            table.add_row(component, path, f"{found.parameters[component]:,}")
+    table.add_row("all", "", f"{sum(found.parameters.values()):,}", style="bold")
+    stdout.print(table)
+
+
+def print_capabilities(stdout: Console) -> None:
+    """`ecomtune backbones`: the capability matrix, one row per family."""
+    rows = capability_rows()
+    table = Table(title="ecomtune backbones: one row per family (--inspect MODEL for any other model)",
+                  show_lines=True)
+    for column in rows[0]:
+        # hub ids and module paths are copied whole; other cells wrap, never cut
+        table.add_column(column, no_wrap=column in ("aliases -> hub ids", "projector"), overflow="fold")
+    for row in rows:
+        table.add_row(*row.values())
+    stdout.print(table)

@@ -99,3 +99,18 @@ def compare_table(before: dict[str, Any], after: dict[str, Any], labels: tuple[s
 
 def print_table(table: Table) -> None:
     Console().print(table)
+
+
+def print_strategy_study(report: dict[str, Any], stdout: Console) -> None:
+    """`ecomtune bench strategies`: per strategy, images and visual tokens per item, speed and item F1."""
+    table = Table(title=f"multi-image strategies on {report['items']} held-out catalog items (item-intelligence)")
+    for column in ("strategy", "images / item", "visual tokens / item", "predict items/s", "F1", "precision",
+                   "recall", "JSON parse rate"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for name, row in report["strategies"].items():
+        scores = row["scores"]
+        table.add_row(name, f"{row['images_per_item']['median']:g} (max {row['images_per_item']['max']})",
+                      f"{row['visual_tokens_per_item']['median']:g} (max {row['visual_tokens_per_item']['max']})",
+                      f"{row['predict_items_per_second']:.2f}", f"{scores['f1']:.3f}", f"{scores['precision']:.3f}",
+                      f"{scores['recall']:.3f}", f"{scores['json_parse_rate']:.2f}")
+    stdout.print(table)

@@ -182,3 +182,20 @@ def _crop_samples(samples: list, out_dir: Path, boxes_for: Callable[[str], list]
                                      count_image_tokens(processor, result.images)))
     write_jsonl_atomic(out_dir / "items.jsonl", records)
     return summaries
+
+
+def print_crop_summary(summaries: Sequence, out_dir: Path, stdout) -> None:
+    """`ecomtune crop`: images and visual tokens per item before and after, median and max."""
+    from statistics import median
+
+    from rich.table import Table
+
+    table = Table(title=f"ecomtune crop: {len(summaries)} items -> {out_dir / 'items.jsonl'}")
+    for column in ("per item", "median before", "median after", "max before", "max after"):
+        table.add_column(column, justify="left" if column == "per item" else "right")
+    for label, before, after in (("images", "images_before", "images_after"),
+                                 ("visual tokens", "tokens_before", "tokens_after")):
+        b = [getattr(s, before) for s in summaries]
+        a = [getattr(s, after) for s in summaries]
+        table.add_row(label, f"{median(b):g}", f"{median(a):g}", str(max(b)), str(max(a)))
+    stdout.print(table)
