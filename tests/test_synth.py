@@ -111,3 +111,32 @@ def test_mid_set_recaptions_every_training_view_and_reads_only_the_drawn_text(ca
             for answer in reads[path]:
                 read = answer.split("\n")
                 assert any(lines[i:i + len(read)] == read for i in range(len(lines))), (path, answer, lines)
+
+
+def test_seller_listings_keep_their_truth_apart_and_it_matches_the_pictures(catalog):
+    """`listings.jsonl` is what a seller typed (names and values spelled any way, wrong colours and patterns,
+    aspects no picture shows, boilerplate); `listings-truth.jsonl` says which is which, exactly."""
+    from collections import Counter
+
+    from ecomtune.bench.metrics import normalise
+
+    items = {d["item_id"]: d for d in map(json.loads, catalog["items"].read_text().splitlines())}
+    listings = [json.loads(line) for line in catalog["listings"].read_text().splitlines()]
+    truth = {t["id"]: t["aspects"] for t in map(json.loads, catalog["listings_truth"].read_text().splitlines())}
+    assert [listing["id"] for listing in listings] == list(items) == list(truth)
+    statuses: Counter = Counter()
+    for listing in listings:
+        pictured_by = items[listing["id"]]["attributes"]
+        assert "truth" not in listing and all((catalog["listings"].parent / p).is_file() for p in listing["images"])
+        assert [e["name"] for e in truth[listing["id"]]] == list(listing["aspects"])
+        for entry in truth[listing["id"]]:
+            statuses[(entry["aspect"], entry["status"])] += 1
+            assert listing["aspects"][entry["name"]] == entry["value"]
+            pictured = None if entry["status"] == "boilerplate" else pictured_by.get(entry["aspect"])
+            assert entry["truth"] == pictured and (entry["status"] in ("not_visible", "boilerplate")) == (
+                pictured is None)
+            if pictured is not None:
+                assert (normalise(entry["value"]) == normalise(pictured)) == (entry["status"] == "right")
+    for seen in (("colour", "wrong"), ("pattern", "wrong"), ("colour", "right"), ("size", "not_visible")):
+        assert statuses[seen], seen
+    assert any(status == "boilerplate" for _, status in statuses)

@@ -128,7 +128,7 @@ class GenerationCache:
         appended to the cache (synced) as soon as it is answered. Call inside `opened()`."""
         keys = [self.key(generator, r, max_new_tokens) for r in requests]
         todo = {k: r for k, r in zip(keys, requests, strict=True) if k not in self.answers}
-        self.hits += sum(1 for k in keys if k not in todo)
+        self.hits += len(keys) - len(todo)  # answered without generating: cached, or asked twice here
         missing = list(todo)
         done = 0
         for batch in generator.batches(list(todo.values()), max_new_tokens, batch_size) if todo else ():

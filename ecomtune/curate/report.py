@@ -77,10 +77,9 @@ def truth_table(report: dict[str, Any]) -> Table:
                    "boilerplate removed"):
         table.add_column(column, justify="left" if column == "aspect" else "right")
     for aspect, row in report["truth"].items():
-        boilerplate = shares({**row, "not_visible": row["boilerplate"], "not_visible_kept": row["boilerplate_kept"]})
-        table.add_row(aspect, str(row["wrong"]), _pct(row["wrong_removed"]), str(row["right"]), _pct(row["right_kept"]),
-                      str(row["not_visible"]), _pct(row["not_visible_removed"]),
-                      _pct(boilerplate["not_visible_removed"]))
+        table.add_row(aspect, str(row["wrong"]), _pct(row["wrong_removed_share"]), str(row["right"]),
+                      _pct(row["right_kept_share"]), str(row["not_visible"]), _pct(row["not_visible_removed_share"]),
+                      _pct(row["boilerplate_removed_share"]))
     return table
 
 

@@ -66,7 +66,7 @@ def run_generation_step(listings: list[Listing], log: StepLog, cache: Generation
             todo.append((listing, requests, key))
         elif on_progress is not None:
             on_progress(1)
-    chunk = max(1, batch_size * CHUNK_BATCHES)
+    chunk = max(1, int(batch_size * CHUNK_BATCHES))
     with log.opened(), cache.opened():
         for start in range(0, len(todo), chunk):
             part = todo[start:start + chunk]

@@ -62,10 +62,12 @@ def score_against_truth(truth: dict[str, list[dict]], clean: dict[str, dict], ve
 
 
 def shares(row: dict[str, int]) -> dict[str, float | None]:
-    """wrong_removed, right_kept, not_visible_removed as fractions (None where there were none)."""
+    """The shares of wrong values removed, right ones kept and not-visible ones removed (None where there were
+    none)."""
     def share(part: int, whole: int) -> float | None:
         return part / whole if whole else None
 
-    return {"wrong_removed": share(row["wrong"] - row["wrong_kept"], row["wrong"]),
-            "right_kept": share(row["right_kept"], row["right"]),
-            "not_visible_removed": share(row["not_visible"] - row["not_visible_kept"], row["not_visible"])}
+    return {"wrong_removed_share": share(row["wrong"] - row["wrong_kept"], row["wrong"]),
+            "right_kept_share": share(row["right_kept"], row["right"]),
+            "not_visible_removed_share": share(row["not_visible"] - row["not_visible_kept"], row["not_visible"]),
+            "boilerplate_removed_share": share(row["boilerplate"] - row["boilerplate_kept"], row["boilerplate"])}
