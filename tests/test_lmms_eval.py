@@ -2,8 +2,9 @@
 
 The end-to-end test runs lmms-eval's own Qwen2-VL class on a tiny Qwen2-VL folder (what `ecomtune export` writes)
 and checks its scores and every answer against `ecomtune bench`. That class sends each image through JPEG at
-quality 85, which a random tiny model notices; the test's images are flat 8x8 blocks of grey levels that JPEG
-stores exactly (checked with the harness's own encoder), so any difference left is a difference in the tasks.
+quality 85 and resizes it to sides that are multiples of 28 (qwen_vl_utils) before the processor, which a random
+tiny model notices. The test's images are 112 pixels a side and flat 8x8 blocks of grey levels that JPEG stores
+exactly (checked with the harness's own encoder), so any difference left is a difference in the tasks.
 """
 
 from __future__ import annotations

@@ -117,7 +117,12 @@ def readme_text(tasks: list[Task], data: Path) -> str:
             "`--model`: lmms-eval's class for the model's family (qwen2_vl for Qwen2-VL; on CPU add "
             "`,device=cpu,device_map=cpu` to --model_args). "
             f"Tasks: {names} (group `{GROUP}`: all of them). Each reports the metrics `ecomtune bench` prints, "
-            "scored by ecomtune's own scorers over all examples.\n")
+            "scored by ecomtune's own scorers over all examples.\n\n"
+            "Prompts, images, generation length and scoring are ecomtune's. The model class does two image steps of "
+            "its own: lmms-eval's qwen2_vl re-encodes every image as JPEG (quality 85) and resizes it with "
+            "qwen_vl_utils (sides to multiples of 28) before the processor, where `ecomtune bench` gives the "
+            "processor the decoded file. A model that notices those changes can answer differently; on images that "
+            "JPEG stores exactly and whose sides are multiples of 28 the answers are the same.\n")
 
 
 def check_data(tasks: list[Task], data: Path, root: Path) -> tuple[dict[str, int], list[str]]:
