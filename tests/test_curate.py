@@ -238,3 +238,25 @@ def test_curate_command_prints_the_tables_and_refuses_bad_input_in_one_message(c
     refused = run_cli("curate", str(bad), "--out", str(tmp_path / "x"), "--verify", "vqa", "--verifier",
                       "tiny-qwen2-vl")
     assert refused.returncode == 2 and f"{bad}:1" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_text_only_llm_verifies_captions_and_is_refused_where_images_are_shown(catalog, tmp_path):
+    """The paper's verifier is a text LLM reading captions: any `...ForCausalLM` folder works in caption mode."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from ecomtune.backbones.registry import resolve_backbone
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("tiny-qwen2-vl").source)
+    torch.manual_seed(0)
+    llm = tmp_path / "llm"
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(llm)
+    tokenizer.save_pretrained(llm)
+    options = CurateOptions(captioner="tiny-qwen2-vl", verifier=str(llm), limit=3, caption_tokens=8, verify_tokens=8)
+    report = run_curate(catalog["listings"], tmp_path / "c", options)
+    assert report["throughput"]["verify"]["generated"] == 3 and report["settings"]["verifier"] == str(llm)
+    assert sum(sum(row[v] for v in VERDICTS) for row in report["aspects"].values()) == sum(
+        row["clean_kept"] for row in report["aspects"].values()), "every cleaned aspect has a verdict"
+    with pytest.raises(ConfigError, match="text-only model"):
+        run_curate(catalog["listings"], tmp_path / "d", CurateOptions(verifier=str(llm), verify="vqa"))

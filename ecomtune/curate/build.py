@@ -33,6 +33,8 @@ def listing_instructions(listing: Listing, verdicts: list[dict[str, str]], optio
                                        options, [a for a in attributes if a in options], rng)
 
 
-def caption_record(listing: Listing, caption: str) -> dict | None:
-    """A caption as an align / mid sample on the primary image, None for an empty caption."""
-    return prompts.chat_record(listing.images[:1], prompts.caption_prompt(), caption) if caption.strip() else None
+def caption_records(listing: Listing, captions: list[str]) -> list[dict]:
+    """Align / mid samples: each captioned image (the primary, or all of them) with its own caption; empty
+    captions are left out."""
+    return [prompts.chat_record([image], prompts.caption_prompt(), caption)
+            for image, caption in zip(listing.images, captions, strict=False) if caption.strip()]

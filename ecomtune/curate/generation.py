@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ecomtune.errors import ConfigError
 from ecomtune.runs.appendlog import append_synced, appending, complete_records
 from ecomtune.runs.endpoint import ChatEndpoint, is_endpoint
 
@@ -79,14 +80,89 @@ class EndpointGenerator:
                    for r in requests[start:start + batch_size]]
 
 
+def _causal_lm_architectures(spec: str) -> list[str] | None:
+    """The architectures of a text-only model (every one a `...ForCausalLM`), None for anything else. Read from
+    a folder's config.json, or a hub model's config when it can be fetched; a VLM, an alias or an unreachable hub
+    id is left to ecomtune's loader, which explains what is wrong."""
+    config = Path(spec) / "config.json"
+    try:
+        if config.is_file():
+            architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+        elif spec.count("/") == 1 and not Path(spec).exists():
+            from transformers import AutoConfig
+
+            architectures = getattr(AutoConfig.from_pretrained(spec), "architectures", None) or []
+        else:
+            return None
+    except Exception:  # any failure means "not known to be a text LLM": the loader then says what is wrong
+        return None
+    return architectures if architectures and all(a.endswith("ForCausalLM") for a in architectures) else None
+
+
+@dataclass
+class TextLLMGenerator:
+    """A text-only LLM (the paper's verifier reads captions with one): `AutoModelForCausalLM`, the tokenizer's
+    chat template when it has one, greedy left-padded batches. It cannot see images."""
+
+    spec: str
+    fingerprint: str = ""
+    _loaded: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.fingerprint:
+            config = Path(self.spec) / "config.json"
+            weights = sorted(Path(self.spec).glob("*.safetensors")) if config.is_file() else []
+            parts = [config.read_text(encoding="utf-8") if config.is_file() else self.spec]
+            parts += [f"{w.name}:{w.stat().st_size}" for w in weights]
+            self.fingerprint = "text-llm:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._loaded is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(self.spec)
+            tokenizer.padding_side = "left"
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self._loaded = (AutoModelForCausalLM.from_pretrained(self.spec).eval(), tokenizer)
+        return self._loaded
+
+    def _text(self, tokenizer: Any, prompt: str) -> str:
+        if not tokenizer.chat_template:
+            return prompt
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=False)
+
+    def batches(self, requests: list[Request], max_new_tokens: int, batch_size: int) -> Iterator[list[str]]:
+        import torch
+
+        model, tokenizer = self._load()
+        for start in range(0, len(requests), batch_size):
+            texts = [self._text(tokenizer, r.prompt) for r in requests[start:start + batch_size]]
+            inputs = tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            yield [a.strip() for a in tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:],
+                                                             skip_special_tokens=True)]
+
+
 def make_generator(spec: str, option: str, load_in_4bit: bool | None = None, endpoint_model: str = "default",
-                   allow_plain_http: bool = False) -> Generator:
-    """The generator a `--captioner` / `--verifier` argument names: an http(s) URL or anything ecomtune loads.
-    An endpoint's API key (`ECOMTUNE_API_KEY`) is checked for safe transport before any work starts."""
+                   allow_plain_http: bool = False, needs_images: bool = True) -> Generator:
+    """The generator a `--captioner` / `--verifier` argument names: an http(s) URL, a text-only LLM (folder or hub
+    id; only where no image is shown, `needs_images=False`), or anything ecomtune loads as a VLM. An endpoint's
+    API key (`ECOMTUNE_API_KEY`) is checked for safe transport before any work starts."""
     if is_endpoint(spec):
         endpoint = ChatEndpoint(spec, endpoint_model)
         endpoint.check_key_safety(option, allow_plain_http)
         return EndpointGenerator(spec, endpoint)
+    architectures = _causal_lm_architectures(spec)
+    if architectures is not None:
+        if needs_images:
+            raise ConfigError(f"{option} {spec} is a text-only model ({', '.join(architectures)}): it cannot look at "
+                              "images", fix="use a vision-language model here; a text LLM can verify captions "
+                              "(--verify caption --verifier LLM)")
+        return TextLLMGenerator(spec)
     return LocalGenerator(spec, load_in_4bit)
 
 

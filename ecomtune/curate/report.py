@@ -19,17 +19,18 @@ EXAMPLES_PER_VERDICT = 2
 
 
 def aspect_counts(clean_lines: list[dict], verdict_lines: list[dict]) -> dict[str, dict[str, int]]:
-    """Per canonical aspect: how often sellers gave it, what cleaning did (ACTIONS) and each verdict."""
+    """Per canonical aspect: how often sellers gave it, what cleaning did (`clean_<action>`, ACTIONS) and how
+    often each verdict was given."""
     counts: dict[str, Counter] = {}
     for line in clean_lines:
         for entry in line["log"]:
             row = counts.setdefault(entry["aspect"], Counter())
             row["given"] += 1
-            row[entry["action"]] += 1
+            row[f"clean_{entry['action']}"] += 1
     for line in verdict_lines:
         for verdict in line["verdicts"]:
             counts.setdefault(verdict["aspect"], Counter())[verdict["verdict"]] += 1
-    keys = ("given", *ACTIONS, *VERDICTS)
+    keys = ("given", *(f"clean_{action}" for action in ACTIONS), *VERDICTS)
     return {aspect: {k: row.get(k, 0) for k in keys} for aspect, row in sorted(counts.items(),
                                                                               key=lambda kv: -kv[1]["given"])}
 
@@ -65,7 +66,7 @@ def aspect_table(report: dict[str, Any]) -> Table:
     for column in ("aspect", "given", "dropped in clean", "kept", "contradicted", "not visible", "unparsed"):
         table.add_column(column, justify="left" if column == "aspect" else "right")
     for aspect, row in report["aspects"].items():
-        dropped = row["given"] - row["kept"]
+        dropped = row["given"] - row["clean_kept"]
         table.add_row(aspect, str(row["given"]), str(dropped), str(row["supported"]), str(row["contradicted"]),
                       str(row["not_visible"]), str(row["unparsed"]))
     return table

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ecomtune.bench import prompts
-from ecomtune.curate.build import caption_record, listing_instructions
+from ecomtune.curate.build import caption_records, listing_instructions
 from ecomtune.curate.clean import clean_aspects, vocabulary
 from ecomtune.curate.generation import GenerationCache, Generator, Request, make_generator
 from ecomtune.curate.listings import Listing, read_listings
@@ -140,7 +140,7 @@ def run_curate(listings: Path, out: Path, options: CurateOptions, console: Conso
             "allow_plain_http": options.plain_http}
     captioner = make_generator(options.captioner, "--captioner", **make) if options.captioner else None
     verifier = captioner if options.verifier == options.captioner and captioner else make_generator(
-        options.verifier, "--verifier", **make)
+        options.verifier, "--verifier", needs_images=options.verify == "vqa", **make)
     guarded = _guarded(listings, read.listings, options)
     check_location(out, guarded, "--out")
     if options.cache:
@@ -268,8 +268,9 @@ def _build(folder: Path, out: Path, listings: list[Listing], steps: dict[str, St
     write_jsonl_atomic(folder / "instruct.jsonl", instruct)
     outputs = {"instruct": str(out / "instruct.jsonl"), "report": str(out / "report.json"), "captions": None}
     if options.captioner:
-        captions = [caption_record(listing, steps["captions"].lines[listing.id]["caption"]) for listing in listings]
-        write_jsonl_atomic(folder / "captions.jsonl", [c for c in captions if c is not None])
+        captions = [record for listing in listings
+                    for record in caption_records(listing, steps["captions"].lines[listing.id]["captions"])]
+        write_jsonl_atomic(folder / "captions.jsonl", captions)
         outputs["captions"] = str(out / "captions.jsonl")
     throughput["build"] = _rate({"model": None, "done": len(listings), "skipped": 0, "generated": 0, "cached": 0,
                                  "seconds": time.perf_counter() - started})
