@@ -113,16 +113,30 @@ def test_header_says_when_and_how_to_launch(preset):
         assert multi and all("--machine_rank" in c and "--main_process_ip" in c for c in multi)
 
 
+@pytest.fixture
+def bf16_gpu(monkeypatch):
+    """torch answers as on an Ampere-or-newer GPU (compute dtype bfloat16), for the checks only."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+
+
 @pytest.mark.parametrize("preset", PRESET_FILES, ids=lambda p: p.stem)
-def test_preset_launch_reads_as_its_engine_and_the_tiny_recipe_fits(preset):
+def test_preset_launch_reads_as_its_engine_and_the_tiny_recipe_fits(preset, bf16_gpu):
     env, processes = launch_env(preset)
-    setup = read_setup(env, gpu=True)
+    setup = read_setup(env)
     assert setup.engine == EXPECTED[preset.stem][1] and setup.processes == processes
     recipe = tiny_recipe()
-    check_engine(recipe, "sft", setup)  # the shipped recipe needs no change for any preset
+    check_engine(recipe, "sft", setup)  # on bf16 GPUs the shipped recipe needs no change for any preset
     built = recipe_for_engine(recipe, "sft", setup).sft.quant.quant_storage
-    assert built == ("uint8" if not setup.shards_parameters else "float32")  # float32: CPU's compute dtype
+    assert built == ("bfloat16" if setup.shards_parameters else "uint8")
     assert recipe.sft.quant.quant_storage == "auto", "the recipe itself (manifest, --resume) keeps auto"
+
+
+def test_deepspeed_precision_must_be_the_one_ecomtune_trains_in():
+    setup = read_setup(launch_env(PRESETS / "deepspeed-zero3-qlora.yaml")[0])
+    assert setup.mixed_precision == "bf16"
+    fix = problems_at(tiny_recipe(), "sft", setup)["accelerate config: mixed_precision"]  # this CPU trains in fp32
+    assert "--mixed_precision no" in fix
 
 
 def test_fsdp_preset_follows_the_peft_qlora_settings():
@@ -280,3 +294,48 @@ def test_a_mismatch_stops_the_command_before_anything_loads(tmp_path):
     assert "Traceback" not in result.stderr
     assert "sft.quant.quant_storage" in result.stderr and "zero3_save_16bit_model" in result.stderr
     assert not out.exists(), "refused before the output, the data or the model were touched"
+
+
+# --- a real sharded launch ---------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_zero3_qlora_on_two_cpu_processes_saves_a_plain_peft_adapter(tmp_path):
+    """The shipped ZeRO-3 preset, launched as its header says on 2 CPU processes (gloo; CPUs train without mixed
+    precision): ZeRO-3 shards the 4-bit tiny backbone's weights (stored as float32, the compute dtype here), and
+    the final save gathers adapter and projector into the files one process writes. (FSDP cannot be run here:
+    accelerate runs it on GPUs only.)"""
+    pytest.importorskip("deepspeed")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from ecomtune.backbones.registry import resolve_backbone
+
+    resolve_backbone("tiny-qwen2-vl", 0, None)  # built once here: two processes building it at once would race
+    out = tmp_path / "zero3"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(PRESETS / "deepspeed-zero3-qlora.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+              "-m", "ecomtune", "sft", "--recipe", str(TINY), "--output", str(out)]
+    overrides = {"max_steps": 3, "save_steps": 3, "batch_size": 2, "logging_steps": 1}
+    launch += [arg for key, value in overrides.items() for arg in ("--set", f"sft.train.{key}={value}")]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["global_step"] == 3 and manifest["recipe"]["sft"]["quant"]["load_in_4bit"]
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    projector = manifest["roles"]["projector"]
+    assert any(path in key for key in saved for path in projector), "the projector travels in the adapter"
+    assert all(t.numel() > 0 for t in saved.values()), "gathered whole, not the empty tensors of a shard"
+    assert any(t.abs().sum() > 0 for key, t in saved.items() if "lora_B" in key), "the adapter trained"
+
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(manifest["backbone"]["source"])
+    model = PeftModel.from_pretrained(base, str(out))
+    loaded = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
+    assert loaded and all(torch.equal(v, saved[k.replace(".default", "")]) for k, v in loaded.items())

@@ -157,11 +157,24 @@ def _placed_by_the_engine() -> bool:
     return is_fsdp_enabled() or is_deepspeed_zero3_enabled()
 
 
+def weightless_skeleton(backbone: ResolvedBackbone):
+    """The backbone's module tree on the meta device, built from its config alone: its layout, no weights.
+
+    Under a DeepSpeed ZeRO-3 launch transformers would partition and initialise any model it builds, which a
+    meta skeleton cannot take ("Cannot copy out of meta tensor"); `set_zero3_state` tells it that this one is
+    not to be partitioned."""
+    from transformers import AutoConfig
+    from transformers.modeling_utils import set_zero3_state
+
+    config = AutoConfig.from_pretrained(backbone.source, revision=backbone.revision)
+    with set_zero3_state(), torch.device("meta"):
+        return backbone.spec.model_class().from_config(config)
+
+
 def load_model(backbone: ResolvedBackbone, quant: QuantSettings, overrides: RoleOverrides | None = None):
     """Load the model for training: 4-bit LM when asked, the rest in the compute dtype. Under torchrun or
     accelerate each process puts its copy on its own GPU."""
     from accelerate import PartialState
-    from transformers import AutoConfig
 
     check_available(backbone)
     auto_class = backbone.spec.model_class()
@@ -171,10 +184,7 @@ def load_model(backbone: ResolvedBackbone, quant: QuantSettings, overrides: Role
         kwargs["device_map"] = {"": PartialState().local_process_index}
     if quant.load_in_4bit:
         # Role paths are known from the spec before loading; resolve them on a weightless skeleton.
-        config = AutoConfig.from_pretrained(backbone.source, revision=backbone.revision)
-        with torch.device("meta"):
-            skeleton = auto_class.from_config(config)
-        roles = resolve_roles(skeleton, backbone.spec, overrides)
+        roles = resolve_roles(weightless_skeleton(backbone), backbone.spec, overrides)
         skip = [*roles.projector, roles.lm_head] + ([] if quant.quantize_vision else [roles.vision_tower])
         kwargs["quantization_config"] = quantization_config(quant, skip)
     try:

@@ -15,6 +15,7 @@ PARALLELISM_CONFIG_*); `read_setup` reads them without starting a process group.
 - The classes FSDP wraps (FSDP_TRANSFORMER_CLS_TO_WRAP, else the model's own blocks) must exist in the model and
   include the vision tower's blocks (an unwrapped vision tower is gathered whole on every process).
 - ZeRO-3 must gather 16-bit weights at save (`zero3_save_16bit_model: true`), or the adapter is saved empty.
+- DeepSpeed's mixed precision must be the one ecomtune trains in (bf16 / fp16 on GPUs, none on CPUs).
 - align (projector only) runs on one process or DDP: with nothing but a small projector to train, a sharded
   engine only adds risk (the frozen base and the trainable projector would share FSDP units).
 - Packed rows are whole samples on one process; context / sequence parallelism splits rows across processes,
@@ -74,6 +75,7 @@ class LaunchSetup:
     wrap_classes: tuple[str, ...] = ()
     zero_stage: int = 0
     zero3_save_16bit: bool = False
+    mixed_precision: str = "no"
     sequence_shards: int = 1
     requested: Engine | None = None
 
@@ -83,6 +85,8 @@ class LaunchSetup:
         return self.engine == "fsdp" or (self.engine == "deepspeed" and self.zero_stage == 3)
 
     def describe(self) -> str:
+        if self.requested is not None:
+            return f"{self.requested.upper()} asked for, on a machine without GPUs"
         name = {"single": "one process", "ddp": "DDP", "fsdp": f"FSDP {self.fsdp_version}",
                 "deepspeed": f"DeepSpeed ZeRO-{self.zero_stage}"}[self.engine]
         return f"{name}, {self.processes} process(es)" if self.engine != "single" else name
@@ -127,6 +131,7 @@ def read_setup(env: Mapping[str, str] | None = None, gpu: bool | None = None) ->
     if _flag(env, "ACCELERATE_USE_DEEPSPEED") and not cpu:
         stage, saves = _deepspeed_settings(env)
         return LaunchSetup("deepspeed", processes, zero_stage=stage, zero3_save_16bit=saves,
+                           mixed_precision=env.get("ACCELERATE_MIXED_PRECISION", "no").lower(),
                            sequence_shards=_sequence_shards(env))
     if _flag(env, "ACCELERATE_USE_FSDP"):
         if gpu is None:
@@ -201,6 +206,23 @@ def _deepspeed_problems(setup: LaunchSetup) -> list[Problem]:
                     "set zero3_save_16bit_model: true (recipes/accelerate/deepspeed-zero3-qlora.yaml)")]
 
 
+def _precision_problems(quant: QuantSettings, stage_name: str, setup: LaunchSetup) -> list[Problem]:
+    """DeepSpeed builds its engine from the launch's mixed precision and refuses, at the first step, training
+    arguments that differ; ecomtune's come from the hardware and `quant.compute_dtype`."""
+    if setup.engine != "deepspeed":
+        return []
+    from ecomtune.backbones.loading import pick_compute_dtype
+    from ecomtune.train.trl_bridge import mixed_precision
+
+    wanted = mixed_precision(pick_compute_dtype(quant.compute_dtype))
+    if setup.mixed_precision == wanted:
+        return []
+    return [Problem(f"mixed_precision is '{setup.mixed_precision}', but this stage trains in '{wanted}' here "
+                    f"({stage_name}.quant.compute_dtype: {quant.compute_dtype}); DeepSpeed refuses the difference",
+                    "accelerate config: mixed_precision",
+                    f"launch with --mixed_precision {wanted} (or set mixed_precision: {wanted} in the config)")]
+
+
 def _packing_problems(packing: bool, stage_name: str, setup: LaunchSetup) -> list[Problem]:
     if not packing or setup.sequence_shards <= 1:
         return []
@@ -231,6 +253,7 @@ def engine_problems(recipe: Recipe, stage_name: str, setup: LaunchSetup) -> list
     return [*_storage_problems(stage.quant, stage_name, setup),
             *_optimizer_problems(stage.train.optimizer, stage_name, setup),
             *_fsdp_problems(stage_name, setup), *_deepspeed_problems(setup),
+            *_precision_problems(stage.quant, stage_name, setup),
             *_packing_problems(stage.packing, stage_name, setup)]
 
 
@@ -239,8 +262,8 @@ def check_engine(recipe: Recipe, stage_name: str, setup: LaunchSetup) -> None:
     problems = engine_problems(recipe, stage_name, setup)
     if problems:
         raise ConfigError(f"{stage_name}: the recipe does not fit the launch ({setup.describe()})", problems,
-                          fix="change the recipe keys named above (--set KEY=VALUE), or launch with another preset "
-                          "from recipes/accelerate/")
+                          fix="change the keys named above (a recipe key with --set KEY=VALUE, an accelerate "
+                          "config key in the --config_file), or launch with another preset from recipes/accelerate/")
 
 
 @dataclass(frozen=True)
@@ -257,14 +280,10 @@ class ModelClasses:
 def module_classes(backbone, overrides=None) -> ModelClasses:
     """The backbone's `ModelClasses`, from a weightless skeleton built on the meta device: the wrap list is
     checked before any weights load."""
-    import torch
-    from transformers import AutoConfig
-
+    from ecomtune.backbones.loading import weightless_skeleton
     from ecomtune.backbones.spec import resolve_roles
 
-    config = AutoConfig.from_pretrained(backbone.source, revision=backbone.revision)
-    with torch.device("meta"):
-        skeleton = backbone.spec.model_class().from_config(config)
+    skeleton = weightless_skeleton(backbone)
     roles = resolve_roles(skeleton, backbone.spec, overrides)
     blocks = {name for module in skeleton.modules() for name in (getattr(module, "_no_split_modules", None) or [])}
     vision = {type(m).__name__ for m in skeleton.get_submodule(roles.vision_tower).modules()}

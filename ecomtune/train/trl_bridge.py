@@ -42,10 +42,19 @@ from ecomtune.train.checkpoints import SealCheckpoints
 from ecomtune.train.packed_attention import use_packed_attention
 
 
+def mixed_precision(compute_dtype: torch.dtype) -> str:
+    """The mixed precision the trainer runs in, as accelerate names it: bf16 or fp16 on a GPU computing in that
+    dtype, "no" otherwise (CPUs train in float32). A DeepSpeed launch must say the same (`train.distributed`)."""
+    if not torch.cuda.is_available():
+        return "no"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute_dtype, "no")
+
+
 def sft_config(train: TrainSettings, output: Path, compute_dtype: torch.dtype):
     """TRL's SFTConfig from ecomtune's typed settings."""
     from trl import SFTConfig
 
+    precision = mixed_precision(compute_dtype)
     on_gpu = torch.cuda.is_available()
     return SFTConfig(
         output_dir=str(output),
@@ -68,8 +77,8 @@ def sft_config(train: TrainSettings, output: Path, compute_dtype: torch.dtype):
         seed=train.seed,
         data_seed=train.seed,
         dataloader_num_workers=train.dataloader_workers,
-        bf16=on_gpu and compute_dtype == torch.bfloat16,
-        fp16=on_gpu and compute_dtype == torch.float16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         use_cpu=not on_gpu,
         report_to="none",
         remove_unused_columns=False,  # the collator needs the raw `images` / `messages` columns
