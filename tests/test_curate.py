@@ -46,6 +46,7 @@ def test_clean_folds_names_and_values_and_logs_every_drop():
 
 def test_verdicts_are_read_tolerantly_and_the_unreadable_counted():
     assert parse_verdict("Not_visible.") == "not_visible" and parse_verdict("blah") is None
+    assert parse_verdict("not supported by the caption") == "not_visible" != parse_verdict("Supported.")
     damaged = '```json\n{"Color": {"verdict": "Supported", "evidence": "a red shirt"}, "pattern": "contradicts'
     found = caption_verdicts({"colour": "red", "pattern": "dotted", "size": "M"}, damaged)
     assert [(v["aspect"], v["verdict"]) for v in found] == [("colour", "supported"), ("pattern", "contradicted"),

@@ -23,8 +23,10 @@ from ecomtune.curate.generation import Request
 
 VERDICTS = ("supported", "contradicted", "not_visible", "unparsed")
 MODES = ("caption", "vqa")
-# Words a verifier may use for each verdict, longest phrases first when matched.
+# Words a verifier may use for each verdict; the earliest in an answer wins, so "not supported" is not read as
+# "supported" (a claim the caption does not back is not kept, whatever the reason).
 VERDICT_WORDS = {
+    "not supported": "not_visible", "unsupported": "not_visible", "no evidence": "not_visible",
     "not visible": "not_visible", "not shown": "not_visible", "not mentioned": "not_visible",
     "cannot tell": "not_visible", "can't tell": "not_visible", "unverifiable": "not_visible",
     "unknown": "not_visible", "supported": "supported", "supports": "supported", "consistent": "supported",
