@@ -28,6 +28,11 @@ The projector under FSDP / ZeRO-3: a LoRA stage trains it as PEFT's `modules_to_
 policy (which transformers applies to PEFT models) wraps every leaf layer with trainable weights in its own unit,
 so the copy shards apart from the frozen original; the final save gathers it with the adapter on rank 0 into the
 same `adapter_model.safetensors` a single GPU writes (under ZeRO-3 in the 16-bit dtype the engine trains in).
+Under FSDP with a 4-bit base, frozen weights are also brought back to the load dtype after PEFT's k-bit
+preparation upcast them (`uniform_frozen_dtype`), since an FSDP 1 unit is one flat tensor of one dtype.
+
+What has run here: ZeRO-3 QLoRA of the tiny backbone on 2 CPU processes (gloo), whose adapter equals a DDP run's
+and loads with plain peft (tests/test_distributed.py). FSDP needs GPUs and is checked, not run, on CPU machines.
 """
 
 from __future__ import annotations
