@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e ".[dev,eval]"  # eval: lmms-eval, so its end-to-end test runs too
+	$(PY) -m pip install -q -e ".[dev,eval,multigpu]"  # eval: lmms-eval, multigpu: deepspeed, so their end-to-end tests run too
 	touch $(STAMP)
 
 demo: $(STAMP)
