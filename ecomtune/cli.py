@@ -6,7 +6,6 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,18 +37,9 @@ OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a non-empty outp
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
+    from ecomtune.library_output import quiet_libraries
 
-    import transformers
-
-    # transformers 5.23 renames gradient_checkpointing; TRL 1.16 still reads the old name, so it stays.
-    warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning)
-
-    transformers.logging.set_verbosity_error()
-    import logging
-
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    quiet_libraries()
 
 
 def _recipe(recipe: Path | None, sets: list[str] | None, stage: str, backbone: str | None, data: Path | None,
@@ -146,7 +136,13 @@ def _stage_command(name: str, title: str, starts_from: tuple[str, ...]):
 
     def command(recipe: Path = RecipeOpt, backbone: str = BackboneOpt, data: Path = DataOpt, output: Path = OutputOpt,
                 init_from: Path = typer.Option(None, "--init-from", help=init_help), sets: list[str] = SetOpt,
-                resume: bool = ResumeOpt, overwrite: bool = OverwriteOpt, images: str = ImagesOpt) -> None:
+                resume: bool = ResumeOpt, overwrite: bool = OverwriteOpt, images: str = ImagesOpt,
+                verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' own output (weight "
+                                             "loading, warnings, the Trainer's bar and metric dicts); by default "
+                                             "it goes to train.log in the run folder.")) -> None:
+        from ecomtune.library_output import set_verbose
+
+        set_verbose(verbose)
         _quiet_libraries()
         from ecomtune.train.report import print_stage_result
         from ecomtune.train.stages import run_stage

@@ -210,6 +210,15 @@ class TrainSettings(StrictModel):
     )
     seed: int = Field(42, description="Seed for data order and adapter initialisation.")
     dataloader_workers: int = Field(0, ge=0, description="Worker processes that load and process images.")
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow"]] = Field(
+        default_factory=list, description="Experiment trackers that get the loss, learning rate, eval loss and "
+        "probe scores, with the recipe as the run's config. tensorboard writes to <output>/tensorboard offline; "
+        "each tracker's package must be installed.",
+    )
+    eval_steps: int | None = Field(
+        None, ge=1, description="Held-out loss every N steps (default: save_steps), when the stage has "
+        "eval_fraction or eval_data.",
+    )
 
     @field_validator("max_steps")
     @classmethod
@@ -297,6 +306,30 @@ def _data_kind(value: object) -> str:
     return "sources" if isinstance(value, list) else "path"
 
 
+class ProbeSettings(StrictModel):
+    """Benchmark tasks run on a few items while the stage trains, and the guard on general skill."""
+
+    data: Path = Field(..., description="Folder with <task>.jsonl benchmark files, as `ecomtune bench --data`.")
+    tasks: list[str] = Field(default_factory=lambda: ["general"], min_length=1,
+                             description="ecomtune bench tasks to probe (`general` is the retention check).")
+    items: int = Field(16, ge=1, description="Items per task (the first ones of each file).")
+    every: int = Field(50, ge=1, description="Probe every N optimizer steps (and at step 0).")
+    batch_size: int = Field(8, ge=1, description="Prompts per generation batch.")
+    general_drop_limit: float | None = Field(
+        None, gt=0, le=1, description="Largest allowed fall of the general score below its step-0 value "
+        "(accuracy points, e.g. 0.05). None = no guard.",
+    )
+    on_general_drop: Literal["warn", "stop"] = Field(
+        "warn", description="Past the limit: warn, or stop and keep the weights of the last probe within it.")
+
+    @model_validator(mode="after")
+    def _guard_needs_general(self) -> ProbeSettings:
+        if self.general_drop_limit is not None and "general" not in self.tasks:
+            refuse([RuleProblem("general_drop_limit", "set, but `general` is not among the probe's tasks",
+                                "add general to tasks, or remove general_drop_limit")])
+        return self
+
+
 # One path, or a list of sources: tagged so that a broken list reports only its own problems.
 StageData = Annotated[Annotated[Path, Tag("path")] | Annotated[list[DataSource], Tag("sources")],
                       Discriminator(_data_kind)]
@@ -328,6 +361,12 @@ class StageSettings(StrictModel):
     train: TrainSettings = Field(default_factory=TrainSettings, description="Optimizer and loop settings.")
     gpu_memory_gb: float = Field(24.0, gt=0, description="GPU memory one process may use; `ecomtune plan` "
                                  "compares its estimate with it and says what to lower.")
+    eval_fraction: float = Field(0.0, ge=0.0, lt=0.5, description="Hold out this share of the stage's samples "
+                                 "(seeded by train.seed) for an eval loss every train.eval_steps.")
+    eval_data: StageData | None = Field(None, description="Held-out data for the eval loss instead (same forms "
+                                        "as data).")
+    probe: ProbeSettings | None = Field(None, description="Benchmark tasks on a few items during training, and the "
+                                        "general-skill guard.")
 
     @model_validator(mode="after")
     def _stage_consistent(self) -> StageSettings:
@@ -341,6 +380,9 @@ class StageSettings(StrictModel):
         if self.packing and self.max_length is None:
             problems.append(RuleProblem("packing", "true, but max_length is None: packed rows need a length to fill",
                                         "set max_length (e.g. 2048) or disable packing"))
+        if self.eval_fraction > 0 and self.eval_data is not None:
+            problems.append(RuleProblem("eval_fraction", f"{self.eval_fraction}, and eval_data is set too",
+                                        "hold out a share of the data or give eval_data, not both"))
         if self.quant.quantize_vision and not self.quant.load_in_4bit:
             problems.append(RuleProblem(
                 "quant.quantize_vision", "true, but quant.load_in_4bit is false: there is no 4-bit base to put "

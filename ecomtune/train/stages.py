@@ -9,6 +9,7 @@ model -> set what trains per component -> train through TRL -> save standard out
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from ecomtune.data.sources.detect import MIXTURE_SUFFIXES
 from ecomtune.data.stage_samples import StageSamples, load_stage_samples, mixture_table
 from ecomtune.data.strategies import ref_paths
 from ecomtune.errors import ConfigError, DataError, Problem
+from ecomtune.library_output import LOG_FILE, capture_to, verbose
 from ecomtune.runs.manifest import finished_run, write_manifest
 from ecomtune.runs.outputs import Guarded, check_location, check_writable, locked, swap_in
 from ecomtune.runtime import decided_by_main, is_main_process
@@ -55,6 +57,15 @@ from ecomtune.train.trl_bridge import (
     restore_finished_checkpoint,
     sft_config,
     training_data,
+)
+from ecomtune.train.watch import (
+    METRICS_FILE,
+    BenchProbe,
+    LiveProgress,
+    RecipeToTrackers,
+    check_trackers,
+    probe_records,
+    quiet_trainer,
 )
 
 __all__ = ["PROJECTOR_FILE", "STAGES", "StageResult", "align_model", "load_aligned_projector", "lora_model",
@@ -129,9 +140,19 @@ def read_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> StageIn
 
 
 @dataclass
+class HeldOut:
+    """Samples kept apart for the eval loss (measured like the training samples; packed when the stage packs)."""
+
+    samples: list[Sample]
+    lengths: list[int]
+    packs: list[list[int]] | None
+    source: str  # "eval_fraction" or the eval_data it was read from
+
+
+@dataclass
 class PreparedData:
     """A stage's data, checked and measured: the samples kept, their stats and token lengths, the packed rows
-    (sample indices per row) when the stage packs, and the realised mixture."""
+    (sample indices per row) when the stage packs, the realised mixture, and the held-out samples if any."""
 
     backbone: ResolvedBackbone
     processor: Any
@@ -140,30 +161,66 @@ class PreparedData:
     lengths: list[int]
     packs: list[list[int]] | None
     read: StageSamples
+    held_out: HeldOut | None = None
 
 
 def prepare_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> PreparedData:
     """Everything before the model loads: `read_stage`, then measure every sample (over-long ones are an error or
     dropped, per on_overlong) and plan packed rows."""
     given = read_stage(recipe, stage, stage_name)
-    samples, stats, lengths = _length_report(given.processor, given.read.samples, stage,
-                                             given.backbone.spec.conversation)
+    conversation = given.backbone.spec.conversation
+    samples, stats, lengths = _length_report(given.processor, given.read.samples, stage, conversation)
     given.read.count_tokens(lengths, samples)
+    held_out = None
+    if stage.eval_fraction > 0:
+        samples, lengths, held_samples, held_lengths = split_held_out(samples, lengths, stage.eval_fraction,
+                                                                      stage.train.seed, f"{stage_name}.eval_fraction")
+        held_out = HeldOut(held_samples, held_lengths, None, "eval_fraction")
+    elif stage.eval_data is not None:
+        read = load_stage_samples(stage.eval_data, given.backbone.spec, stage.images, stage.train.seed,
+                                  f"{stage_name}.eval_data")
+        held_samples, _, held_lengths = _length_report(given.processor, read.samples, stage, conversation)
+        held_out = HeldOut(held_samples, held_lengths, None, str(stage.eval_data))
     packs = None
     if stage.packing:
         packs = plan_packs(lengths, [len(s.images) for s in samples], stage.max_length, stage.max_images_per_pack)
         stats["packing"] = packing_stats(packs, lengths, stage.max_length)
-    return PreparedData(given.backbone, given.processor, samples, stats, lengths, packs, given.read)
+        if held_out is not None:
+            held_out.packs = plan_packs(held_out.lengths, [len(s.images) for s in held_out.samples],
+                                        stage.max_length, stage.max_images_per_pack)
+    return PreparedData(given.backbone, given.processor, samples, stats, lengths, packs, given.read, held_out)
+
+
+def split_held_out(samples: list[Sample], lengths: list[int], fraction: float, seed: int,
+                   key: str) -> tuple[list[Sample], list[int], list[Sample], list[int]]:
+    """(train samples, their lengths, held-out samples, their lengths): a seeded share kept apart, at least one,
+    never all."""
+    import random
+
+    count = max(1, round(len(samples) * fraction))
+    if count >= len(samples):
+        raise ConfigError(f"{key} = {fraction} of {len(samples)} samples leaves none to train on",
+                          fix=f"lower {key}, or give more data")
+    chosen = set(random.Random(f"held-out:{seed}").sample(range(len(samples)), count))
+    train = [i for i in range(len(samples)) if i not in chosen]
+    held = sorted(chosen)
+    return ([samples[i] for i in train], [lengths[i] for i in train], [samples[i] for i in held],
+            [lengths[i] for i in held])
 
 
 def stage_data(prepared: PreparedData, model, stage: StageSettings):
-    """The (dataset, collator) a stage trains on. A packed run records the attention its rows go through."""
+    """The (dataset, collator) a stage trains on, and the held-out dataset (or None) for the same collator. A
+    packed run records the attention its rows go through."""
     spec = prepared.backbone.spec
     data = training_data(model, prepared.processor, prepared.samples, stage.train, stage.max_length,
                          spec.conversation, prepared.packs, spec.packing)
     if prepared.packs is not None:
         prepared.stats["packing"]["attention"] = language_attention(model)
-    return data
+    held = prepared.held_out
+    held_rows = None if held is None else training_data(
+        model, prepared.processor, held.samples, stage.train, stage.max_length, spec.conversation, held.packs,
+        spec.packing)[0]
+    return data, held_rows
 
 
 def _data_record(stage: StageSettings, prepared: PreparedData) -> dict[str, Any]:
@@ -171,8 +228,12 @@ def _data_record(stage: StageSettings, prepared: PreparedData) -> dict[str, Any]
     sha256 over all of them and the images used, and the token statistics."""
     images = [p for s in prepared.samples for ref in s.images for p in ref_paths(ref)]
     path = str(stage.data) if not isinstance(stage.data, list) else None
-    return {"path": path, "sources": mixture_table(prepared.read.sources),
-            "sha256": prepared.read.fingerprint(images), "tokens": prepared.stats}
+    record = {"path": path, "sources": mixture_table(prepared.read.sources),
+              "sha256": prepared.read.fingerprint(images), "tokens": prepared.stats}
+    if prepared.held_out is not None:
+        record["eval"] = {"source": prepared.held_out.source, "samples": len(prepared.held_out.samples),
+                          "train_samples": len(prepared.samples)}
+    return record
 
 
 def _save_align(trainer, model, roles: ResolvedRoles, processor, folder: Path) -> None:
@@ -314,7 +375,9 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
                           "nothing to resume")
             return StageResult(output, folder.finished)
         start = finished_run(init_from, "--init-from", stage_def.init_from) if init_from is not None else None
+        check_trackers(stage.train.report_to, f"{name}.train.report_to")
         prepared = prepare_stage(recipe, stage, name)
+        probe = _probe(stage, prepared, console)
         _check_data_for_launch(setup, prepared, name, recipe)
         check_location(output, _guarded(stage, prepared.read, recipe_file, init_from))
         common = _common_manifest(name, recipe, prepared.backbone, init_from)
@@ -322,26 +385,75 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
             clear_leftovers(folder)
             check_writable(folder.write_to)
             write_manifest(folder.write_to, status="running", **common)
-        compute_dtype = pick_compute_dtype(stage.quant.compute_dtype)
-        # ZeRO-3 partitions weights as they load only if the training arguments exist first (they hand
-        # DeepSpeed's config to transformers), so under DeepSpeed they are made before the model.
-        args = sft_config(stage.train, folder.write_to, compute_dtype) if setup.engine == "deepspeed" else None
-        model, roles, rows = _build(stage_def, name, recipe, setup, prepared, start)
-        data = stage_data(prepared, model, stage)
-        trainer = build_trainer(model, prepared.processor, data, stage.train, folder.write_to, compute_dtype,
-                                callbacks, args)
-        metrics = _train(trainer, folder.checkpoint, stage.train.max_steps)
-        manifest = {**common, "roles": asdict(roles), "parameters": [asdict(r) for r in rows],
-                    "data": _data_record(stage, prepared), "metrics": metrics,
-                    "outputs": stage_def.outputs(prepared.backbone)}
-        complete = trainer.state.global_step >= trainer.state.max_steps
-        if complete:
-            stage_def.save(trainer, model, roles, prepared.processor, folder.write_to)
-            if trainer.is_world_process_zero():
-                write_manifest(folder.write_to, **manifest)
-                if folder.replacing:
-                    swap_in(folder.write_to, output)
-        return StageResult(output, manifest, model, complete)
+        with capture_to(folder.write_to / LOG_FILE) if main else contextlib.nullcontext():
+            return _train_and_save(stage_def, name, recipe, stage, setup, prepared, start, folder, common, probe,
+                                   callbacks, output, console)
+
+
+def _probe(stage: StageSettings, prepared: PreparedData, console) -> BenchProbe | None:
+    """The stage's in-training bench probe, its items read and checked now, before any model loads."""
+    if stage.probe is None:
+        return None
+    probe = stage.probe
+    return BenchProbe(prepared.processor, probe_records(probe, prepared.backbone.spec, stage.images), probe.every,
+                      probe.general_drop_limit, probe.on_general_drop, probe.batch_size, console)
+
+
+def _tokens_per_step(prepared: PreparedData, stage: StageSettings, processes: int) -> float:
+    """Tokens one optimizer step trains on, on average, from the measured lengths (rows when packed)."""
+    rows = len(prepared.packs) if prepared.packs is not None else len(prepared.samples)
+    per_row = sum(prepared.lengths) / max(rows, 1)
+    return per_row * stage.train.batch_size * stage.train.grad_accum * processes
+
+
+def _train_and_save(stage_def: Stage, name: str, recipe: Recipe, stage: StageSettings, setup: LaunchSetup,
+                    prepared: PreparedData, start, folder, common: dict[str, Any], probe: BenchProbe | None,
+                    callbacks: list | None, output: Path, console) -> StageResult:
+    """Load, train and save (with the library output in the run's log file); the outputs are swapped in when the
+    stage replaces an earlier run. A probe's guard that stopped training still saves: its weights are the last
+    ones within the limit."""
+    compute_dtype = pick_compute_dtype(stage.quant.compute_dtype)
+    evaluate = prepared.held_out is not None
+    # ZeRO-3 partitions weights as they load only if the training arguments exist first (they hand
+    # DeepSpeed's config to transformers), so under DeepSpeed they are made before the model.
+    args = sft_config(stage.train, folder.write_to, compute_dtype, evaluate) if setup.engine == "deepspeed" else None
+    model, roles, rows = _build(stage_def, name, recipe, setup, prepared, start)
+    data, held_rows = stage_data(prepared, model, stage)
+    quiet = not verbose()
+    watchers = [*(callbacks or [])]
+    if quiet:
+        metrics_file = folder.write_to / METRICS_FILE if is_main_process() else None
+        watchers.append(LiveProgress(name, _tokens_per_step(prepared, stage, setup.processes), metrics_file))
+    trackers = RecipeToTrackers(stage.train.report_to, common) if stage.train.report_to else None
+    watchers += [w for w in (probe, trackers) if w is not None]
+    trainer = build_trainer(model, prepared.processor, data, stage.train, folder.write_to, compute_dtype, watchers,
+                            args, held_rows)
+    for watcher in (probe, trackers):
+        if watcher is not None:
+            watcher.attach(trainer)
+    if quiet:
+        quiet_trainer(trainer)
+    metrics = _train(trainer, folder.checkpoint, stage.train.max_steps)
+    evaluated = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    if evaluated:
+        metrics["eval_loss"] = evaluated[-1]
+    manifest = {**common, "roles": asdict(roles), "parameters": [asdict(r) for r in rows],
+                "data": _data_record(stage, prepared), "metrics": metrics,
+                "outputs": stage_def.outputs(prepared.backbone)}
+    if probe is not None:
+        manifest["probe"] = probe.summary()
+    # a watcher that ended training on purpose (the general-skill guard) has put back the weights to keep
+    stopper = next((w for w in watchers if getattr(w, "stopped", None)), None)
+    if stopper is not None:
+        manifest["stopped_early"] = stopper.stopped
+    complete = trainer.state.global_step >= trainer.state.max_steps or stopper is not None
+    if complete:
+        stage_def.save(trainer, model, roles, prepared.processor, folder.write_to)
+        if trainer.is_world_process_zero():
+            write_manifest(folder.write_to, **manifest)
+            if folder.replacing:
+                swap_in(folder.write_to, output)
+    return StageResult(output, manifest, model, complete)
 
 
 def run_align(recipe: Recipe, output: Path, resume: bool = False, overwrite: bool = False,

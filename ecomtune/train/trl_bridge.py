@@ -50,13 +50,17 @@ def mixed_precision(compute_dtype: torch.dtype) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute_dtype, "no")
 
 
-def sft_config(train: TrainSettings, output: Path, compute_dtype: torch.dtype):
-    """TRL's SFTConfig from ecomtune's typed settings."""
+def sft_config(train: TrainSettings, output: Path, compute_dtype: torch.dtype, evaluate: bool = False):
+    """TRL's SFTConfig from ecomtune's typed settings. `evaluate`: the stage has held-out data, whose loss is
+    computed every `eval_steps` (default: `save_steps`)."""
     from trl import SFTConfig
 
     precision = mixed_precision(compute_dtype)
     on_gpu = torch.cuda.is_available()
+    evaluation = {"eval_strategy": "steps", "eval_steps": train.eval_steps or train.save_steps,
+                  "per_device_eval_batch_size": train.batch_size, "prediction_loss_only": True} if evaluate else {}
     return SFTConfig(
+        **evaluation,
         output_dir=str(output),
         max_steps=train.max_steps,
         num_train_epochs=train.epochs,
@@ -80,7 +84,7 @@ def sft_config(train: TrainSettings, output: Path, compute_dtype: torch.dtype):
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not on_gpu,
-        report_to="none",
+        report_to=list(train.report_to) or "none",
         remove_unused_columns=False,  # the collator needs the raw `images` / `messages` columns
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,
@@ -160,22 +164,40 @@ def training_data(model, processor, samples: list[Sample], train: TrainSettings,
     return Dataset.from_list(pack_rows(samples, packs)), collator
 
 
+@contextlib.contextmanager
+def tensorboard_dir(folder: Path) -> Iterator[None]:
+    """TensorBoard's event files in `folder` (transformers 5 takes the folder from TENSORBOARD_LOGGING_DIR when its
+    callback is made, else a dated folder under `runs/`). A folder the user set in the environment wins."""
+    import os
+
+    name = "TENSORBOARD_LOGGING_DIR"
+    before = os.environ.get(name)
+    if before is None:
+        os.environ[name] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+
+
 def build_trainer(model, processor, data, train: TrainSettings, output: Path, compute_dtype: torch.dtype,
-                  callbacks: list | None = None, args=None):
+                  callbacks: list | None = None, args=None, eval_dataset=None):
     """An SFTTrainer over `data`, a (dataset, collator) pair from `training_data` (or any collator that yields
     model inputs with labels). `args`: the `sft_config` made before the model loaded (DeepSpeed ZeRO-3 needs
-    it then), or None to make it here."""
+    it then), or None to make it here. `eval_dataset`: held-out rows for the same collator."""
     from trl import SFTTrainer
 
     dataset, collator = data
     quantized_without_adapter = getattr(model, "is_quantized", False) and not hasattr(model, "peft_config")
     guard = allow_frozen_quantized_base() if quantized_without_adapter else contextlib.nullcontext()
     trainer_class = sample_averaged_trainer_class() if train.loss_average == "sample" else SFTTrainer
-    with guard, keep_trainable_dtypes(model):
+    with guard, keep_trainable_dtypes(model), tensorboard_dir(Path(output) / "tensorboard"):
         return trainer_class(
             model=model,
-            args=args if args is not None else sft_config(train, output, compute_dtype),
+            args=args if args is not None else sft_config(train, output, compute_dtype, eval_dataset is not None),
             train_dataset=dataset,
+            eval_dataset=eval_dataset,
             processing_class=processor,
             data_collator=collator,
             callbacks=[SealCheckpoints(), *(callbacks or [])],

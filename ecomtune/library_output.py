@@ -1,0 +1,95 @@
+"""What the libraries print, kept out of the terminal unless asked for.
+
+transformers, peft, TRL, accelerate, datasets and bitsandbytes print weight-loading bars, warnings that are
+known and harmless here, and raw metric dicts. ecomtune's own output (tables, one progress display per stage,
+errors) is what a user reads; the libraries' messages go to a log file in the run folder (`capture_to`), and
+`--verbose` (or ECOMTUNE_VERBOSE=1) shows everything as the libraries print it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+LIBRARY_LOGGERS = ("transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "huggingface_hub",
+                   "torch", "py.warnings")
+VERBOSE_ENV = "ECOMTUNE_VERBOSE"
+LOG_FILE = "train.log"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "0") not in ("", "0", "false", "False")
+
+
+def set_verbose(on: bool) -> None:
+    """Remember --verbose for the rest of the process (and the processes a launcher starts from it)."""
+    os.environ[VERBOSE_ENV] = "1" if on else "0"
+
+
+def quiet_libraries() -> None:
+    """Unless verbose: no library progress bars, library log records only at ERROR on the terminal, Python
+    warnings routed to logging (a log file, when `capture_to` holds one, keeps them)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if verbose():
+        return
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    with contextlib.suppress(ImportError):
+        import datasets
+
+        datasets.disable_progress_bars()
+    with contextlib.suppress(ImportError):
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").propagate = False  # kept for the log file, not the terminal
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # transformers 5.23 renames gradient_checkpointing; TRL 1.16 still reads the old name, so it stays.
+    warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning)
+
+
+@contextlib.contextmanager
+def capture_to(path: Path) -> Iterator[None]:
+    """Write every library log record (INFO and up) and warning to `path` for the duration of the block; the
+    terminal keeps what `quiet_libraries` lets through."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    levels = {}
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        levels[name] = logger.level
+        logger.addHandler(handler)
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
+    console_levels = _terminal_handlers_at(logging.ERROR) if not verbose() else {}
+    try:
+        yield
+    finally:
+        for name in LIBRARY_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.removeHandler(handler)
+            logger.setLevel(levels[name])
+        for terminal, level in console_levels.items():
+            terminal.setLevel(level)
+        handler.close()
+
+
+def _terminal_handlers_at(level: int) -> dict[logging.Handler, int]:
+    """Raise the library loggers' own terminal handlers to `level` (their records now pass at INFO for the file);
+    returns the levels to restore."""
+    changed = {}
+    for name in LIBRARY_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                changed[handler] = handler.level
+                handler.setLevel(max(level, handler.level))
+    return changed
