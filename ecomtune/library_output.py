@@ -63,13 +63,15 @@ def capture_to(path: Path) -> Iterator[None]:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    levels = {}
+    levels, propagates = {}, {}
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
-        levels[name] = logger.level
+        levels[name], propagates[name] = logger.level, logger.propagate
         logger.addHandler(handler)
         if logger.level == logging.NOTSET or logger.level > logging.INFO:
             logger.setLevel(logging.INFO)
+        if not verbose():
+            logger.propagate = False  # an application's root handler would print them on the terminal
     console_levels = _terminal_handlers_at(logging.ERROR) if not verbose() else {}
     try:
         yield
@@ -78,6 +80,7 @@ def capture_to(path: Path) -> Iterator[None]:
             logger = logging.getLogger(name)
             logger.removeHandler(handler)
             logger.setLevel(levels[name])
+            logger.propagate = propagates[name]
         for terminal, level in console_levels.items():
             terminal.setLevel(level)
         handler.close()

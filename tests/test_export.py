@@ -140,8 +140,8 @@ def test_export_refuses_unfinished_runs_and_keeps_an_existing_out(tuned, tmp_pat
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    result = run_cli("export", str(run), "--out", str(out), "--format", "vllm", "--samples", "1")
-    assert result.returncode == 2 and "Traceback" not in result.stderr and "--overwrite" in result.stderr
+    with pytest.raises(ConfigError, match="--overwrite"):
+        run_export(run, out, fmt="vllm", samples=1)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
     result = run_cli("export", str(run), "--out", str(out), "--overwrite", "--samples", "1")

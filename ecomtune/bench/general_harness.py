@@ -235,6 +235,13 @@ def run_bench_with_general(general: str, model: str, tasks: str, data: Path, out
         check_file_output(Path(out), overwrite, Guarded(folders=[*inputs, ("benchmark data", Path(data))]))
     plan = plan_general(model, names)
     results = run_bench(model, tasks, data, **bench)
+    import gc
+
+    import torch
+
+    gc.collect()  # the benchmark's model is gone; its GPU memory goes back before lmms-eval loads the model again
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     results["general_harness"] = run_general(plan)
     if out is not None:
         write_json_atomic(Path(out), results)

@@ -131,10 +131,12 @@ def render_report(label_results: list[tuple[str, dict]], examples_per_task: int 
                       f"({html.escape(str(r.get('created_at', '')))})</li>" for name, r in label_results)
     cards = []
     for task, entry in last["tasks"].items():
-        shown = entry.get("examples", [])[:examples_per_task]
-        failures = sum(not example_passed(task, e) for e in entry.get("examples", []))
+        examples = entry.get("examples", [])
+        # failures first, so the switch that shows only failures has cards to show
+        shown = sorted(examples, key=lambda e: example_passed(task, e))[:examples_per_task]
+        failures = sum(not example_passed(task, e) for e in examples)
         cards.append(f"<h3>{html.escape(task)}: {failures} of {len(entry.get('examples', []))} wrong"
-                     f"{f' (first {len(shown)} shown)' if len(shown) < len(entry.get('examples', [])) else ''}"
+                     f"{f' ({len(shown)} shown, failures first)' if len(shown) < len(examples) else ''}"
                      f"</h3>{''.join(_card(task, e) for e in shown)}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>ecomtune bench report</title>"
             f"<style>{STYLE}</style></head><body><h1>ecomtune bench report</h1><ul>{sources}</ul>"
@@ -143,11 +145,18 @@ def render_report(label_results: list[tuple[str, dict]], examples_per_task: int 
             f"only failures</label>{''.join(cards)}<script>{SCRIPT}</script></body></html>")
 
 
+def labels(paths: list[Path]) -> list[str]:
+    """A column label per results file: its name, with its folder where two files share a name."""
+    stems = [Path(p).stem for p in paths]
+    return [f"{Path(p).parent.name}/{stem}" if stems.count(stem) > 1 else stem for p, stem in zip(paths, stems,
+                                                                                                 strict=True)]
+
+
 def write_report(paths: list[Path], out: Path, examples_per_task: int = 50) -> Path:
     """Read the results files (checked as `bench compare` checks them) and write the report atomically."""
     from ecomtune.bench.report import load_results
     from ecomtune.runs.manifest import write_text_atomic
 
-    label_results = [(Path(p).stem, load_results(Path(p))) for p in paths]
+    label_results = [(label, load_results(Path(p))) for label, p in zip(labels(paths), paths, strict=True)]
     write_text_atomic(Path(out), render_report(label_results, examples_per_task))
     return Path(out)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from ecomtune.errors import ConfigError
-from ecomtune.runs.appendlog import append_synced, appending, complete_records
+from ecomtune.runs.appendlog import AppendOnlyFile, append_synced, complete_records
 from ecomtune.runs.endpoint import ChatEndpoint, is_endpoint
 
 Progress = Callable[[int], None]  # called with the number of answers just produced
@@ -124,7 +123,14 @@ class TextLLMGenerator:
             tokenizer.padding_side = "left"
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            self._loaded = (AutoModelForCausalLM.from_pretrained(self.spec).eval(), tokenizer)
+            import torch
+
+            from ecomtune.backbones.loading import pick_compute_dtype
+
+            kwargs: dict[str, Any] = {"dtype": pick_compute_dtype("auto")}
+            if torch.cuda.is_available():
+                kwargs["device_map"] = {"": 0}
+            self._loaded = (AutoModelForCausalLM.from_pretrained(self.spec, **kwargs).eval(), tokenizer)
         return self._loaded
 
     def _text(self, tokenizer: Any, prompt: str) -> str:
@@ -166,26 +172,15 @@ def make_generator(spec: str, option: str, load_in_4bit: bool | None = None, end
     return LocalGenerator(spec, load_in_4bit)
 
 
-class GenerationCache:
+class GenerationCache(AppendOnlyFile):
     """Answers by question key, read from and appended to one JSONL file (`path`)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self.answers = {str(r["key"]): str(r["answer"]) for _, r in complete_records(self.path)
                         if "key" in r and "answer" in r}
         self._digests: dict[str, str] = {}
-        self._handle: Any = None
         self.hits = self.generated = 0
-
-    @contextmanager
-    def opened(self) -> Iterator[GenerationCache]:
-        """Hold the file open for appending (a torn tail dropped once, on opening) while answers are made."""
-        with appending(self.path) as handle:
-            self._handle = handle
-            try:
-                yield self
-            finally:
-                self._handle = None
 
     def _image_digest(self, path: str) -> str:
         if path not in self._digests:

@@ -119,7 +119,7 @@ def _rows(path: Path) -> list[tuple[str, Any, Problem | None]]:
     if suffix in (".jsonl", ".json", ".ndjson"):
         return list(read_jsonl(path))
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM
             reader = csv.DictReader(handle)
             rows, start = [], 2  # line 1 is the header
             for row in reader:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ecomtune.curate.generation import GenerationCache, Generator, Request
 from ecomtune.curate.listings import Listing
-from ecomtune.runs.appendlog import append_synced, appending, complete_records
+from ecomtune.runs.appendlog import AppendOnlyFile, append_synced, complete_records
 
 CHUNK_BATCHES = 4  # listings per appended chunk: this many generation batches' worth
 
@@ -25,27 +24,17 @@ def step_key(listing: Listing, requests: list[Request]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
-class StepLog:
+class StepLog(AppendOnlyFile):
     """The results file of one step (`path`): id -> its latest complete line."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self.lines: dict[str, dict[str, Any]] = {str(r["id"]): r for _, r in complete_records(self.path)
                                                  if "id" in r}
-        self._handle: IO[str] | None = None
 
     def finished(self, listing_id: str, key: str) -> dict[str, Any] | None:
         line = self.lines.get(listing_id)
         return line if line is not None and line.get("key") == key else None
-
-    @contextmanager
-    def opened(self) -> Iterator[StepLog]:
-        with appending(self.path) as handle:
-            self._handle = handle
-            try:
-                yield self
-            finally:
-                self._handle = None
 
     def add(self, lines: list[dict[str, Any]]) -> None:
         append_synced(self._handle, lines)

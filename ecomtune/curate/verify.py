@@ -46,10 +46,21 @@ def verify_prompt(caption: str, aspects: dict[str, str]) -> str:
             f"Answer only with JSON: {{{example}}}.")
 
 
+NEGATIONS = ("not", "no", "never")
+
+
 def parse_verdict(text: object) -> str | None:
-    """The verdict a free-text answer names first, or None."""
+    """The verdict a free-text answer names first, or None. A verdict word right after a negation ("not
+    consistent", "not contradicted") decides nothing either way: not visible."""
     words = " " + re.sub(r"[^a-z' ]+", " ", str(text).lower().replace("_", " ")) + " "
-    found = [(words.find(f" {w} "), VERDICT_WORDS[w]) for w in VERDICT_WORDS if f" {w} " in words]
+    found = []
+    for word, verdict in VERDICT_WORDS.items():
+        at = words.find(f" {word} ")
+        if at < 0:
+            continue
+        before = words[:at].split()
+        negated = bool(before) and before[-1] in NEGATIONS and not word.startswith(NEGATIONS)
+        found.append((at - (len(before[-1]) + 1 if negated else 0), "not_visible" if negated else verdict))
     return min(found)[1] if found else None
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-import imagehash
 import numpy as np
 from PIL import Image
 
@@ -106,21 +105,33 @@ def tiles(size: tuple[int, int], tile: int, overlap: float = 0.0) -> list[Box]:
     return [(x, y, x + tile, y + tile) for y in starts(height) for x in starts(width)]
 
 
-def phash(image: Image.Image) -> imagehash.ImageHash:
-    """Perceptual hash (`imagehash`): greyscale, 32x32, 2-D DCT, the 8x8 lowest frequencies against their
-    median: 64 bits in which near-identical pictures differ in few."""
-    return imagehash.phash(image)
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    matrix = np.cos(np.pi * (2 * np.arange(n)[None, :] + 1) * k / (2 * n)) * np.sqrt(2 / n)
+    matrix[0] /= np.sqrt(2)
+    return matrix
 
 
-def hamming(a: imagehash.ImageHash, b: imagehash.ImageHash) -> int:
-    return int(a - b)
+def phash(image: Image.Image, hash_size: int = 8, highfreq_factor: int = 4) -> int:
+    """Perceptual hash: greyscale, resized to 32x32, 2-D DCT, the top-left 8x8 low frequencies compared
+    with their median -> a 64-bit integer. Near-identical pictures differ in few bits."""
+    n = hash_size * highfreq_factor
+    grey = np.asarray(image.convert("L").resize((n, n), Image.Resampling.LANCZOS), dtype=np.float64)
+    dct = _dct_matrix(n)
+    low = (dct @ grey @ dct.T)[:hash_size, :hash_size]
+    bits = (low > np.median(low)).flatten()
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
 
 
 def dedupe(images: Sequence[Image.Image], threshold: int = 6) -> list[int]:
     """Indices of the images to keep, in order: an image is dropped when its pHash is within `threshold`
     bits of an image already kept."""
     kept: list[int] = []
-    hashes: list[imagehash.ImageHash] = []
+    hashes: list[int] = []
     for index, image in enumerate(images):
         value = phash(image)
         if all(hamming(value, other) > threshold for other in hashes):

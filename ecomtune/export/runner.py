@@ -53,8 +53,8 @@ class ExportResult:
     manifest: dict[str, Any]
 
 
-def _free(*models: Any) -> None:
-    del models
+def _release() -> None:
+    """Return the memory of models the caller has just dropped (`del`), before the next one loads."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -72,9 +72,11 @@ def _write_model(source: ExportSource, fmt: ExportFormat, staging: Path, final: 
     else:
         model, weights, config = split_for_vllm(source)
         model_folder = staging / "base"
-    check_writable(staging, _size(model) + (64 << 20), "--out")
+    adapter_bytes = sum(w.numel() * w.element_size() for w in (weights or {}).values())
+    check_writable(staging, _size(model) + adapter_bytes + (64 << 20), "--out")
     save_model(model, model_folder, source.dtype)
-    _free(model)
+    del model
+    _release()
     save_processor(source.run, source.backbone, model_folder)
     adapter_folder = None
     if weights is not None:
@@ -89,15 +91,28 @@ def _write_model(source: ExportSource, fmt: ExportFormat, staging: Path, final: 
 
 
 def _verify(source: ExportSource, model_folder: Path, adapter_folder: Path | None, samples) -> Verification:
-    """The run against the export, one model in memory at a time."""
-    run_model = load_for_inference(str(source.run.folder), None if source.base_in_4bit else False)
+    """The run against the export, one model in memory at a time. The run computes in the export's dtype, so
+    the comparison measures the merge and the weights' rounding, not two precisions of arithmetic."""
+    run_model = load_for_inference(str(source.run.folder), None if source.base_in_4bit else False, source.dtype)
     expected = reference(run_model.model, run_model.processor, samples)
-    _free(run_model)
+    del run_model
+    _release()
     model, processor = load_exported(model_folder, adapter_folder)
     try:
         return compare(model, processor, samples, expected, source.dtype)
     finally:
-        _free(model)
+        del model
+        _release()
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts
+
+
+def vllm_lora_rank(rank: int | None) -> int | None:
+    """The smallest rank vLLM accepts for --max-lora-rank that holds an adapter of rank `rank`."""
+    if rank is None:
+        return None
+    return next((allowed for allowed in VLLM_LORA_RANKS if allowed >= rank), rank)
 
 
 def serve_notes(fmt: ExportFormat, out: Path, adapter: bool, rank: int | None) -> str:
@@ -135,14 +150,10 @@ def run_export(run_folder: Path, out: Path, fmt: ExportFormat = "merged", merge_
         model_folder, adapter_folder = _write_model(source, fmt, staging, final)
         verification = _verify(source, model_folder, adapter_folder, chosen)
         if not verification.ok:
-            raise ExportError(
-                "The exported model does not reproduce the run; nothing was written to --out",
-                [Problem(f"max logit difference {verification.max_logit_diff:.4g} is "
-                         f"{verification.relative_diff:.2%} of the largest logit (allowed for {dtype}: "
-                         f"{verification.tolerance:.2%}); same inputs: {verification.same_inputs}; greedy tokens "
-                         f"agree at {verification.token_agreement:.1%} of positions", str(run.folder))],
-                fix="export in float32 (--dtype float32) to rule out rounding; if it still differs, report it")
-        rank = run.stage_settings().get("lora", {}).get("r") if run.adapter else None
+            raise ExportError("The exported model does not reproduce the run; nothing was written to --out",
+                              [Problem(problem, str(run.folder)) for problem in verification.problems()],
+                              fix=verification.fix())
+        rank = vllm_lora_rank(run.stage_settings().get("lora", {}).get("r")) if run.adapter else None
         (staging / "README.md").write_text(serve_notes(fmt, final, adapter_folder is not None, rank),
                                            encoding="utf-8")
         manifest = {"kind": "export", "status": "complete", "format": fmt, "run": str(real_path(run.folder)),

@@ -39,6 +39,8 @@ class Verification:
     tolerance: float
     token_agreement: float
     same_inputs: bool
+    differing_inputs: tuple[str, ...] = ()  # the processor outputs (input_ids, pixel_values, ...) that differ
+    finite: bool = True  # no NaN or infinite logit in the export's output
 
     @property
     def relative_diff(self) -> float:
@@ -46,7 +48,28 @@ class Verification:
 
     @property
     def ok(self) -> bool:
-        return self.same_inputs and self.relative_diff <= self.tolerance
+        return self.same_inputs and self.finite and self.relative_diff <= self.tolerance
+
+    def problems(self) -> list[str]:
+        found = []
+        if not self.same_inputs:
+            found.append(f"the exported processor gives different inputs than the run's: "
+                         f"{', '.join(self.differing_inputs) or 'shapes'} (processor or chat-template files)")
+        if not self.finite:
+            found.append("the exported model produces NaN or infinite logits (an overflow in this dtype)")
+        if self.relative_diff > self.tolerance:
+            found.append(f"max logit difference {self.max_logit_diff:.4g} is {self.relative_diff:.2%} of the "
+                         f"largest logit (allowed: {self.tolerance:.2%}); greedy tokens agree at "
+                         f"{self.token_agreement:.1%} of positions")
+        return found
+
+    def fix(self) -> str:
+        if not self.same_inputs:
+            return ("the run's processor settings did not survive save_pretrained (e.g. resolution defaults kept "
+                    "outside preprocessor_config.json); report it with the keys above")
+        if not self.finite:
+            return "export in bfloat16 or float32 (--dtype), whose range does not overflow"
+        return "export in float32 (--dtype float32) to rule out rounding; if it still differs, report it"
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "relative_diff": self.relative_diff, "ok": self.ok}
@@ -142,23 +165,27 @@ def reference(model, processor, samples) -> list[dict[str, Any]]:
 def compare(model, processor, samples, expected: list[dict[str, Any]], dtype: str) -> Verification:
     """Score the run's sequences with the exported model and compare (see the module docstring)."""
     device = next(model.parameters()).device
-    same_inputs, worst, scale, agree, positions = True, 0.0, 0.0, 0, 0
+    differing: set[str] = set()
+    worst, scale, agree, positions, finite = 0.0, 0.0, 0, 0, True
     for (image, prompt), ref in zip(samples, expected, strict=True):
         inputs = _encode(processor, image, prompt, device)
         for key, value in ref["inputs"].items():
             mine = inputs.get(key)
             if mine is None or mine.shape != value.shape or not torch.equal(mine.cpu().to(value.dtype), value):
-                same_inputs = False
+                differing.add(key)
+        if differing:
+            continue
         logits = _scored_logits(model, _extend(inputs, ref["sequence"].to(device)), ref["start"])
         if logits.shape != ref["logits"].shape:
-            same_inputs = False
+            differing.add("logits shape")
             continue
-        worst = max(worst, float((logits - ref["logits"]).abs().max()))
+        finite = finite and bool(torch.isfinite(logits).all())
+        worst = max(worst, float(torch.nan_to_num((logits - ref["logits"]).abs(), nan=float("inf")).max()))
         scale = max(scale, float(ref["logits"].abs().max()))
         agree += int((logits.argmax(-1) == ref["logits"].argmax(-1)).sum())
         positions += logits.shape[0]
     return Verification(len(samples), positions, worst, scale, TOLERANCE[dtype],
-                        agree / positions if positions else 0.0, same_inputs)
+                        agree / positions if positions else 0.0, not differing, tuple(sorted(differing)), finite)
 
 
 def load_exported(folder: Path, adapter: Path | None = None):

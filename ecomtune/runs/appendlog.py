@@ -86,3 +86,21 @@ def settings_differences(before: dict[str, Any], now: dict[str, Any], shown_not_
     if fingerprint in changed:
         changed.insert(0, shown_not_compared)
     return [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in changed]
+
+
+class AppendOnlyFile:
+    """A JSONL file that is appended to while held open (`opened`); `_handle` is the open file inside the block."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._handle: IO[str] | None = None
+
+    @contextmanager
+    def opened(self) -> Iterator[Any]:
+        """Hold the file open for appending (a torn tail dropped once, on opening)."""
+        with appending(self.path) as handle:
+            self._handle = handle
+            try:
+                yield self
+            finally:
+                self._handle = None

@@ -49,14 +49,18 @@ def trained_in_4bit(run: FinishedRun | None) -> bool:
     return bool(run and run.stage_settings().get("quant", {}).get("load_in_4bit", False))
 
 
-def quant_as_trained(run: FinishedRun | None, load_in_4bit: bool | None = None) -> QuantSettings:
+def quant_as_trained(run: FinishedRun | None, load_in_4bit: bool | None = None,
+                     compute_dtype: str | None = None) -> QuantSettings:
     """The run's own quantization settings (nf4 or fp4, double quant, compute dtype, vision quantized or not),
-    so its adapter meets the base it was trained on; `load_in_4bit` overrides only whether to quantize."""
+    so its adapter meets the base it was trained on; `load_in_4bit` overrides only whether to quantize,
+    `compute_dtype` only the dtype it computes in."""
     trained = dict(run.stage_settings().get("quant", {})) if run else {}
     if load_in_4bit is not None:
         trained["load_in_4bit"] = load_in_4bit
     elif not run:
         trained["load_in_4bit"] = False
+    if compute_dtype is not None:
+        trained["compute_dtype"] = compute_dtype
     return QuantSettings(**trained)
 
 
@@ -175,16 +179,16 @@ def check_adapter_file(folder: Path) -> None:
                           fix="copy the adapter folder again, or train it again")
 
 
-def load_for_inference(spec: str, load_in_4bit: bool | None = None) -> LoadedModel:
+def load_for_inference(spec: str, load_in_4bit: bool | None = None, compute_dtype: str | None = None) -> LoadedModel:
     """Resolve `spec` to a model ready for generation (eval mode), its processor and a description.
     `load_in_4bit=None` follows the run: a QLoRA adapter is evaluated on the 4-bit base it was trained on, with
-    the run's own quantization settings."""
+    the run's own quantization settings. `compute_dtype` (e.g. "float32") overrides the dtype it computes in."""
     from transformers import AutoProcessor
 
     from ecomtune.backbones.loading import load_model, load_processor
 
     folder, run = Path(spec), run_of(spec)
-    quant = quant_as_trained(run, load_in_4bit)
+    quant = quant_as_trained(run, load_in_4bit, compute_dtype)
     backbone = model_backbone(spec)
     if folder.is_dir() and (folder / "adapter_config.json").is_file():
         from peft import PeftModel

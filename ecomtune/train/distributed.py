@@ -259,7 +259,19 @@ def engine_problems(recipe: Recipe, stage_name: str, setup: LaunchSetup) -> list
             *_optimizer_problems(stage.train.optimizer, stage_name, setup),
             *_fsdp_problems(stage_name, setup), *_deepspeed_problems(setup),
             *_precision_problems(stage.quant, stage_name, setup),
-            *_packing_problems(stage.packing, stage_name, setup)]
+            *_packing_problems(stage.packing, stage_name, setup),
+            *_probe_problems(stage.probe, stage_name, setup)]
+
+
+def _probe_problems(probe, stage_name: str, setup: LaunchSetup) -> list[Problem]:
+    """The in-training probe generates with the model each process holds, and the guard copies weights back:
+    under sharded parameters a process holds shards, not the model."""
+    if probe is None or not setup.shards_parameters:
+        return []
+    return [Problem(f"the bench probe generates with the whole model, but {setup.describe()} shards its "
+                    "parameters across processes", f"{stage_name}.probe",
+                    "remove the probe for this launch (run `ecomtune bench` on the finished run), or launch with "
+                    "recipes/accelerate/ddp.yaml")]
 
 
 def check_engine(recipe: Recipe, stage_name: str, setup: LaunchSetup) -> None:

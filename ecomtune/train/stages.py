@@ -326,6 +326,14 @@ def _guarded(stage: StageSettings, read: StageSamples, recipe_file: Path | None,
         elif path.exists():
             guarded.files.append(("data file", path))
     guarded.folders += [("image folder", root) for root in read.image_roots]
+    held_out = stage.eval_data if isinstance(stage.eval_data, list) else \
+        ([] if stage.eval_data is None else [stage.eval_data])
+    for source in held_out:
+        path = Path(getattr(source, "path", source))
+        if path.exists():
+            (guarded.folders if path.is_dir() else guarded.files).append(("eval data", path))
+    if stage.probe is not None:
+        guarded.folders.append(("probe data", Path(stage.probe.data)))
     return guarded.add_images(read.image_files)
 
 
@@ -338,7 +346,8 @@ def _check_launch(name: str, recipe: Recipe) -> LaunchSetup:
 
 def _check_data_for_launch(setup: LaunchSetup, prepared: PreparedData, name: str, recipe: Recipe) -> None:
     """What the launch asks of the data and the model's layout, still before any weights load."""
-    check_samples([len(s.images) for s in prepared.samples], [s.source for s in prepared.samples], name, setup)
+    every = prepared.samples + (prepared.held_out.samples if prepared.held_out is not None else [])
+    check_samples([len(s.images) for s in every], [s.source for s in every], name, setup)
     if setup.engine == "fsdp":
         check_wrap_classes(setup, module_classes(prepared.backbone, role_overrides(recipe.backbone)))
 
@@ -433,7 +442,12 @@ def _train_and_save(stage_def: Stage, name: str, recipe: Recipe, stage: StageSet
             watcher.attach(trainer)
     if quiet:
         quiet_trainer(trainer)
-    metrics = _train(trainer, folder.checkpoint, stage.train.max_steps)
+    try:
+        metrics = _train(trainer, folder.checkpoint, stage.train.max_steps)
+    finally:
+        for watcher in watchers:
+            if isinstance(watcher, LiveProgress):
+                watcher.close()
     evaluated = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
     if evaluated:
         metrics["eval_loss"] = evaluated[-1]

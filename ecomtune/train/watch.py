@@ -8,8 +8,9 @@ probe of chosen benchmark tasks with a guard on general skill.
   model as it trains (greedy, batched, the bench's own prompts and scorers), and logs `probe/<task>` to the
   Trainer (so to every tracker). With `general_drop_limit`, a general score more than the limit below its
   step-0 value warns, or (`on_general_drop: stop`) ends training with the weights of the last probe that was
-  within the limit put back, so the run's outputs are the last weights that kept general skill. Every process
-  of a multi-process run probes the same items with the same weights, so all reach the same decision.
+  within the limit put back, so the run's outputs are the last weights that kept general skill. Under DDP the
+  main process's scores go to every process, so all reach the same decision (sharded engines refuse the probe:
+  `ecomtune.train.distributed`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ from transformers import TrainerCallback
 from ecomtune.runtime import is_main_process
 
 METRICS_FILE = "metrics.jsonl"
+
+
+def _same_on_every_process(scores: dict[str, float]) -> dict[str, float]:
+    """The main process's scores, on every process of a multi-process run: each generated on its own, and one
+    differing kernel must not let one process stop training while the others go on (the job would hang)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return scores
+    box = [scores]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 class LiveProgress(TrainerCallback):
@@ -80,6 +93,10 @@ class LiveProgress(TrainerCallback):
                 self.progress.console.print(f"  step {state.global_step}: {shown}")
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self) -> None:
+        """Stop the display (also when training raised, so the terminal gets its cursor back)."""
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
@@ -128,7 +145,7 @@ class BenchProbe(TrainerCallback):
             model.train(was_training)
 
     def _probe(self, state, control, model) -> None:
-        scores = self.scores(model)
+        scores = _same_on_every_process(self.scores(model))
         entry = {"step": state.global_step, **scores}
         self.history.append(entry)
         if self.trainer is not None:
@@ -170,11 +187,15 @@ class BenchProbe(TrainerCallback):
         control.should_log = wanted
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        logged = [e for e in state.log_history if "probe/general" in e]
-        if logged:  # resumed: the step-0 value is in the Trainer's own history
-            self.baseline = float(logged[0]["probe/general"])
-        if state.global_step == 0:
-            self._probe(state, control, model)
+        """Probe before the first step. A resumed run takes its step-0 value and earlier probes from the Trainer's
+        own history, then probes the weights it resumes with (so the guard has weights to keep)."""
+        earlier = [e for e in state.log_history if any(k.startswith("probe/") for k in e)]
+        self.history = [{"step": e.get("step", 0), **{k.removeprefix("probe/"): v for k, v in e.items()
+                                                      if k.startswith("probe/")}} for e in earlier]
+        general = [e["probe/general"] for e in earlier if "probe/general" in e]
+        if general:
+            self.baseline = float(general[0])
+        self._probe(state, control, model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 and not self.stopped:
