@@ -98,6 +98,20 @@ def test_vllm_layout_has_a_language_model_only_adapter(tuned, tmp_path):
     assert folder_problems(result.model_folder) == []
 
 
+def test_an_align_run_exports_its_projector_into_the_base(catalog, tmp_path):
+    """An align run has no adapter: the vLLM layout is base/ alone, with the aligned projector in it."""
+    recipe = load_recipe(None, [f"align.data={catalog['captions']}", *quick_overrides("align", steps=2),
+                                "align.train.learning_rate=0.01"])
+    run = run_stage("align", recipe, tmp_path / "align").output
+    result = run_export(run, tmp_path / "served", fmt="vllm", dtype="float32", samples=1)
+    assert result.verification.ok and result.adapter_folder is None
+    assert not (tmp_path / "served" / "adapter").exists() and "serve `base/` alone" in \
+        (tmp_path / "served" / "README.md").read_text()
+    aligned = load_file(str(run / "projector.safetensors"))
+    exported = AutoModelForImageTextToText.from_pretrained(str(result.model_folder)).state_dict()
+    assert aligned and all(torch.equal(exported[key], value) for key, value in aligned.items())
+
+
 def test_pristine_base_skips_the_4bit_rounding(tuned, tmp_path):
     """`dequantized` folds the LoRA into the 4-bit weights it trained on; `pristine` into the original weights:
     the language model's weights differ, the projector (never quantized) does not, and each reproduces the run on

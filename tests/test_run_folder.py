@@ -147,3 +147,18 @@ def test_resume_refuses_a_checkpoint_past_the_plan_and_a_folder_it_did_not_write
     with pytest.raises(ConfigError, match="is not an ecomtune run"):
         plan(foreign, resume=True)
     assert (foreign / "checkpoint-2").is_dir()
+
+
+def test_a_setting_added_since_the_run_started_is_not_a_change():
+    """A run recorded before `quant.quant_storage` existed resumes: the new key takes its default."""
+    import copy
+
+    from ecomtune.config.loading import load_recipe
+    from ecomtune.train.run_folder import shape_changes
+
+    today = load_recipe(None, []).model_dump(mode="json")
+    recorded = copy.deepcopy(today)
+    del recorded["sft"]["quant"]["quant_storage"]
+    assert shape_changes(recorded, today, "sft") == []
+    recorded["sft"]["lora"]["r"] = 8
+    assert shape_changes(recorded, today, "sft") == ["sft.lora.r: 8 -> 16"]

@@ -52,10 +52,25 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
+def _as_today(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recipe recorded by an earlier ecomtune, read through today's schema: a setting added since (e.g.
+    `quant.quant_storage`) takes its default instead of looking changed. A recipe today's schema refuses is
+    compared as recorded."""
+    from pydantic import ValidationError
+
+    from ecomtune.config.schema import Recipe
+    from ecomtune.errors import EcomtuneError
+
+    try:
+        return Recipe.model_validate(recipe).model_dump(mode="json")
+    except (ValidationError, EcomtuneError, ValueError):
+        return recipe
+
+
 def shape_changes(before: dict[str, Any], after: dict[str, Any], stage: str) -> list[str]:
     """The model-shaping recipe keys whose values differ between two resolved recipes (as dicts)."""
     keys = tuple(k.format(stage=stage) for k in SHAPE_KEYS)
-    old, new = _flatten(before), _flatten(after)
+    old, new = _flatten(_as_today(before)), _flatten(after)
     differing = []
     for key in sorted(set(old) | set(new)):
         if any(key == k or key.startswith(k + ".") for k in keys) and old.get(key) != new.get(key):
