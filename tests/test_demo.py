@@ -45,6 +45,7 @@ def run_installed(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProc
                           text=True, timeout=900)
 
 
+@pytest.mark.budget
 def test_the_demo_runs_from_an_installed_wheel(installed, tmp_path):
     where = subprocess.run([sys.executable, "-c", "import ecomtune; print(ecomtune.__file__)"], cwd=tmp_path,
                            env={**os.environ, "PYTHONPATH": str(installed)}, capture_output=True, text=True)

@@ -299,6 +299,7 @@ def test_a_mismatch_stops_the_command_before_anything_loads(tmp_path):
 # --- a real sharded launch ---------------------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.budget
 def test_zero3_qlora_on_two_cpu_processes_saves_a_plain_peft_adapter(tmp_path):
     """The shipped ZeRO-3 preset, launched as its header says on 2 CPU processes (gloo; CPUs train without mixed
     precision): ZeRO-3 shards the 4-bit tiny backbone's weights (stored as float32, the compute dtype here), and
