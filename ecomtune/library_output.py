@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 LIBRARY_LOGGERS = ("transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "huggingface_hub",
-                   "torch", "py.warnings")
+                   "DeepSpeed", "torch", "py.warnings")
 VERBOSE_ENV = "ECOMTUNE_VERBOSE"
 LOG_FILE = "train.log"
 
