@@ -91,13 +91,15 @@ def _write_model(source: ExportSource, fmt: ExportFormat, staging: Path, final: 
 
 
 def _verify(source: ExportSource, model_folder: Path, adapter_folder: Path | None, samples) -> Verification:
-    """The run against the export, one model in memory at a time. The run computes in the export's dtype, so
-    the comparison measures the merge and the weights' rounding, not two precisions of arithmetic."""
-    run_model = load_for_inference(str(source.run.folder), None if source.base_in_4bit else False, source.dtype)
+    """The run against the export, one model in memory at a time, both computing in one dtype: float32 without a
+    GPU (the difference is then the merge and the stored weights' rounding alone), the export's dtype on a GPU
+    (a float32 copy of a 7B model would not fit beside nothing on a 24 GB card)."""
+    compute = source.dtype if torch.cuda.is_available() else "float32"
+    run_model = load_for_inference(str(source.run.folder), None if source.base_in_4bit else False, compute)
     expected = reference(run_model.model, run_model.processor, samples)
     del run_model
     _release()
-    model, processor = load_exported(model_folder, adapter_folder)
+    model, processor = load_exported(model_folder, adapter_folder, compute)
     try:
         return compare(model, processor, samples, expected, source.dtype)
     finally:

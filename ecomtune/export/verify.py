@@ -188,11 +188,12 @@ def compare(model, processor, samples, expected: list[dict[str, Any]], dtype: st
                         agree / positions if positions else 0.0, not differing, tuple(sorted(differing)), finite)
 
 
-def load_exported(folder: Path, adapter: Path | None = None):
-    """The export as a user loads it: plain transformers (and plain peft for a separate adapter)."""
+def load_exported(folder: Path, adapter: Path | None = None, dtype: str = "auto"):
+    """The export as a user loads it: plain transformers (and plain peft for a separate adapter), in `dtype`
+    ("auto": as saved)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    kwargs: dict[str, Any] = {"dtype": "auto"}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
     model = AutoModelForImageTextToText.from_pretrained(str(folder), **kwargs)
