@@ -183,12 +183,16 @@ def prepare_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> Prep
         held_out = HeldOut(held_samples, held_lengths, None, str(stage.eval_data))
     packs = None
     if stage.packing:
-        packs = plan_packs(lengths, [len(s.images) for s in samples], stage.max_length, stage.max_images_per_pack)
+        packs = _packs(samples, lengths, stage)
         stats["packing"] = packing_stats(packs, lengths, stage.max_length)
         if held_out is not None:
-            held_out.packs = plan_packs(held_out.lengths, [len(s.images) for s in held_out.samples],
-                                        stage.max_length, stage.max_images_per_pack)
+            held_out.packs = _packs(held_out.samples, held_out.lengths, stage)
     return PreparedData(given.backbone, given.processor, samples, stats, lengths, packs, given.read, held_out)
+
+
+def _packs(samples: list[Sample], lengths: list[int], stage: StageSettings) -> list[list[int]]:
+    """The packed rows (sample indices per row) of measured samples, within the stage's length and image caps."""
+    return plan_packs(lengths, [len(s.images) for s in samples], stage.max_length, stage.max_images_per_pack)
 
 
 def split_held_out(samples: list[Sample], lengths: list[int], fraction: float, seed: int,
