@@ -355,6 +355,10 @@ class StageSettings(StrictModel):
         "each sample attends only to itself, the loss is averaged as without packing. train.batch_size then counts "
         "packed rows. Families that cannot be packed safely are refused with the reason (`ecomtune backbones`).",
     )
+    prepare_workers: int | None = Field(
+        None, ge=1, description="Processes that check the images and measure the samples before training (and in "
+        "`ecomtune plan`); None = every core. Results are cached between runs (in ECOMTUNE_CACHE; "
+        "ECOMTUNE_PREPARE_CACHE=off disables).")
     max_images_per_pack: int = Field(16, ge=1, description="Cap on images in one packed row: bounds the vision "
                                      "tower's work and memory per row.")
     quant: QuantSettings = Field(default_factory=QuantSettings, description="Base-model quantization.")

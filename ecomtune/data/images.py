@@ -86,14 +86,21 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 def check_image(path: Path, max_aspect: float | None = None,
                 family: str = "this model") -> tuple[tuple[int, int] | None, Problem | None]:
-    """The image's displayed size (None when unreadable) and what is wrong with it (None when it can be used).
+    """The image's displayed size (None when unreadable) and what is wrong with it (None when it can be used):
+    `decode_check`, then `aspect_problem`. The returned Problem has no `where`: the caller knows the record."""
+    size, problem = decode_check(path)
+    return size, problem or aspect_problem(size, max_aspect, family)
+
+
+def decode_check(path: str | Path) -> tuple[tuple[int, int] | None, Problem | None]:
+    """The image's displayed size, or what makes it unusable whatever the model (None when it decodes).
 
     Every pixel is decoded (`load`), because Pillow's `verify` does not decode JPEG data: a truncated JPEG must
     fail here, with its record's file:line, not mid-training. The pixel count is checked from the header first,
-    so a decompression bomb is refused without decoding it. `max_aspect`: the largest max(w, h) / min(w, h) that
-    `family` accepts (Qwen-VL image processors refuse anything beyond 200:1), None for no limit. The returned
-    Problem has no `where`: the caller knows the record.
+    so a decompression bomb is refused without decoding it. The answer depends on the file alone, which is what
+    lets `ecomtune.data.image_checks` cache it by the file's identity and run it in worker processes.
     """
+    path = Path(path)
     if not path.is_file():
         return None, Problem(f"file not found at {path}", fix="fix the path or add the file, or drop the record")
     try:
@@ -103,12 +110,19 @@ def check_image(path: Path, max_aspect: float | None = None,
                 return None, Problem(f"{width}x{height} pixels exceeds the {MAX_PIXELS} pixel limit",
                                      fix="downscale the image, or drop the record")
             image.load()
-            size = displayed_size(image)
+            return displayed_size(image), None
     except UNREADABLE as exc:
         return None, Problem(f"unreadable image ({type(exc).__name__}: {exc})",
                              fix="re-export or re-download the file, or drop the record")
+
+
+def aspect_problem(size: tuple[int, int] | None, max_aspect: float | None, family: str) -> Problem | None:
+    """What is wrong with a decoded image's shape for `family`: `max_aspect` is the largest max(w, h) / min(w, h)
+    it accepts (Qwen-VL image processors refuse anything beyond 200:1), None for no limit."""
+    if size is None or max_aspect is None:
+        return None
     ratio = max(size) / max(1, min(size))
-    if max_aspect is not None and ratio > max_aspect:
-        return size, Problem(f"aspect ratio {ratio:.4g}:1 exceeds the {max_aspect:g}:1 that {family} takes",
-                             fix=f"crop or pad the image to at most {max_aspect:g}:1, or drop the record")
-    return size, None
+    if ratio > max_aspect:
+        return Problem(f"aspect ratio {ratio:.4g}:1 exceeds the {max_aspect:g}:1 that {family} takes",
+                       fix=f"crop or pad the image to at most {max_aspect:g}:1, or drop the record")
+    return None

@@ -15,12 +15,14 @@ file:line of the record and the fix.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ecomtune.data.images import check_image
+from ecomtune.data.images import aspect_problem, decode_check
 from ecomtune.data.jsonl import read_jsonl
 from ecomtune.errors import DataError, Problem
 
@@ -30,8 +32,11 @@ ROLES = {"system", "user", "assistant"}
 MAX_REPORTED = 20
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from ecomtune.backbones.spec import BackboneSpec
     from ecomtune.config.schema import ImageSettings
+    from ecomtune.data.image_checks import Checked
 
 
 # An image as a path, or how to derive one from paths (a crop, a grid; see ecomtune.data.strategies).
@@ -94,28 +99,55 @@ def _as_messages(value: Any, default_role: str) -> list[dict[str, Any]] | None:
 
 
 def resolve_image_path(image: str, base_dir: Path, root: Path | None = None) -> tuple[Path, str | None]:
-    """An image path from a data file, made absolute against the file's folder; the second value says what is
-    wrong when a relative path climbs out of the dataset folder `root` (default: the file's folder). Absolute
-    paths are the user's explicit choice and are taken as they are."""
-    path = Path(image)
-    if path.is_absolute():
-        return path, None
-    resolved = (base_dir / path).resolve()
-    root = (root or base_dir).resolve()
-    if not resolved.is_relative_to(root):
-        return resolved, f"relative path leaves the dataset folder {root}"
-    return resolved, None
+    """An image path from a data file, made absolute against the file's folder and resolved (symbolic links
+    followed); the second value says what is wrong when a relative path climbs out of the dataset folder `root`
+    (default: the file's folder). Absolute paths are the user's explicit choice and are taken as they are."""
+    return _resolved(image, str(base_dir), str(root or base_dir))
+
+
+@functools.lru_cache(maxsize=65536)
+def _resolved(image: str, base_dir: str, root: str) -> tuple[Path, str | None]:
+    if os.path.isabs(image):
+        return Path(real_path(image)), None
+    resolved, real_root = real_path(os.path.join(base_dir, image)), _real_folder(root)
+    if not (resolved == real_root or resolved.startswith(real_root.rstrip(os.sep) + os.sep)):
+        return Path(resolved), f"relative path leaves the dataset folder {real_root}"
+    return Path(resolved), None
+
+
+@functools.lru_cache(maxsize=65536)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
+
+
+def forget_folders() -> None:
+    """Drop the resolved folders `real_path` remembers (a new read of the data starts afresh)."""
+    _real_folder.cache_clear()
+    _resolved.cache_clear()
+
+
+def real_path(path: str) -> str:
+    """`os.path.realpath(path)`, with the folder's part remembered: a dataset names many images in few folders, and
+    resolving every folder of every path again is most of the cost of checking a million records. The file itself
+    is still looked at each time (a symbolic link is followed)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    if name in ("", ".", ".."):
+        return os.path.realpath(path)
+    joined = os.path.join(_real_folder(folder), name)
+    return os.path.realpath(joined) if os.path.islink(joined) else joined
 
 
 def check_record_images(value: Any, base_dir: Path, where: str, root: Path | None = None,
                         spec: BackboneSpec | None = None, escape_fix: str = ESCAPE_FIX,
+                        checked: Mapping[str, Checked] | None = None,
                         ) -> tuple[list[str], list[tuple[int, int] | None], list[Problem]]:
     """A record's `images` value checked the one way training, benchmark and prediction data all share: one path
     (a string) or a list of paths, each resolved against the data file's folder `base_dir` (relative paths may
     not leave `root`) and checked by `check_image`, with the family's aspect-ratio limit when `spec` is given.
     Returns the absolute paths, each image's displayed size (None when unreadable) and every problem, located
     at `where` (the record's file:line). Anything but a string or a list of strings is one problem, not a crash:
-    a bare string would otherwise be read one character per path."""
+    a bare string would otherwise be read one character per path. `checked`: `decode_check` results already at
+    hand by resolved path (`ecomtune.data.image_checks`); other images are decoded here."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
@@ -126,10 +158,14 @@ def check_record_images(value: Any, base_dir: Path, where: str, root: Path | Non
     paths, sizes, problems = [], [], []
     for image in value:
         path, escape = resolve_image_path(image, base_dir, root)
-        size, problem = (None, Problem(escape, fix=escape_fix)) if escape else check_image(path, max_aspect, family)
+        if escape:
+            size, problem = None, Problem(escape, fix=escape_fix)
+        else:
+            size, problem = checked[str(path)] if checked is not None and str(path) in checked else decode_check(path)
+            problem = problem or aspect_problem(size, max_aspect, family)
         if problem is not None:
             problems.append(replace(problem, what=f"image {image!r}: {problem.what}", where=where))
-        paths.append(str(path.resolve()))
+        paths.append(str(path))
         sizes.append(size)
     return paths, sizes, problems
 
@@ -156,7 +192,8 @@ def parse_boxes(value: Any, sizes: list[tuple[int, int] | None], where: str) -> 
 
 
 def parse_record(record: Any, base_dir: Path, where: str, root: Path | None = None,
-                 spec: BackboneSpec | None = None) -> tuple[Sample | None, list[Problem]]:
+                 spec: BackboneSpec | None = None,
+                 checked: Mapping[str, Checked] | None = None) -> tuple[Sample | None, list[Problem]]:
     """Check one decoded JSON record; return the sample, or None and every problem with it. Relative image
     paths must stay inside `root` (default: the data file's folder); with `spec`, images must also suit the
     backbone family (aspect ratio), so a record the model would refuse is named before any weights load."""
@@ -198,7 +235,8 @@ def parse_record(record: Any, base_dir: Path, where: str, root: Path | None = No
             problems.append(Problem(f"assistant message {i} contains an image", where,
                                     "images belong in user messages"))
 
-    resolved, sizes, image_problems = check_record_images(record.get("images", []), base_dir, where, root, spec)
+    resolved, sizes, image_problems = check_record_images(record.get("images", []), base_dir, where, root, spec,
+                                                              checked=checked)
     problems.extend(image_problems)
     placeholders = sum(b["type"] == "image" for m in messages for b in m["content"])
     if placeholders != len(resolved):
@@ -268,6 +306,7 @@ def load_samples(path: Path, spec: BackboneSpec | None = None, images: ImageSett
     from rich.progress import track
 
     path = Path(path)
+    forget_folders()
     if not path.is_file():
         raise DataError(f"Data file not found: {path}",
                         fix="check the path (relative paths start from the current folder)")

@@ -99,6 +99,25 @@ def ref_paths(ref: ImageRef) -> list[str]:
     return list(ref["grid"]) if "grid" in ref else [ref["path"]]
 
 
+def ref_size(ref: ImageRef, sizes: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """(width, height) of the image `open_image(ref)` gives, without decoding it: `sizes` holds the displayed
+    size of each file (read from its header where missing). A crop is its box as Pillow rounds it; a grid is
+    `stitch`'s canvas."""
+    def size_of(path: str) -> tuple[int, int]:
+        return sizes[path] if path in sizes else image_size(path)
+
+    if isinstance(ref, str):
+        return size_of(ref)
+    if "grid" in ref:
+        if len(ref["grid"]) == 1:
+            return size_of(ref["grid"][0])
+        cols, rows = grid_shape(len(ref["grid"]), ref.get("columns"))
+        side = ref["size"] // max(cols, rows)
+        return cols * side, rows * side
+    x0, y0, x1, y1 = (round(v) for v in ref["crop"])
+    return x1 - x0, y1 - y0
+
+
 def _placeholders_kept(messages: list[dict[str, Any]], kept: set[int]) -> list[dict[str, Any]]:
     """Messages with only the image placeholders whose index (in order of appearance) is in `kept`."""
     out, index = [], 0

@@ -24,9 +24,8 @@ from ecomtune.backbones.loading import check_available, pick_compute_dtype, role
 from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import ResolvedRoles, lora_target_regex, resolve_roles
 from ecomtune.config.schema import LoraStage, Recipe, StageSettings
-from ecomtune.data.collator import VisionChatCollator
+from ecomtune.data.lengths import measure_lengths
 from ecomtune.data.packing import packing_stats, plan_packs
-from ecomtune.data.schema import Sample
 from ecomtune.train.memory import GIB, ModelShape, TrainShape, advice, estimate, optimizer_kind
 
 
@@ -47,19 +46,6 @@ def padding_fraction(lengths: list[int], batch_size: int, seed: int = 0) -> floa
         padded += max(batch) * len(batch)
         useful += sum(batch)
     return 1 - useful / padded if padded else 0.0
-
-
-def measure(processor, samples: list[Sample], conversation: str) -> list[tuple[int, int]]:
-    """(total tokens, image tokens) of every sample, as the collator builds them."""
-    from rich.progress import track
-
-    collator = VisionChatCollator(processor, conversation=conversation)
-    image_ids = torch.tensor([i for i in processor.image_token_ids if i is not None])
-    out = []
-    for sample in track(samples, description="measuring samples", transient=True):
-        ids = collator.encode([sample])["input_ids"][0]
-        out.append((int(ids.shape[0]), int(torch.isin(ids, image_ids).sum())))
-    return out
 
 
 def _weightless(backbone: ResolvedBackbone):
@@ -116,10 +102,11 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
 
     given = read_stage(recipe, stage, stage_name)  # the very path training takes: the same samples, same checks
     backbone, processor, samples = given.backbone, given.processor, given.read.samples
-    measured = measure(processor, samples, backbone.spec.conversation)
-    totals = [t for t, _ in measured]
+    measured = measure_lengths(processor, samples, given.read.image_sizes, backbone.spec.conversation,
+                               workers=stage.prepare_workers)
+    totals = [m.total for m in measured]
     given.read.count_tokens(totals)
-    images = [i for _, i in measured]
+    images = [m.image for m in measured]
     limit = stage.max_length
     kept = [t for t in totals if limit is None or t <= limit]
     seq_len = max(kept) if kept else (limit or max(totals))

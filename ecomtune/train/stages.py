@@ -20,7 +20,7 @@ from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
 from ecomtune.backbones.spec import ResolvedRoles
 from ecomtune.config.schema import Recipe, StageSettings
 from ecomtune.config.stages import STAGE_INFO, StageInfo
-from ecomtune.data.collator import count_tokens
+from ecomtune.data.lengths import measure_lengths
 from ecomtune.data.packing import check_packable, packing_stats, plan_packs
 from ecomtune.data.schema import Sample
 from ecomtune.data.sources.detect import MIXTURE_SUFFIXES
@@ -88,13 +88,13 @@ def _console():
     return Console(stderr=True, quiet=not is_main_process())
 
 
-def _length_report(processor, samples: list[Sample], stage: StageSettings,
+def _length_report(processor, read: StageSamples, stage: StageSettings,
                    conversation: str = "chat") -> tuple[list[Sample], dict[str, Any], list[int]]:
-    """Measure every sample (text + image tokens); over-long samples are an error or dropped, never cut."""
-    from rich.progress import track
-
-    lengths = [count_tokens(processor, s, conversation) for s in
-               track(samples, description="measuring samples", transient=True, console=_console())]
+    """Measure every sample (text + image tokens, exact; `ecomtune.data.lengths`); over-long samples are an error or
+    dropped, never cut."""
+    samples = read.samples
+    lengths = [m.total for m in measure_lengths(processor, samples, read.image_sizes, conversation,
+                                                workers=stage.prepare_workers)]
     limit = stage.max_length
     over = [(s, n) for s, n in zip(samples, lengths, strict=True) if limit is not None and n > limit]
     ordered = sorted(lengths)
@@ -135,7 +135,8 @@ def read_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> StageIn
     backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.seed, recipe.backbone.revision)
     if stage.packing:
         check_packable(backbone.spec, f"{stage_name}.packing")
-    read = load_stage_samples(stage.data, backbone.spec, stage.images, stage.train.seed, f"{stage_name}.data")
+    read = load_stage_samples(stage.data, backbone.spec, stage.images, stage.train.seed, f"{stage_name}.data",
+                              stage.prepare_workers)
     return StageInput(backbone, load_processor(backbone, recipe.backbone), read)
 
 
@@ -169,7 +170,7 @@ def prepare_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> Prep
     dropped, per on_overlong) and plan packed rows."""
     given = read_stage(recipe, stage, stage_name)
     conversation = given.backbone.spec.conversation
-    samples, stats, lengths = _length_report(given.processor, given.read.samples, stage, conversation)
+    samples, stats, lengths = _length_report(given.processor, given.read, stage, conversation)
     given.read.count_tokens(lengths, samples)
     held_out = None
     if stage.eval_fraction > 0:
@@ -178,8 +179,8 @@ def prepare_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> Prep
         held_out = HeldOut(held_samples, held_lengths, None, "eval_fraction")
     elif stage.eval_data is not None:
         read = load_stage_samples(stage.eval_data, given.backbone.spec, stage.images, stage.train.seed,
-                                  f"{stage_name}.eval_data")
-        held_samples, _, held_lengths = _length_report(given.processor, read.samples, stage, conversation)
+                                  f"{stage_name}.eval_data", stage.prepare_workers)
+        held_samples, _, held_lengths = _length_report(given.processor, read, stage, conversation)
         held_out = HeldOut(held_samples, held_lengths, None, str(stage.eval_data))
     packs = None
     if stage.packing:

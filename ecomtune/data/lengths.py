@@ -1,0 +1,220 @@
+"""Exact sample lengths (text + image tokens), fast: without decoding a pixel where the family allows it.
+
+The slow way, which is always right, is the collator itself: render the chat template, decode every image, run
+the processor, count. `count_tokens` does that. The fast way rests on two facts that hold for the families whose
+spec says `fast_lengths` (tests/test_lengths.py proves it for each of them, over a spread of image sizes, image
+positions and resolution settings, against the collator):
+
+1. the processor expands each image placeholder token into a run of tokens that depends only on the image's
+   displayed size (its resize, tiling and merge rules read the size, never the pixels);
+2. that run is tokenized apart from its neighbours (its tokens are special tokens), so the expanded sequence is
+   the placeholder sequence with each placeholder spliced out and its run spliced in.
+
+So a sample's length is the length of its tokenized chat-template text plus, per image, the length of the run for
+that image's size minus one. The run for a size is measured once, with the real processor on a blank image of
+that size; texts are tokenized in batches by the fast tokenizer; image sizes come from the image checks (headers
+and one decode per file, cached). Where the probe shows the splice does not hold, or for prefix-suffix families
+(PaliGemma's processor builds the whole prompt itself), every sample goes through the collator instead.
+
+Lengths are remembered in the preparation cache (`ecomtune.data.prep_cache`) by the processor's fingerprint and
+the sample's content and image sizes, and measured in worker processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ecomtune.data.collator import VisionChatCollator, adds_own_specials
+from ecomtune.data.parallel import batches_of, progress, run_batches, worker_count, worker_pool
+from ecomtune.data.prep_cache import PrepCache, digest, opened_cache
+from ecomtune.data.schema import Sample
+from ecomtune.data.strategies import ref_size
+
+# Part of every cached length's key: bump it when the way lengths are counted changes.
+COUNTING = "lengths-1"
+TABLE = "lengths"
+SPOT_CHECKS = 16  # samples measured both ways before the fast way is trusted with a run
+Size = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Length:
+    """A sample's tokens as the model sees them: all of them, and those that are image tokens."""
+
+    total: int
+    image: int
+
+
+def image_token_ids(processor) -> set[int]:
+    """The ids of the tokens that stand for image features (`processor.image_token_ids` where the processor has
+    them, else its image token)."""
+    ids = getattr(processor, "image_token_ids", None) or [getattr(processor, "image_token_id", None)]
+    return {int(i) for i in ids if i is not None}
+
+
+def processor_fingerprint(processor, conversation: str) -> str:
+    """What a sample's length depends on besides the sample: the processor's settings (image processor, chat
+    template, special tokens), its tokenizer, the conversation style and ecomtune's way of counting."""
+    tokenizer = processor.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    parts = [COUNTING, conversation, type(processor).__name__, type(tokenizer).__name__, vocabulary,
+             json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str),
+             str(processor.chat_template), str(getattr(tokenizer, "padding_side", ""))]
+    for name in ("image_processor", "video_processor"):
+        part = getattr(processor, name, None)
+        if part is not None:
+            parts.append(json.dumps(part.to_dict(), sort_keys=True, default=str))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+class TokenCounter:
+    """Exact lengths of samples for one processor (see the module docstring). `fast`: the family's spec allows the
+    splice; it is used only if the probe confirms it for this processor."""
+
+    ASK, AND, ANSWER = {"type": "text", "text": "Look at"}, {"type": "text", "text": "and"}, \
+        {"role": "assistant", "content": [{"type": "text", "text": "Fine."}]}
+
+    def __init__(self, processor, conversation: str = "chat", fast: bool = True) -> None:
+        self.processor = processor
+        self.conversation = conversation
+        self.collator = VisionChatCollator(processor, conversation=conversation)
+        self.image_ids = image_token_ids(processor)
+        token = getattr(processor, "image_token", None)
+        placeholder = processor.tokenizer.convert_tokens_to_ids(token) if token else None
+        self.placeholder: int | None = placeholder if isinstance(placeholder, int) else None
+        self.runs: dict[tuple[Size, bool], tuple[int, int] | None] = {}  # (size, multi) -> (added, image tokens)
+        self.fast = fast and conversation == "chat" and self.placeholder is not None
+        self.fingerprint = processor_fingerprint(processor, conversation)
+
+    def _render(self, messages: list[dict[str, Any]]) -> tuple[str, bool]:
+        text = self.processor.apply_chat_template(messages, tokenize=False)
+        return text, adds_own_specials(self.processor, text)
+
+    def run_for(self, size: Size, multi: bool = False) -> tuple[int, int] | None:
+        """(tokens one image of `size` adds beyond its placeholder, its image tokens), measured once with the real
+        processor on blank images of that size: one, or (`multi`) two in one message, since some processors expand
+        the images of a multi-image sample differently (LLaVA-OneVision drops its tiles). None when the output is
+        not the placeholder text with identical runs spliced in: then this processor is measured the slow way."""
+        key = (size, multi)
+        if key not in self.runs:
+            content = [self.ASK, {"type": "image"}, *([self.AND, {"type": "image"}] if multi else []), self.AND]
+            text, specials = self._render([{"role": "user", "content": content}, self.ANSWER])
+            plain = self.processor.tokenizer(text, add_special_tokens=specials)["input_ids"]
+            blank = Image.new("RGB", size, (255, 255, 255))
+            full = self.processor(text=[text], images=[[blank] * (2 if multi else 1)], add_special_tokens=specials,
+                                  return_tensors="pt")["input_ids"][0].tolist()
+            self.runs[key] = _splice_run(plain, full, self.placeholder, 2 if multi else 1, self.image_ids)
+        return self.runs[key]
+
+    def slow(self, sample: Sample) -> Length:
+        """The collator's own count: every image decoded and processed."""
+        ids = self.collator.encode([sample])["input_ids"][0]
+        return Length(int(ids.shape[0]), int(torch.isin(ids, torch.tensor(sorted(self.image_ids))).sum()))
+
+    def measure(self, items: Sequence[tuple[Sample, list[Size]]]) -> list[Length]:
+        """The length of each (sample, its images' sizes), fast where the splice holds for every image."""
+        if not self.fast:
+            return [self.slow(sample) for sample, _ in items]
+        rendered = [self._render(sample.messages) for sample, _ in items]
+        out: list[Length | None] = [None] * len(items)
+        for specials in {flag for _, flag in rendered}:
+            chosen = [i for i, (_, flag) in enumerate(rendered) if flag == specials]
+            encoded = self.processor.tokenizer([rendered[i][0] for i in chosen], add_special_tokens=specials)
+            for i, ids in zip(chosen, encoded["input_ids"], strict=True):
+                out[i] = self._spliced(ids, items[i][1])
+        return [length if length is not None else self.slow(items[i][0]) for i, length in enumerate(out)]
+
+    def _spliced(self, ids: list[int], sizes: list[Size]) -> Length | None:
+        if ids.count(self.placeholder) != len(sizes):  # e.g. the placeholder's text typed inside a message
+            return None
+        runs = [self.run_for(size, len(sizes) > 1) for size in sizes]
+        if any(run is None for run in runs):
+            return None
+        return Length(len(ids) + sum(added for added, _ in runs), sum(image for _, image in runs))
+
+
+def _splice_run(plain: list[int], full: list[int], placeholder: int, count: int,
+                image_ids: set[int]) -> tuple[int, int] | None:
+    """(tokens added per placeholder, image tokens per run) when `full` is `plain` with each of its `count`
+    placeholders replaced by the same run of tokens; None otherwise."""
+    if plain.count(placeholder) != count or (len(full) - len(plain)) % count:
+        return None
+    width = (len(full) - len(plain)) // count + 1
+    if width < 1:
+        return None
+    run, at, out = None, 0, 0  # position in plain, position in full
+    for token in plain:
+        if token != placeholder:
+            if out >= len(full) or full[out] != token:
+                return None
+            out += 1
+        else:
+            here = full[out:out + width]
+            if run is not None and here != run:
+                return None
+            run, out = here, out + width
+        at += 1
+    if out != len(full) or run is None:
+        return None
+    return width - 1, sum(token in image_ids for token in run)
+
+
+def _measure_batch(counter: TokenCounter, items: Sequence[tuple[Sample, list[Size]]]) -> list[tuple[int, int]]:
+    return [(length.total, length.image) for length in counter.measure(items)]
+
+
+def _spot_check(counter: TokenCounter, items: Sequence[tuple[Sample, list[Size]]]) -> None:
+    """Measure a few samples both ways before trusting the fast way with the rest; any difference (a chat template
+    or processor that does more than expand placeholders) turns it off for this run, with a notice."""
+    if not counter.fast:
+        return
+    for (sample, _sizes), fast in zip(items, counter.measure(items), strict=True):
+        slow = counter.slow(sample)
+        if fast != slow:
+            counter.fast = False
+            print(f"ecomtune: {sample.source}: counting tokens without the processor gave {fast.total} tokens, the "
+                  f"processor {slow.total}; every sample is measured with the processor instead (slower)",
+                  file=sys.stderr)
+            return
+
+
+def sample_key(fingerprint: str, sample: Sample, sizes: list[Size]) -> str:
+    """The cache key of a sample's length: the processor's fingerprint, the sample's images and messages as the
+    strategy presents them, and the size of every image."""
+    return digest(fingerprint, json.dumps(sample.images), json.dumps(sample.messages), json.dumps(sizes))
+
+
+def measure_lengths(processor, samples: Sequence[Sample], sizes: dict[str, Size] | None = None,
+                    conversation: str = "chat", fast: bool = True, workers: int | None = None,
+                    cache: PrepCache | None = None, description: str = "measuring samples") -> list[Length]:
+    """The exact length of every sample, from the cache where it is known, the rest measured in `workers` processes
+    (None: every core) with a progress bar, and remembered. `sizes`: displayed size of image files already known
+    (from the image checks); others are read from their headers. `fast`: the family's `fast_lengths`."""
+    counter = TokenCounter(processor, conversation, fast)
+    known_sizes = sizes or {}
+    items = [(sample, [ref_size(ref, known_sizes) for ref in sample.images]) for sample in samples]
+    keys = [sample_key(counter.fingerprint, sample, image_sizes) for sample, image_sizes in items]
+    with opened_cache(cache) as store:
+        cached = store.get_many(TABLE, keys)
+        todo = [i for i, key in enumerate(keys) if key not in cached]
+        results: dict[int, tuple[int, int]] = {}
+        if todo:
+            _spot_check(counter, [items[i] for i in todo[:SPOT_CHECKS]])
+            pool_size = worker_count(workers, len(todo))
+            batches = batches_of(todo, pool_size, 1024)
+            with progress(description, len(todo)) as advance, worker_pool(pool_size, counter) as pool:
+                measured = run_batches(pool, _measure_batch, counter, [[items[i] for i in b] for b in batches],
+                                       advance)
+                for batch, lengths in zip(batches, measured, strict=True):
+                    results.update(zip(batch, lengths, strict=True))
+            store.put_many(TABLE, ((keys[i], list(results[i])) for i in todo))
+    return [Length(*results[i]) if i in results else Length(*cached[keys[i]]) for i in range(len(samples))]
