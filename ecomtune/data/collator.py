@@ -14,6 +14,7 @@ are reported before training (cutting through image tokens crashes Qwen-style mo
 from __future__ import annotations
 
 import bisect
+import sys
 from typing import Any
 
 import torch
@@ -93,6 +94,8 @@ class VisionChatCollator:
         self.max_length = max_length
         self.conversation = conversation
         self.processor.tokenizer.padding_side = "right"
+        self._prepared = None  # PreparedBatches, made on the first batch of prepared samples
+        self.prepared_matches: bool | None = None  # whether prepared batches equal the full path's (first batch)
 
     def _encode_chat(self, samples: list[Sample], images: list[list[Any]] | None) -> dict[str, Any]:
         texts, spans = [], []
@@ -128,10 +131,35 @@ class VisionChatCollator:
         batch["labels"] = batch["input_ids"].masked_fill(batch["token_type_ids"] == 0, IGNORE_INDEX)
         return batch
 
+    def _from_prepared(self, samples: list[Sample], images: list[list[Any]] | None) -> dict[str, Any] | None:
+        """The batch built from the samples' prepared text (`ecomtune.data.prepared`), or None: not prepared, not
+        buildable, or (checked on the first such batch) not what the full path gives for this processor."""
+        if self.conversation != "chat" or self.prepared_matches is False or any(s.text is None for s in samples):
+            return None
+        if self._prepared is None:
+            from ecomtune.data.lengths import TokenCounter
+            from ecomtune.data.prepared import PreparedBatches
+
+            self._prepared = PreparedBatches(self.processor, TokenCounter(self.processor, self.conversation))
+        batch = self._prepared.encode(samples, images)
+        if batch is None:  # this processor's batches cannot be built from prepared text: not tried again
+            self.prepared_matches = False
+            return None
+        if self.prepared_matches is None:
+            full = self._encode_chat(samples, images)
+            self.prepared_matches = same_batch(batch, full)
+            if not self.prepared_matches:
+                print("ecomtune: batches built from the prepared text differ from the processor's for this model; "
+                      "every batch is built by the processor instead (slower)", file=sys.stderr)
+                return full
+        return batch
+
     def encode(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         images = batch_images([[open_image(ref) for ref in sample.images] for sample in samples])
-        encode = self._encode_prefix_suffix if self.conversation == "prefix-suffix" else self._encode_chat
-        batch = encode(samples, images)
+        batch = self._from_prepared(samples, images)
+        if batch is None:
+            encode = self._encode_prefix_suffix if self.conversation == "prefix-suffix" else self._encode_chat
+            batch = encode(samples, images)
         batch["labels"][batch["attention_mask"] == 0] = IGNORE_INDEX
         if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
             longest = max(range(len(samples)), key=lambda i: int(batch["attention_mask"][i].sum()))
@@ -143,6 +171,22 @@ class VisionChatCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return self.encode([Sample.from_row(r) for r in rows])
+
+
+def same_batch(one: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two batches hold the same keys and equal values (tensors: same shape and values)."""
+    if one.keys() != other.keys():
+        return False
+    for key, value in one.items():
+        theirs = other[key]
+        if torch.is_tensor(value) != torch.is_tensor(theirs):
+            return False
+        if torch.is_tensor(value) and (value.shape != theirs.shape or value.dtype != theirs.dtype
+                                       or not torch.equal(value, theirs)):
+            return False
+        if not torch.is_tensor(value) and value != theirs:
+            return False
+    return True
 
 
 def count_tokens(processor, sample: Sample, conversation: str = "chat") -> int:

@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ecomtune.data.collator import VisionChatCollator, adds_own_specials
+from ecomtune.data.collator import VisionChatCollator, adds_own_specials, render_with_spans
 from ecomtune.data.parallel import batches_of, progress, run_batches, worker_count, worker_pool
 from ecomtune.data.prep_cache import PrepCache, digest, opened_cache
-from ecomtune.data.schema import Sample
+from ecomtune.data.schema import PreparedText, Sample
 from ecomtune.data.strategies import ref_size
 
 # Part of every cached length's key: bump it when the way lengths are counted changes.
@@ -120,18 +120,37 @@ class TokenCounter:
         ids = self.collator.encode([sample])["input_ids"][0]
         return Length(int(ids.shape[0]), int(torch.isin(ids, torch.tensor(sorted(self.image_ids))).sum()))
 
-    def measure(self, items: Sequence[tuple[Sample, list[Size]]]) -> list[Length]:
-        """The length of each (sample, its images' sizes), fast where the splice holds for every image."""
+    def encode_text(self, messages: list[dict[str, Any]], specials: bool | None = None,
+                    rendered: tuple[str, list[tuple[int, int]]] | None = None) -> PreparedText:
+        """The sample's chat-template text tokenized as the collator tokenizes it, images left as placeholders, with
+        the token ranges inside assistant turns (what is learnt)."""
+        text, spans = rendered or render_with_spans(self.processor, messages)
+        specials = adds_own_specials(self.processor, text) if specials is None else specials
+        encoded = self.processor.tokenizer(text, add_special_tokens=specials, return_offsets_mapping=True)
+        return PreparedText(list(encoded["input_ids"]), learnt_ranges(encoded["offset_mapping"], spans))
+
+    def measure(self, items: Sequence[tuple[Sample, list[Size]]],
+                keep_text: bool = False) -> list[tuple[Length, PreparedText | None]]:
+        """The length of each (sample, its images' sizes), fast where the splice holds for every image; with
+        `keep_text`, also its prepared text (chat families)."""
+        chat = self.conversation == "chat"
+        texts = [self.encode_text(sample.messages) if keep_text and chat else None for sample, _ in items]
         if not self.fast:
-            return [self.slow(sample) for sample, _ in items]
-        rendered = [self._render(sample.messages) for sample, _ in items]
-        out: list[Length | None] = [None] * len(items)
-        for specials in {flag for _, flag in rendered}:
-            chosen = [i for i, (_, flag) in enumerate(rendered) if flag == specials]
-            encoded = self.processor.tokenizer([rendered[i][0] for i in chosen], add_special_tokens=specials)
-            for i, ids in zip(chosen, encoded["input_ids"], strict=True):
-                out[i] = self._spliced(ids, items[i][1])
-        return [length if length is not None else self.slow(items[i][0]) for i, length in enumerate(out)]
+            return [(self.slow(sample), text) for (sample, _), text in zip(items, texts, strict=True)]
+        if keep_text:
+            ids = [text.ids for text in texts]
+        else:
+            rendered = [self._render(sample.messages) for sample, _ in items]
+            ids = [[] for _ in items]
+            for specials in {flag for _, flag in rendered}:
+                chosen = [i for i, (_, flag) in enumerate(rendered) if flag == specials]
+                encoded = self.processor.tokenizer([rendered[i][0] for i in chosen], add_special_tokens=specials)
+                for i, row in zip(chosen, encoded["input_ids"], strict=True):
+                    ids[i] = row
+        out = []
+        for (sample, sizes), row, text in zip(items, ids, texts, strict=True):
+            out.append((self._spliced(row, sizes) or self.slow(sample), text))
+        return out
 
     def _spliced(self, ids: list[int], sizes: list[Size]) -> Length | None:
         if ids.count(self.placeholder) != len(sizes):  # e.g. the placeholder's text typed inside a message
@@ -168,8 +187,23 @@ def _splice_run(plain: list[int], full: list[int], placeholder: int, count: int,
     return width - 1, sum(token in image_ids for token in run)
 
 
-def _measure_batch(counter: TokenCounter, items: Sequence[tuple[Sample, list[Size]]]) -> list[tuple[int, int]]:
-    return [(length.total, length.image) for length in counter.measure(items)]
+def learnt_ranges(offsets: Sequence[Sequence[int]], spans: list[tuple[int, int]]) -> list[list[int]]:
+    """[start, end) token ranges whose characters (`offsets`, per token) fall inside any of the character `spans`;
+    tokens that cover no characters are never learnt (the collator's rule, `_label_mask`)."""
+    ranges: list[list[int]] = []
+    for index, (start, stop) in enumerate(offsets):
+        if stop > start and any(start < end and stop > begin for begin, end in spans):
+            if ranges and ranges[-1][1] == index:
+                ranges[-1][1] = index + 1
+            else:
+                ranges.append([index, index + 1])
+    return ranges
+
+
+def _measure_batch(state: tuple[TokenCounter, bool], items: Sequence[tuple[Sample, list[Size]]]) -> list[list]:
+    counter, keep_text = state
+    return [[length.total, length.image] + ([text.ids, text.learnt] if text is not None else [])
+            for length, text in counter.measure(items, keep_text)]
 
 
 def _spot_check(counter: TokenCounter, items: Sequence[tuple[Sample, list[Size]]]) -> None:
@@ -177,7 +211,7 @@ def _spot_check(counter: TokenCounter, items: Sequence[tuple[Sample, list[Size]]
     or processor that does more than expand placeholders) turns it off for this run, with a notice."""
     if not counter.fast:
         return
-    for (sample, _sizes), fast in zip(items, counter.measure(items), strict=True):
+    for (sample, _sizes), (fast, _text) in zip(items, counter.measure(items), strict=True):
         slow = counter.slow(sample)
         if fast != slow:
             counter.fast = False
@@ -195,26 +229,34 @@ def sample_key(fingerprint: str, sample: Sample, sizes: list[Size]) -> str:
 
 def measure_lengths(processor, samples: Sequence[Sample], sizes: dict[str, Size] | None = None,
                     conversation: str = "chat", fast: bool = True, workers: int | None = None,
-                    cache: PrepCache | None = None, description: str = "measuring samples") -> list[Length]:
+                    cache: PrepCache | None = None, description: str = "measuring samples",
+                    keep_text: bool = False) -> list[Length]:
     """The exact length of every sample, from the cache where it is known, the rest measured in `workers` processes
     (None: every core) with a progress bar, and remembered. `sizes`: displayed size of image files already known
-    (from the image checks); others are read from their headers. `fast`: the family's `fast_lengths`."""
+    (from the image checks); others are read from their headers. `fast`: the family's `fast_lengths`.
+    `keep_text`: also tokenize each sample's text once for training (`Sample.text`, set in place; chat families)."""
     counter = TokenCounter(processor, conversation, fast)
+    keep_text = keep_text and conversation == "chat"
     known_sizes = sizes or {}
     items = [(sample, [ref_size(ref, known_sizes) for ref in sample.images]) for sample in samples]
     keys = [sample_key(counter.fingerprint, sample, image_sizes) for sample, image_sizes in items]
+    wanted = 4 if keep_text else 2  # cached values: [total, image] or [total, image, ids, learnt]
     with opened_cache(cache) as store:
-        cached = store.get_many(TABLE, keys)
-        todo = [i for i, key in enumerate(keys) if key not in cached]
-        results: dict[int, tuple[int, int]] = {}
+        found = store.get_many(TABLE, keys)
+        results = {i: found[key] for i, key in enumerate(keys) if key in found and len(found[key]) >= wanted}
+        todo = [i for i in range(len(keys)) if i not in results]
         if todo:
             _spot_check(counter, [items[i] for i in todo[:SPOT_CHECKS]])
             pool_size = worker_count(workers, len(todo))
             batches = batches_of(todo, pool_size, 1024)
-            with progress(description, len(todo)) as advance, worker_pool(pool_size, counter) as pool:
-                measured = run_batches(pool, _measure_batch, counter, [[items[i] for i in b] for b in batches],
+            state = (counter, keep_text)
+            with progress(description, len(todo)) as advance, worker_pool(pool_size, state) as pool:
+                measured = run_batches(pool, _measure_batch, state, [[items[i] for i in b] for b in batches],
                                        advance)
-                for batch, lengths in zip(batches, measured, strict=True):
-                    results.update(zip(batch, lengths, strict=True))
-            store.put_many(TABLE, ((keys[i], list(results[i])) for i in todo))
-    return [Length(*results[i]) if i in results else Length(*cached[keys[i]]) for i in range(len(samples))]
+                for batch, values in zip(batches, measured, strict=True):
+                    results.update(zip(batch, values, strict=True))
+            store.put_many(TABLE, ((keys[i], results[i]) for i in todo))
+    if keep_text:
+        for index, sample in enumerate(samples):
+            sample.text = PreparedText(*results[index][2:4])
+    return [Length(*results[i][:2]) for i in range(len(samples))]

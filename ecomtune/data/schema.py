@@ -52,15 +52,32 @@ class Sample:
     source: str = ""  # file:line, for messages about this sample later on
     boxes: list[list[list[float]]] | None = None  # per image: informative regions [x0, y0, x1, y1] (text, labels)
     origin: int = 0  # which source of the stage's mixture it came from (index), for per-source statistics
+    # the chat-template text tokenized once before training, images still placeholders: token ids and the
+    # [start, end) token ranges that are learnt (`ecomtune.data.prepared`); None until prepared
+    text: PreparedText | None = None
 
     def to_row(self) -> dict[str, Any]:
         """A row for a `datasets.Dataset`: images and content blocks as JSON text, so that Arrow never merges
         the schemas of different rows (it would add `text: None` keys to image blocks)."""
-        return {"images": json.dumps(self.images), "messages": json.dumps(self.messages), "source": self.source}
+        row = {"images": json.dumps(self.images), "messages": json.dumps(self.messages), "source": self.source}
+        if self.text is not None:
+            row["text"] = json.dumps([self.text.ids, self.text.learnt])
+        return row
 
     @staticmethod
     def from_row(row: dict[str, Any]) -> Sample:
-        return Sample(json.loads(row["images"]), json.loads(row["messages"]), row.get("source", ""))
+        text = row.get("text")
+        prepared = PreparedText(*json.loads(text)) if text else None
+        return Sample(json.loads(row["images"]), json.loads(row["messages"]), row.get("source", ""), text=prepared)
+
+
+@dataclass(frozen=True)
+class PreparedText:
+    """A sample's text as the collator would tokenize it, done once: `ids` with one placeholder token per image
+    (not yet expanded), and `learnt`, the [start, end) ranges of `ids` inside assistant turns."""
+
+    ids: list[int]
+    learnt: list[list[int]]
 
 
 def _blocks(content: Any, where: str, problems: list[Problem]) -> list[dict[str, Any]]:

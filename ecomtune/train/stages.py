@@ -90,11 +90,11 @@ def _console():
 
 def _length_report(processor, read: StageSamples, stage: StageSettings,
                    conversation: str = "chat") -> tuple[list[Sample], dict[str, Any], list[int]]:
-    """Measure every sample (text + image tokens, exact; `ecomtune.data.lengths`); over-long samples are an error or
-    dropped, never cut."""
+    """Measure every sample (text + image tokens, exact; `ecomtune.data.lengths`), and tokenize its text once for
+    the training steps (`Sample.text`); over-long samples are an error or dropped, never cut."""
     samples = read.samples
     lengths = [m.total for m in measure_lengths(processor, samples, read.image_sizes, conversation,
-                                                workers=stage.prepare_workers)]
+                                                workers=stage.prepare_workers, keep_text=True)]
     limit = stage.max_length
     over = [(s, n) for s, n in zip(samples, lengths, strict=True) if limit is not None and n > limit]
     ordered = sorted(lengths)

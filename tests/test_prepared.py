@@ -1,0 +1,65 @@
+"""Batches built from text tokenized before training equal the processor's own, family by family.
+
+Families whose batches cannot be built from prepared text (PaliGemma's processor builds the prompt itself, Mllama's
+cross-attention mask is per token and per image) must fall back to the processor, never train on something else.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ecomtune.backbones.families import FAMILIES
+from ecomtune.backbones.loading import load_processor
+from ecomtune.backbones.registry import resolve_backbone
+from ecomtune.backbones.spec import BackboneSpec
+from ecomtune.config.schema import BackboneSettings
+from ecomtune.data.collator import VisionChatCollator, same_batch
+from ecomtune.data.lengths import measure_lengths
+from ecomtune.data.packing import PackedCollator, rope_index_of
+from ecomtune.data.prep_cache import PrepCache
+from ecomtune.data.schema import Sample
+from tests.test_lengths import pictures, spread  # noqa: F401  (pictures: a fixture)
+
+# Families where the processor must build every batch, and why.
+FULL_PATH = {"paligemma": "prefix-suffix", "mllama": "per-image cross-attention mask"}
+
+
+def prepared(spec: BackboneSpec, paths: list[str]) -> tuple[object, list[Sample]]:
+    processor = load_processor(resolve_backbone(f"tiny-{spec.family}"), BackboneSettings())
+    samples = spread(paths, spec.multi_image)
+    measure_lengths(processor, samples, conversation=spec.conversation, workers=1, cache=PrepCache(None),
+                    keep_text=True)
+    return processor, samples
+
+
+def unprepared(samples: list[Sample]) -> list[Sample]:
+    return [Sample(s.images, s.messages, s.source) for s in samples]
+
+
+@pytest.mark.parametrize("spec", FAMILIES, ids=[s.family for s in FAMILIES])
+def test_prepared_batches_equal_the_processors(spec, pictures):  # noqa: F811
+    processor, samples = prepared(spec, pictures)
+    assert all((s.text is not None) == (spec.conversation == "chat") for s in samples)
+    batches = [samples[:1], samples[:4], samples[4:9], samples[-3:]]
+    fast, full = VisionChatCollator(processor, conversation=spec.conversation), \
+        VisionChatCollator(processor, conversation=spec.conversation)
+    for batch in batches:
+        assert same_batch(fast.encode(batch), full.encode(unprepared(batch)))
+    assert full.prepared_matches is None, "unprepared samples never take the prepared path"
+    if spec.family in FULL_PATH:
+        assert fast.prepared_matches in (None, False), FULL_PATH[spec.family]
+    else:
+        assert fast.prepared_matches is True, "the first batch was checked against the processor and matched"
+
+
+def test_packed_rows_from_prepared_samples_equal_those_from_the_processor(pictures):  # noqa: F811
+    from transformers import Qwen2VLForConditionalGeneration
+
+    spec = next(s for s in FAMILIES if s.family == "qwen2-vl")
+    processor, samples = prepared(spec, pictures)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(resolve_backbone("tiny-qwen2-vl").source)
+    packs = [samples[:3], samples[3:7], samples[-2:]]
+    fast = PackedCollator(processor, "mrope", rope_index_of(model), segments=True).encode(packs)
+    full = PackedCollator(processor, "mrope", rope_index_of(model), segments=True).encode(
+        [unprepared(p) for p in packs])
+    assert same_batch(fast, full)
