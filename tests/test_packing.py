@@ -213,7 +213,7 @@ def test_labels_never_cross_a_boundary(pictures):
 
 def test_pack_rows_round_trip(pictures):
     samples = mixed_samples(QWEN2_VL, pictures)
-    rows = pack_rows(samples, [[2, 0], [1]])
+    rows = list(pack_rows(samples, [[2, 0], [1]]))
     assert [len(json.loads(r["pack"])) for r in rows] == [2, 1]
     assert json.loads(rows[0]["pack"])[0] == samples[2].to_row()
 

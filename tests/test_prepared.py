@@ -6,6 +6,8 @@ cross-attention mask is per token and per image) must fall back to the processor
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ecomtune.backbones.families import FAMILIES
@@ -63,3 +65,20 @@ def test_packed_rows_from_prepared_samples_equal_those_from_the_processor(pictur
     full = PackedCollator(processor, "mrope", rope_index_of(model), segments=True).encode(
         [unprepared(p) for p in packs])
     assert same_batch(fast, full)
+
+
+def test_training_rows_are_memory_mapped_and_their_file_goes_with_the_dataset(pictures):  # noqa: F811
+    import gc
+
+    from ecomtune.data.mapped_rows import mapped_dataset
+
+    samples = spread(pictures, multi=True) * 3000  # more rows than one written batch
+    dataset = mapped_dataset(s.to_row() for s in samples)
+    files = dataset.cache_files
+    assert len(dataset) == len(samples) and files and Path(files[0]["filename"]).is_file()
+    assert [Sample.from_row(dataset[i]).messages for i in (0, 12345, len(samples) - 1)] == \
+        [samples[i].messages for i in (0, 12345, len(samples) - 1)]
+    folder = Path(files[0]["filename"]).parent
+    del dataset
+    gc.collect()
+    assert not folder.exists()

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ecomtune.data.schema import Sample
-from ecomtune.data.strategies import open_image
+from ecomtune.data.strategies import DecodedImages
 from ecomtune.errors import DataError, Problem
 
 IGNORE_INDEX = -100
@@ -94,6 +94,7 @@ class VisionChatCollator:
         self.max_length = max_length
         self.conversation = conversation
         self.processor.tokenizer.padding_side = "right"
+        self.decoded = DecodedImages()  # epochs after the first decode no image again (within a memory budget)
         self._prepared = None  # PreparedBatches, made on the first batch of prepared samples
         self.prepared_matches: bool | None = None  # whether prepared batches equal the full path's (first batch)
 
@@ -155,7 +156,7 @@ class VisionChatCollator:
         return batch
 
     def encode(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        images = batch_images([[open_image(ref) for ref in sample.images] for sample in samples])
+        images = batch_images([[self.decoded.open(ref) for ref in sample.images] for sample in samples])
         batch = self._from_prepared(samples, images)
         if batch is None:
             encode = self._encode_prefix_suffix if self.conversation == "prefix-suffix" else self._encode_chat

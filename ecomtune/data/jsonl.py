@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ecomtune.errors import Problem
 
 
@@ -27,8 +29,8 @@ def decode_line(raw: bytes, where: str) -> tuple[Any, Problem | None]:
         return None, Problem(f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})", where,
                              "save the file as UTF-8")
     try:
-        return json.loads(line), None
-    except json.JSONDecodeError as exc:
+        return orjson.loads(line), None  # a well-kept parser several times faster than json: a million lines add up
+    except orjson.JSONDecodeError as exc:
         return None, Problem(f"malformed JSON ({exc.msg} at column {exc.colno})", where,
                              "each line must be one complete JSON object")
 

@@ -138,7 +138,7 @@ class TokenCounter:
         if not self.fast:
             return [(self.slow(sample), text) for (sample, _), text in zip(items, texts, strict=True)]
         if keep_text:
-            ids = [text.ids for text in texts]
+            ids = [text.ids.tolist() for text in texts]
         else:
             rendered = [self._render(sample.messages) for sample, _ in items]
             ids = [[] for _ in items]
@@ -202,7 +202,7 @@ def learnt_ranges(offsets: Sequence[Sequence[int]], spans: list[tuple[int, int]]
 
 def _measure_batch(state: tuple[TokenCounter, bool], items: Sequence[tuple[Sample, list[Size]]]) -> list[list]:
     counter, keep_text = state
-    return [[length.total, length.image] + ([text.ids, text.learnt] if text is not None else [])
+    return [[length.total, length.image] + ([text.ids.tolist(), text.learnt] if text is not None else [])
             for length, text in counter.measure(items, keep_text)]
 
 

@@ -19,7 +19,7 @@ boundary.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -78,9 +78,9 @@ def packing_stats(packs: Sequence[Sequence[int]], lengths: Sequence[int], max_le
             "fill": round(tokens / max(len(packs) * max_length, 1), 4)}
 
 
-def pack_rows(samples: Sequence[Sample], packs: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
-    """Dataset rows, one per pack: its samples' rows as JSON, in the pack's order."""
-    return [{"pack": json.dumps([samples[i].to_row() for i in pack])} for pack in packs]
+def pack_rows(samples: Sequence[Sample], packs: Sequence[Sequence[int]]) -> Iterator[dict[str, Any]]:
+    """Dataset rows, one per pack: its samples' rows as JSON, in the pack's order (made as they are read)."""
+    return ({"pack": json.dumps([samples[i].to_row() for i in pack])} for pack in packs)
 
 
 class PackedCollator:

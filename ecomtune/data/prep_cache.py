@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import sqlite3
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+import orjson
 
 FILE_NAME = "prepare.sqlite"
 # Bump when what a cached value means changes (a new way of counting, a new check): old entries are then ignored.
@@ -104,7 +105,7 @@ class PrepCache:
                 chunk = list(keys[start:start + _LOOKUP_CHUNK])
                 marks = ",".join("?" * len(chunk))
                 rows = self.connection.execute(f"SELECT key, value FROM {table} WHERE key IN ({marks})", chunk)
-                found.update((key, json.loads(value)) for key, value in rows)
+                found.update((key, orjson.loads(value)) for key, value in rows)
         except (sqlite3.Error, ValueError) as exc:
             self._give_up(exc)
             return {}
@@ -117,7 +118,7 @@ class PrepCache:
         try:
             with self.connection:
                 self.connection.executemany(f"INSERT OR REPLACE INTO {table} (key, value) VALUES (?, ?)",
-                                            ((key, json.dumps(value)) for key, value in items))
+                                            ((key, orjson.dumps(value).decode()) for key, value in items))
         except sqlite3.Error as exc:
             self._give_up(exc)
 

@@ -79,7 +79,9 @@ class PreparedBatches:
              extra: list[str]) -> dict[str, torch.Tensor] | None:
         """One sample's per-token tensors, its placeholders replaced by the runs the processor made for its images."""
         text = sample.text
-        runs_at = [i for i, token in enumerate(text.ids) if token == self.counter.placeholder]
+        ids = torch.frombuffer(text.ids, dtype=torch.int32).long() if len(text.ids) else \
+            torch.zeros(0, dtype=torch.long)
+        runs_at = (ids == self.counter.placeholder).nonzero().flatten().tolist()
         if len(runs_at) != len(images):
             return None
         side_row = {}
@@ -94,10 +96,9 @@ class PreparedBatches:
                 widths.append(run[0] + 1)
             if sum(widths) != side_row["input_ids"].shape[0]:
                 return None
-        learnt = torch.zeros(len(text.ids), dtype=torch.bool)
+        learnt = torch.zeros(len(ids), dtype=torch.bool)
         for start, end in text.learnt:
             learnt[start:end] = True
-        ids = torch.tensor(text.ids, dtype=torch.long)
         labels = torch.where(learnt, ids, torch.full_like(ids, IGNORE_INDEX))
         pieces: dict[str, list[torch.Tensor]] = {k: [] for k in ("input_ids", "labels", *extra)}
         previous, offset = 0, 0

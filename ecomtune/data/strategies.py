@@ -16,7 +16,9 @@ match.
 
 from __future__ import annotations
 
+import json
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -90,6 +92,33 @@ def open_image(ref: ImageRef) -> Image.Image:
     if "grid" in ref:
         return stitch([load_rgb(p) for p in ref["grid"]], ref.get("columns"), ref["size"])
     return load_rgb(ref["path"]).crop(tuple(ref["crop"]))
+
+
+class DecodedImages:
+    """`open_image` with the most recently used images kept decoded, up to `budget_bytes` of RGB pixels: a run of
+    several epochs decodes each image once instead of once per epoch. The images are read-only for the caller
+    (processors copy what they change). Meant for one training run, whose image files do not change under it."""
+
+    def __init__(self, budget_bytes: int = 512 * 2**20) -> None:
+        self.budget = budget_bytes
+        self.used = 0
+        self.kept: OrderedDict[str, Image.Image] = OrderedDict()
+
+    def open(self, ref: ImageRef) -> Image.Image:
+        key = ref if isinstance(ref, str) else json.dumps(ref, sort_keys=True)
+        image = self.kept.get(key)
+        if image is not None:
+            self.kept.move_to_end(key)
+            return image
+        image = open_image(ref)
+        size = image.width * image.height * 3
+        if size <= self.budget:
+            self.kept[key] = image
+            self.used += size
+            while self.used > self.budget:
+                _, dropped = self.kept.popitem(last=False)
+                self.used -= dropped.width * dropped.height * 3
+        return image
 
 
 def ref_paths(ref: ImageRef) -> list[str]:

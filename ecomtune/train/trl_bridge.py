@@ -36,6 +36,7 @@ import torch
 from ecomtune.backbones.spec import PackingPositions
 from ecomtune.config.schema import TrainSettings
 from ecomtune.data.collator import VisionChatCollator
+from ecomtune.data.mapped_rows import mapped_dataset
 from ecomtune.data.packing import PackedCollator, pack_rows, rope_index_of
 from ecomtune.data.schema import Sample
 from ecomtune.train.checkpoints import SealCheckpoints
@@ -153,15 +154,12 @@ def training_data(model, processor, samples: list[Sample], train: TrainSettings,
     row, `positions`: the family's packing positions; `segments`: emit `packed_segments`, by default only where
     the per-sample loss needs them). Packed rows also switch the model's sdpa language model to per-sample
     attention (`packed_attention`)."""
-    from datasets import Dataset
-
     if packs is None:
-        return (Dataset.from_list([s.to_row() for s in samples]),
-                VisionChatCollator(processor, max_length, conversation))
+        return (mapped_dataset(s.to_row() for s in samples), VisionChatCollator(processor, max_length, conversation))
     use_packed_attention(model)
     collator = PackedCollator(processor, positions, rope_index_of(model) if positions == "mrope" else None,
                               conversation, segments=train.loss_average == "sample" if segments is None else segments)
-    return Dataset.from_list(pack_rows(samples, packs)), collator
+    return mapped_dataset(pack_rows(samples, packs)), collator
 
 
 @contextlib.contextmanager
