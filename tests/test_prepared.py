@@ -82,3 +82,21 @@ def test_training_rows_are_memory_mapped_and_their_file_goes_with_the_dataset(pi
     del dataset
     gc.collect()
     assert not folder.exists()
+
+
+def test_decoded_images_stay_within_their_budget(tmp_path):
+    from PIL import Image
+
+    from ecomtune.data.strategies import DecodedImages
+
+    paths = []
+    for index in range(3):
+        paths.append(str(tmp_path / f"{index}.png"))
+        Image.new("RGB", (10, 10), (index * 80, 0, 0)).save(paths[-1])
+    decoded = DecodedImages(budget_bytes=700)  # room for two 10x10 RGB images
+    first = decoded.open(paths[0])
+    assert decoded.open(paths[0]) is first, "kept: not decoded again"
+    decoded.open(paths[1])
+    decoded.open(paths[2])
+    assert list(decoded.kept) == paths[1:] and decoded.used == 600, "the least recently used one made room"
+    assert decoded.open(paths[0]) is not first and decoded.open(paths[0]).getpixel((0, 0)) == (0, 0, 0)

@@ -102,8 +102,9 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
 
     given = read_stage(recipe, stage, stage_name)  # the very path training takes: the same samples, same checks
     backbone, processor, samples = given.backbone, given.processor, given.read.samples
+    # the text is kept too, so that the training run after this plan finds every sample in the cache
     measured = measure_lengths(processor, samples, given.read.image_sizes, backbone.spec.conversation,
-                               workers=stage.prepare_workers)
+                               workers=stage.prepare_workers, keep_text=True)
     totals = [m.total for m in measured]
     given.read.count_tokens(totals)
     images = [m.image for m in measured]
