@@ -170,3 +170,22 @@ def test_the_stage_records_image_sizes_for_the_count(tmp_path):
     data.write_text(json.dumps({"images": ["a.png"], "messages": [user(IMAGE, text("?")), answer("x")]}) + "\n")
     read = load_stage_samples(data, cache=PrepCache(None), workers=1)
     assert read.image_sizes == {str(Path(tmp_path / "a.png").resolve()): (77, 33)}
+
+
+def test_worker_processes_still_report_every_bad_record_where_it_is(tmp_path):
+    from ecomtune.errors import DataError
+
+    (tmp_path / "images").mkdir()
+    lines = []
+    for index in range(600):  # enough records for two workers
+        Image.new("RGB", (8, 8), (index % 255, 0, 0)).save(tmp_path / "images" / f"{index}.png")
+        lines.append(json.dumps({"images": [f"images/{index}.png"],
+                                 "messages": [user(IMAGE, text("?")), answer("x")]}))
+    (tmp_path / "images" / "417.png").write_bytes(b"\x89PNG truncated")
+    (tmp_path / "images" / "3.png").unlink()
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as raised:
+        load_stage_samples(data, cache=PrepCache(tmp_path / "cache"), workers=2)
+    found = {(p.where, p.what.split(":")[1].strip().split(" ")[0]) for p in raised.value.problems}
+    assert found == {(f"{data}:4", "file"), (f"{data}:418", "unreadable")}

@@ -22,9 +22,11 @@ the sample's content and image sizes, and measured in worker processes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import sys
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,10 +40,11 @@ from ecomtune.data.prep_cache import PrepCache, digest, opened_cache
 from ecomtune.data.schema import PreparedText, Sample
 from ecomtune.data.strategies import ref_size
 
-# Part of every cached length's key: bump it when the way lengths are counted changes.
-COUNTING = "lengths-1"
+# Part of every cached length's key: bump it when the way lengths are counted (or kept) changes.
+COUNTING = "lengths-2"
 TABLE = "lengths"
 SPOT_CHECKS = 16  # samples measured both ways before the fast way is trusted with a run
+CACHE_READS = 10_000  # cached lengths read per query batch
 Size = tuple[int, int]
 
 
@@ -200,10 +203,25 @@ def learnt_ranges(offsets: Sequence[Sequence[int]], spans: list[tuple[int, int]]
     return ranges
 
 
+def _as_value(length: Length, text: PreparedText | None) -> list:
+    """A measured sample as the cache keeps it: [total, image] or [total, image, ids, learnt], the ids as base64 of
+    their int32 bytes (a third of a JSON list's size, and read back without parsing a number)."""
+    if text is None:
+        return [length.total, length.image]
+    return [length.total, length.image, base64.b64encode(text.ids.tobytes()).decode("ascii"), text.learnt]
+
+
+def _from_value(value: list) -> tuple[Length, PreparedText | None]:
+    if len(value) < 4:
+        return Length(value[0], value[1]), None
+    ids = array("i")
+    ids.frombytes(base64.b64decode(value[2]))
+    return Length(value[0], value[1]), PreparedText(ids, value[3])
+
+
 def _measure_batch(state: tuple[TokenCounter, bool], items: Sequence[tuple[Sample, list[Size]]]) -> list[list]:
     counter, keep_text = state
-    return [[length.total, length.image] + ([text.ids.tolist(), text.learnt] if text is not None else [])
-            for length, text in counter.measure(items, keep_text)]
+    return [_as_value(length, text) for length, text in counter.measure(items, keep_text)]
 
 
 def _spot_check(counter: TokenCounter, items: Sequence[tuple[Sample, list[Size]]]) -> None:
@@ -241,9 +259,14 @@ def measure_lengths(processor, samples: Sequence[Sample], sizes: dict[str, Size]
     items = [(sample, [ref_size(ref, known_sizes) for ref in sample.images]) for sample in samples]
     keys = [sample_key(counter.fingerprint, sample, image_sizes) for sample, image_sizes in items]
     wanted = 4 if keep_text else 2  # cached values: [total, image] or [total, image, ids, learnt]
+    results: dict[int, tuple[Length, PreparedText | None]] = {}
     with opened_cache(cache) as store:
-        found = store.get_many(TABLE, keys)
-        results = {i: found[key] for i, key in enumerate(keys) if key in found and len(found[key]) >= wanted}
+        for start in range(0, len(keys), CACHE_READS):  # read in slices: the texts are turned compact as they come
+            found = store.get_many(TABLE, keys[start:start + CACHE_READS])
+            for index in range(start, min(start + CACHE_READS, len(keys))):
+                value = found.get(keys[index])
+                if value is not None and len(value) >= wanted:
+                    results[index] = _from_value(value)
         todo = [i for i in range(len(keys)) if i not in results]
         if todo:
             _spot_check(counter, [items[i] for i in todo[:SPOT_CHECKS]])
@@ -254,9 +277,9 @@ def measure_lengths(processor, samples: Sequence[Sample], sizes: dict[str, Size]
                 measured = run_batches(pool, _measure_batch, state, [[items[i] for i in b] for b in batches],
                                        advance)
                 for batch, values in zip(batches, measured, strict=True):
-                    results.update(zip(batch, values, strict=True))
-            store.put_many(TABLE, ((keys[i], results[i]) for i in todo))
+                    store.put_many(TABLE, ((keys[i], value) for i, value in zip(batch, values, strict=True)))
+                    results.update((i, _from_value(value)) for i, value in zip(batch, values, strict=True))
     if keep_text:
         for index, sample in enumerate(samples):
-            sample.text = PreparedText(*results[index][2:4])
-    return [Length(*results[i][:2]) for i in range(len(samples))]
+            sample.text = results[index][1]
+    return [results[i][0] for i in range(len(samples))]
