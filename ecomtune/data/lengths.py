@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import torch
 from PIL import Image
 
@@ -242,7 +243,7 @@ def _spot_check(counter: TokenCounter, items: Sequence[tuple[Sample, list[Size]]
 def sample_key(fingerprint: str, sample: Sample, sizes: list[Size]) -> str:
     """The cache key of a sample's length: the processor's fingerprint, the sample's images and messages as the
     strategy presents them, and the size of every image."""
-    return digest(fingerprint, json.dumps(sample.images), json.dumps(sample.messages), json.dumps(sizes))
+    return digest(fingerprint, orjson.dumps([sample.images, sample.messages, sizes]).decode())
 
 
 def measure_lengths(processor, samples: Sequence[Sample], sizes: dict[str, Size] | None = None,
