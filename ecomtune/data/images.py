@@ -84,11 +84,13 @@ def image_size(path: str | Path) -> tuple[int, int]:
         return displayed_size(image)
 
 
-def check_image(path: Path, max_aspect: float | None = None,
-                family: str = "this model") -> tuple[tuple[int, int] | None, Problem | None]:
+def check_image(path: Path, max_aspect: float | None = None, family: str = "this model",
+                decoded: tuple[tuple[int, int] | None, Problem | None] | None = None,
+                ) -> tuple[tuple[int, int] | None, Problem | None]:
     """The image's displayed size (None when unreadable) and what is wrong with it (None when it can be used):
-    `decode_check`, then `aspect_problem`. The returned Problem has no `where`: the caller knows the record."""
-    size, problem = decode_check(path)
+    `decode_check` (or its result `decoded`, when already at hand), then `aspect_problem`. The returned Problem has
+    no `where`: the caller knows the record."""
+    size, problem = decoded if decoded is not None else decode_check(path)
     return size, problem or aspect_problem(size, max_aspect, family)
 
 

@@ -1,9 +1,9 @@
 """Exact sample lengths (text + image tokens), fast: without decoding a pixel where the family allows it.
 
 The slow way, which is always right, is the collator itself: render the chat template, decode every image, run
-the processor, count. `count_tokens` does that. The fast way rests on two facts that hold for the families whose
-spec says `fast_lengths` (tests/test_lengths.py proves it for each of them, over a spread of image sizes, image
-positions and resolution settings, against the collator):
+the processor, count. `count_tokens` does that. The fast way rests on two facts that hold for every chat family
+(tests/test_lengths.py proves it for each of them, over a spread of image sizes, image positions and resolution
+settings, against the collator; every run also spot-checks its first new samples both ways):
 
 1. the processor expands each image placeholder token into a run of tokens that depends only on the image's
    displayed size (its resize, tiling and merge rules read the size, never the pixels);
@@ -29,6 +29,7 @@ import sys
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -81,23 +82,31 @@ def processor_fingerprint(processor, conversation: str) -> str:
 
 
 class TokenCounter:
-    """Exact lengths of samples for one processor (see the module docstring). `fast`: the family's spec allows the
-    splice; it is used only if the probe confirms it for this processor."""
+    """Exact lengths of samples for one processor (see the module docstring). `fast` says whether the splice is
+    used: for chat families whose processor names its image token, until a spot check finds a difference."""
 
     ASK, AND, ANSWER = {"type": "text", "text": "Look at"}, {"type": "text", "text": "and"}, \
         {"role": "assistant", "content": [{"type": "text", "text": "Fine."}]}
 
-    def __init__(self, processor, conversation: str = "chat", fast: bool = True) -> None:
+    def __init__(self, processor, conversation: str = "chat") -> None:
         self.processor = processor
         self.conversation = conversation
-        self.collator = VisionChatCollator(processor, conversation=conversation)
         self.image_ids = image_token_ids(processor)
         token = getattr(processor, "image_token", None)
         placeholder = processor.tokenizer.convert_tokens_to_ids(token) if token else None
         self.placeholder: int | None = placeholder if isinstance(placeholder, int) else None
         self.runs: dict[tuple[Size, bool], tuple[int, int] | None] = {}  # (size, multi) -> (added, image tokens)
-        self.fast = fast and conversation == "chat" and self.placeholder is not None
-        self.fingerprint = processor_fingerprint(processor, conversation)
+        self.fast = conversation == "chat" and self.placeholder is not None
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """`processor_fingerprint`, made when a cache key needs it (the collator's counter never does)."""
+        return processor_fingerprint(self.processor, self.conversation)
+
+    @cached_property
+    def collator(self) -> VisionChatCollator:
+        """The collator `slow` counts with, made on first use."""
+        return VisionChatCollator(self.processor, conversation=self.conversation)
 
     def _render(self, messages: list[dict[str, Any]]) -> tuple[str, bool]:
         text = self.processor.apply_chat_template(messages, tokenize=False)
@@ -124,13 +133,12 @@ class TokenCounter:
         ids = self.collator.encode([sample])["input_ids"][0]
         return Length(int(ids.shape[0]), int(torch.isin(ids, torch.tensor(sorted(self.image_ids))).sum()))
 
-    def encode_text(self, messages: list[dict[str, Any]], specials: bool | None = None,
-                    rendered: tuple[str, list[tuple[int, int]]] | None = None) -> PreparedText:
+    def encode_text(self, messages: list[dict[str, Any]]) -> PreparedText:
         """The sample's chat-template text tokenized as the collator tokenizes it, images left as placeholders, with
         the token ranges inside assistant turns (what is learnt)."""
-        text, spans = rendered or render_with_spans(self.processor, messages)
-        specials = adds_own_specials(self.processor, text) if specials is None else specials
-        encoded = self.processor.tokenizer(text, add_special_tokens=specials, return_offsets_mapping=True)
+        text, spans = render_with_spans(self.processor, messages)
+        encoded = self.processor.tokenizer(text, add_special_tokens=adds_own_specials(self.processor, text),
+                                           return_offsets_mapping=True)
         return PreparedText(list(encoded["input_ids"]), learnt_ranges(encoded["offset_mapping"], spans))
 
     def measure(self, items: Sequence[tuple[Sample, list[Size]]],
@@ -174,7 +182,7 @@ def _splice_run(plain: list[int], full: list[int], placeholder: int, count: int,
     width = (len(full) - len(plain)) // count + 1
     if width < 1:
         return None
-    run, at, out = None, 0, 0  # position in plain, position in full
+    run, out = None, 0  # out: position in full
     for token in plain:
         if token != placeholder:
             if out >= len(full) or full[out] != token:
@@ -185,7 +193,6 @@ def _splice_run(plain: list[int], full: list[int], placeholder: int, count: int,
             if run is not None and here != run:
                 return None
             run, out = here, out + width
-        at += 1
     if out != len(full) or run is None:
         return None
     return width - 1, sum(token in image_ids for token in run)
@@ -247,14 +254,14 @@ def sample_key(fingerprint: str, sample: Sample, sizes: list[Size]) -> str:
 
 
 def measure_lengths(processor, samples: Sequence[Sample], sizes: dict[str, Size] | None = None,
-                    conversation: str = "chat", fast: bool = True, workers: int | None = None,
+                    conversation: str = "chat", workers: int | None = None,
                     cache: PrepCache | None = None, description: str = "measuring samples",
                     keep_text: bool = False) -> list[Length]:
     """The exact length of every sample, from the cache where it is known, the rest measured in `workers` processes
     (None: every core) with a progress bar, and remembered. `sizes`: displayed size of image files already known
-    (from the image checks); others are read from their headers. `fast`: the family's `fast_lengths`.
+    (from the image checks); others are read from their headers.
     `keep_text`: also tokenize each sample's text once for training (`Sample.text`, set in place; chat families)."""
-    counter = TokenCounter(processor, conversation, fast)
+    counter = TokenCounter(processor, conversation)
     keep_text = keep_text and conversation == "chat"
     known_sizes = sizes or {}
     items = [(sample, [ref_size(ref, known_sizes) for ref in sample.images]) for sample in samples]

@@ -84,11 +84,10 @@ class PreparedBatches:
         runs_at = (ids == self.counter.placeholder).nonzero().flatten().tolist()
         if len(runs_at) != len(images):
             return None
-        side_row = {}
+        side_row, widths = {}, []
         if images:
             keep = side["attention_mask"][row].bool()
             side_row = {key: side[key][row][keep] for key in ("input_ids", *extra)}
-            widths = []
             for image in images:
                 run = self.counter.run_for(image.size, len(images) > 1)
                 if run is None:
@@ -102,7 +101,7 @@ class PreparedBatches:
         labels = torch.where(learnt, ids, torch.full_like(ids, IGNORE_INDEX))
         pieces: dict[str, list[torch.Tensor]] = {k: [] for k in ("input_ids", "labels", *extra)}
         previous, offset = 0, 0
-        for at, width in zip(runs_at, widths if images else [], strict=True):
+        for at, width in zip(runs_at, widths, strict=True):
             pieces["input_ids"].append(ids[previous:at])
             pieces["labels"].append(labels[previous:at])
             for key in extra:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ecomtune.data.images import aspect_problem, decode_check
+from ecomtune.data.images import check_image
 from ecomtune.data.jsonl import read_jsonl
 from ecomtune.errors import DataError, Problem
 
@@ -184,8 +184,7 @@ def check_record_images(value: Any, base_dir: Path, where: str, root: Path | Non
         if escape:
             size, problem = None, Problem(escape, fix=escape_fix)
         else:
-            size, problem = checked[str(path)] if checked is not None and str(path) in checked else decode_check(path)
-            problem = problem or aspect_problem(size, max_aspect, family)
+            size, problem = check_image(path, max_aspect, family, checked.get(str(path)) if checked else None)
         if problem is not None:
             problems.append(replace(problem, what=f"image {image!r}: {problem.what}", where=where))
         paths.append(str(path))

@@ -107,12 +107,15 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     sizes: dict[str, tuple[int, int]] = {}
     sources = mixture_sources(data)
     opened_sources = [open_source(s.path, s.format, s.image_root, s.split) for s in sources]
-    taken = [select_rows(parse_rule(s.sampling), o.rows, seed, f"{i}:{s.path}")
-             for i, (s, o) in enumerate(zip(sources, opened_sources, strict=True))]
-    pool_size = worker_count(workers, sum(len(rows) for rows in taken))
+    rules = [parse_rule(s.sampling) for s in sources]
+    taken = [select_rows(rule, o.rows, seed, f"{i}:{s.path}")
+             for i, (s, o, rule) in enumerate(zip(sources, opened_sources, rules, strict=True))]
+    records_taken = sum(len(rows) for rows in taken)
+    pool_size = worker_count(workers, records_taken)
     with opened_cache(cache) as store, worker_pool(pool_size) as pool, \
-            progress(f"checking {title}", sum(len(rows) for rows in taken), "records") as advance:
-        for origin, (source, opened, rows) in enumerate(zip(sources, opened_sources, taken, strict=True)):
+            progress(f"checking {title}", records_taken, "records") as advance:
+        for origin, (source, opened, rows, rule) in enumerate(zip(sources, opened_sources, taken, rules,
+                                                                   strict=True)):
             checked: dict[int, Sample | None] = {}  # a repeated row is converted and checked once
             records = zip(rows, opened.records(rows), strict=True)
             while batch := list(itertools.islice(records, RECORDS_PER_BATCH)):
@@ -131,8 +134,7 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
                         samples.append(_with_origin(checked[index], origin))
                 sizes.update((path, size) for path, (size, bad) in decoded.items() if bad is None and size)
                 advance(len(batch))
-            uses.append(SourceUse(source.path, opened.format, opened.rows, str(parse_rule(source.sampling)),
-                                  len(rows), opened.fingerprint()))
+            uses.append(SourceUse(source.path, opened.format, opened.rows, str(rule), len(rows), opened.fingerprint()))
     if problems:
         more = f" (first {MAX_REPORTED} shown)" if len(problems) > MAX_REPORTED else ""
         raise DataError(f"{title}: {len(problems)} problem(s) in the data{more}; nothing was trained",
