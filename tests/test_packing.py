@@ -211,6 +211,34 @@ def test_labels_never_cross_a_boundary(pictures):
     assert batch["input_ids"].shape[0] == 2
 
 
+def first_fit_by_scanning(lengths: list[int], images: list[int], max_length: int, max_images: int) -> list[list[int]]:
+    """First-fit decreasing the textbook way (every row looked at for every sample): the oracle."""
+    rows: list[list[int]] = []
+    used: list[tuple[int, int]] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for row, (tokens, count) in enumerate(used):
+            if tokens + lengths[index] <= max_length and count + images[index] <= max_images:
+                rows[row].append(index)
+                used[row] = (tokens + lengths[index], count + images[index])
+                break
+        else:
+            rows.append([index])
+            used.append((lengths[index], images[index]))
+    return rows
+
+
+def test_the_pack_plan_is_first_fit_decreasing_exactly():
+    import random
+
+    draw = random.Random(0)
+    for _ in range(300):  # over-long samples and image counts past the cap included
+        size, max_length, max_images = draw.randint(0, 200), draw.randint(50, 600), draw.randint(1, 10)
+        lengths = [draw.randint(0, 700) for _ in range(size)]
+        images = [draw.randint(0, 12) for _ in range(size)]
+        assert plan_packs(lengths, images, max_length, max_images) == \
+            first_fit_by_scanning(lengths, images, max_length, max_images)
+
+
 def test_pack_rows_round_trip(pictures):
     samples = mixed_samples(QWEN2_VL, pictures)
     rows = list(pack_rows(samples, [[2, 0], [1]]))

@@ -53,21 +53,65 @@ def rope_index_of(model) -> Callable | None:
 
 def plan_packs(lengths: Sequence[int], image_counts: Sequence[int], max_length: int,
                max_images: int) -> list[list[int]]:
-    """Sample indices per row, first-fit-decreasing. A sample longer than `max_length` (or with more images than
-    `max_images`) gets a row of its own: the caller has already dropped or refused over-long samples."""
+    """Sample indices per row, first-fit-decreasing: each sample, longest first, goes to the first row it fits
+    (tokens and images), else starts a row. A sample longer than `max_length` (or with more images than
+    `max_images`) gets a row of its own: the caller has already dropped or refused over-long samples.
+
+    The first row that fits is found in a tree of the rows' free room (`_FreeRoom`), so a million samples take
+    seconds; scanning the rows for each sample, the textbook way, takes hours at that size."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     rows: list[list[int]] = []
-    used: list[tuple[int, int]] = []  # (tokens, images) per row
+    room = _FreeRoom(len(lengths), max_length, max_images, {n for n in image_counts if n <= max_images})
     for index in order:
-        for row, (tokens, images) in enumerate(used):
-            if tokens + lengths[index] <= max_length and images + image_counts[index] <= max_images:
-                rows[row].append(index)
-                used[row] = (tokens + lengths[index], images + image_counts[index])
-                break
-        else:
-            rows.append([index])
-            used.append((lengths[index], image_counts[index]))
+        tokens, images = lengths[index], image_counts[index]
+        row = room.first_fit(tokens, images) if tokens <= max_length and images <= max_images else len(rows)
+        if row == len(rows):
+            rows.append([])
+        rows[row].append(index)
+        room.take(row, tokens, images)
     return rows
+
+
+class _FreeRoom:
+    """The free tokens and images of `size` rows (all empty at first). For each image count samples ask for, a
+    max tree of the rows' free tokens, counting only rows with room for that many images: the first row with room
+    for (tokens, images) is then one descent of one tree, and using a row's room updates each tree along one path
+    (stopping where the maxima no longer change)."""
+
+    def __init__(self, size: int, max_length: int, max_images: int, image_counts: set[int]) -> None:
+        self.leaves = 1
+        while self.leaves < max(size, 1):
+            self.leaves *= 2
+        self.free_tokens = [max_length] * self.leaves
+        self.free_images = [max_images] * self.leaves
+        self.trees = {count: [max_length] * (2 * self.leaves) for count in sorted(image_counts)}
+
+    def first_fit(self, tokens: int, images: int) -> int:
+        """The first row with room for `tokens` and `images` (an empty row always has room)."""
+        tree = self.trees[images]
+        node = 1
+        while node < self.leaves:
+            node = 2 * node if tree[2 * node] >= tokens else 2 * node + 1
+        return node - self.leaves
+
+    def take(self, row: int, tokens: int, images: int) -> None:
+        """Use `tokens` and `images` of `row`'s room (a row past its limits is left with none)."""
+        left_tokens, left_images = self.free_tokens[row] - tokens, self.free_images[row] - images
+        if left_tokens < 0 or left_images < 0:
+            left_tokens = left_images = -1
+        self.free_tokens[row], self.free_images[row] = left_tokens, left_images
+        for count, tree in self.trees.items():
+            value = left_tokens if left_images >= count else -1
+            node = row + self.leaves
+            if tree[node] == value:
+                continue
+            tree[node] = value
+            while node > 1:
+                node //= 2
+                largest = max(tree[2 * node], tree[2 * node + 1])
+                if tree[node] == largest:
+                    break
+                tree[node] = largest
 
 
 def packing_stats(packs: Sequence[Sequence[int]], lengths: Sequence[int], max_length: int) -> dict[str, Any]:
