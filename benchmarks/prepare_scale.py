@@ -4,12 +4,14 @@
     .venv/bin/python benchmarks/prepare_scale.py --samples 2000 --runs 1     # a quick look
 
 Builds N samples from the synthetic catalog, each with its own image files (distinct bytes, a spread of sizes),
-in `--folder` (reused when it already holds N samples). Then runs the sft stage's preparation (`prepare_stage`:
-every record read and checked, every image decoded, every sample measured exactly with the tiny Qwen2-VL's
-processor, packed rows planned) in a fresh process `--runs` times against one new cache folder: the first run
-finds nothing cached (only the tiny backbone, built beforehand), the later ones find everything. Prints wall time
-(the whole process, imports included), preparation time, samples/s and peak RSS (the preparing process, and its
-largest worker) per run. Nothing here passes or fails: it measures.
+in `--folder` (reused when it already holds N samples). Then, in a fresh process, `--runs` times against one new
+cache folder:
+- the sft stage's preparation (`prepare_stage`: every record read and checked, every image decoded, every sample
+  measured exactly with the tiny Qwen2-VL's processor, packed rows planned when the stage packs);
+- the rows a trainer reads (with `--set sft.packing=true`, the packed rows are written).
+The first run finds nothing cached (only the tiny backbone, built beforehand), the later ones find everything.
+Prints per run: wall time (the whole process, imports included), preparation time, the rows' time, samples/s and
+peak RSS (the preparing process, and its largest worker). Nothing here passes or fails: it measures.
 """
 
 from __future__ import annotations
@@ -106,12 +108,18 @@ def build(folder: Path, samples: int) -> Path:
 PREPARE = """
 import json, resource, sys, time
 from ecomtune.config.loading import load_recipe
+from ecomtune.data.mapped_rows import mapped_dataset
+from ecomtune.data.packing import pack_rows
 from ecomtune.train.stages import prepare_stage
 recipe = load_recipe(sys.argv[1], [f"sft.data={sys.argv[2]}", *sys.argv[3:]])
 started = time.perf_counter()
 prepared = prepare_stage(recipe, recipe.sft, "sft")
 seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "samples": len(prepared.samples), "tokens": sum(prepared.lengths),
+rows = prepared.samples.rows  # what an unpacked run trains on
+if prepared.packs is not None:  # a packed run writes its rows first
+    rows = mapped_dataset(pack_rows(prepared.samples, prepared.packs))
+print(json.dumps({"seconds": seconds, "rows_seconds": time.perf_counter() - started - seconds,
+                  "samples": len(prepared.samples), "rows": len(rows), "tokens": sum(prepared.lengths),
                   "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "worker_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
@@ -134,7 +142,8 @@ def main() -> None:
     subprocess.run([sys.executable, "-c", "from ecomtune.backbones.registry import resolve_backbone; "
                     "resolve_backbone('tiny-qwen2-vl')"], env=env, check=True, capture_output=True)
     print(f"{args.samples:,} samples in {data}; cache {cache} (no image or sample in it at the first run)")
-    print(f"{'run':>4} {'wall s':>8} {'prep s':>8} {'samples/s':>10} {'peak RSS MiB':>13} {'worker RSS MiB':>15}")
+    print(f"{'run':>4} {'wall s':>8} {'prep s':>8} {'rows s':>7} {'samples/s':>10} {'peak RSS MiB':>13} "
+          f"{'worker RSS MiB':>15}")
     try:
         for run in range(1, args.runs + 1):
             started = time.perf_counter()
@@ -144,9 +153,10 @@ def main() -> None:
             if out.returncode != 0:
                 sys.exit(f"preparation failed:\n{out.stderr[-3000:]}")
             result = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{run:>4} {wall:>8.1f} {result['seconds']:>8.1f} {result['samples'] / result['seconds']:>10,.0f} "
-                  f"{result['rss_mib']:>13,.0f} {result['worker_rss_mib']:>15,.0f}   "
-                  f"({result['samples']:,} samples, {result['tokens']:,} tokens)")
+            print(f"{run:>4} {wall:>8.1f} {result['seconds']:>8.1f} {result['rows_seconds']:>7.1f} "
+                  f"{result['samples'] / result['seconds']:>10,.0f} {result['rss_mib']:>13,.0f} "
+                  f"{result['worker_rss_mib']:>15,.0f}   ({result['samples']:,} samples, {result['rows']:,} rows, "
+                  f"{result['tokens']:,} tokens)")
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 

@@ -229,9 +229,26 @@ def test_fsdp_without_a_gpu_is_refused():
 
 def test_text_only_samples_are_refused_when_parameters_are_sharded():
     with pytest.raises(ConfigError) as caught:
-        check_samples([1, 0, 2], ["a.jsonl:1", "a.jsonl:2", "a.jsonl:3"], "sft", read_setup(ZERO3_ENV))
+        check_samples([1, 0, 2], lambda indices: [f"a.jsonl:{i + 1}" for i in indices], "sft",
+                      read_setup(ZERO3_ENV))
     assert [p.where for p in caught.value.problems] == ["a.jsonl:2"]
-    check_samples([1, 0], ["a:1", "a:2"], "sft", LaunchSetup("ddp", 2))  # DDP runs the tower on every process
+    # DDP runs the tower on every process
+    check_samples([1, 0], lambda indices: [f"a:{i + 1}" for i in indices], "sft", LaunchSetup("ddp", 2))
+
+
+def test_text_only_samples_are_named_across_training_and_held_out_samples():
+    from ecomtune.data.sample_store import SampleStore
+    from ecomtune.data.schema import Sample
+    from ecomtune.train.stages import HeldOut, PreparedData, _check_data_for_launch
+
+    def store(*images: int, name: str):
+        return SampleStore.of(Sample(["/x.png"] * n, [], source=f"{name}:{i + 1}") for i, n in enumerate(images))
+
+    prepared = PreparedData(None, None, store(1, 0, 1, name="train"), {}, [], None, None,
+                            HeldOut(store(0, 2, name="held"), [], None, "eval_fraction"))
+    with pytest.raises(ConfigError) as caught:
+        _check_data_for_launch(read_setup(ZERO3_ENV), prepared, "sft", tiny_recipe())
+    assert [p.where for p in caught.value.problems] == ["train:2", "held:1"]
 
 
 def test_wrap_list_must_exist_and_include_the_vision_blocks():

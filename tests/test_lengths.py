@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -20,7 +19,7 @@ from ecomtune.backbones.loading import load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.config.schema import BackboneSettings
 from ecomtune.data.image_checks import check_files
-from ecomtune.data.lengths import Length, TokenCounter, _splice_run, measure_lengths
+from ecomtune.data.lengths import Length, TokenCounter, _splice_run, measure_lengths, prepare_store
 from ecomtune.data.prep_cache import FILE_NAME, PrepCache
 from ecomtune.data.schema import Sample
 from ecomtune.data.stage_samples import load_stage_samples
@@ -115,7 +114,8 @@ def test_a_second_run_is_served_by_the_cache_and_a_change_misses_only_what_it_to
 
     def prepare() -> list[Length]:
         read = load_stage_samples(data, cache=cache, workers=1)
-        return measure_lengths(qwen, read.samples, read.image_sizes, workers=1, cache=cache)
+        prepared = prepare_store(qwen, read.samples, workers=1, cache=cache)
+        return [Length(*pair) for pair in zip(prepared.totals, prepared.images, strict=True)]
 
     first = prepare()
     images, lengths = rows(cache, "images"), rows(cache, "lengths")
@@ -130,7 +130,7 @@ def test_a_second_run_is_served_by_the_cache_and_a_change_misses_only_what_it_to
     wider = load_processor(resolve_backbone("tiny-qwen2-vl"), BackboneSettings(resolution={"max_pixels": 56 * 56}))
     read = load_stage_samples(data, cache=cache, workers=1)
     before = rows(cache, "lengths")
-    measure_lengths(wider, read.samples, read.image_sizes, workers=1, cache=cache)
+    prepare_store(wider, read.samples, workers=1, cache=cache)
     assert len(rows(cache, "lengths") - before) == 6, "a resolution setting is part of every sample's key"
 
 
@@ -164,12 +164,14 @@ def test_an_unreadable_cache_is_reported_and_ignored(qwen, pictures, tmp_path, c
         sqlite3.connect(folder / FILE_NAME).execute("SELECT * FROM lengths").fetchall()
 
 
-def test_the_stage_records_image_sizes_for_the_count(tmp_path):
+def test_the_stage_stores_each_images_size_for_the_count(tmp_path):
     Image.new("RGB", (77, 33)).save(tmp_path / "a.png")
+    Image.new("RGB", (40, 60)).save(tmp_path / "b.png")
     data = tmp_path / "d.jsonl"
-    data.write_text(json.dumps({"images": ["a.png"], "messages": [user(IMAGE, text("?")), answer("x")]}) + "\n")
+    data.write_text(json.dumps({"images": ["a.png", "b.png"],
+                                "messages": [user(IMAGE, IMAGE, text("?")), answer("x")]}) + "\n")
     read = load_stage_samples(data, cache=PrepCache(None), workers=1)
-    assert read.image_sizes == {str(Path(tmp_path / "a.png").resolve()): (77, 33)}
+    assert [sizes for _, chunk in read.samples.sized_chunks() for sizes in chunk] == [[(77, 33), (40, 60)]]
 
 
 def test_worker_processes_still_report_every_bad_record_where_it_is(tmp_path):

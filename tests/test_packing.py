@@ -22,6 +22,7 @@ from ecomtune.config.loading import load_recipe
 from ecomtune.config.schema import QuantSettings
 from ecomtune.data.collator import IGNORE_INDEX, VisionChatCollator
 from ecomtune.data.packing import PackedCollator, check_packable, pack_rows, packing_stats, plan_packs, rope_index_of
+from ecomtune.data.sample_store import SampleStore
 from ecomtune.data.schema import Sample
 from ecomtune.errors import ConfigError
 from ecomtune.train.losses import per_sample_mean_loss
@@ -241,7 +242,7 @@ def test_the_pack_plan_is_first_fit_decreasing_exactly():
 
 def test_pack_rows_round_trip(pictures):
     samples = mixed_samples(QWEN2_VL, pictures)
-    rows = list(pack_rows(samples, [[2, 0], [1]]))
+    rows = list(pack_rows(SampleStore.of(samples), [[2, 0], [1]]))
     assert [len(json.loads(r["pack"])) for r in rows] == [2, 1]
     assert json.loads(rows[0]["pack"])[0] == samples[2].to_row()
 

@@ -23,11 +23,12 @@ the sample's content and image sizes, and measured in worker processes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import sys
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -39,6 +40,7 @@ from PIL import Image
 from ecomtune.data.collator import VisionChatCollator, adds_own_specials, render_with_spans
 from ecomtune.data.parallel import batches_of, progress, run_batches, worker_count, worker_pool
 from ecomtune.data.prep_cache import PrepCache, digest, opened_cache
+from ecomtune.data.sample_store import SampleStore, SampleWriter
 from ecomtune.data.schema import PreparedText, Sample
 from ecomtune.data.strategies import ref_size
 
@@ -46,7 +48,7 @@ from ecomtune.data.strategies import ref_size
 COUNTING = "lengths-2"
 TABLE = "lengths"
 SPOT_CHECKS = 16  # samples measured both ways before the fast way is trusted with a run
-CACHE_READS = 10_000  # cached lengths read per query batch
+MEASURED_PER_CHUNK = 8192  # samples read, looked up in the cache and measured at a time
 Size = tuple[int, int]
 
 
@@ -56,6 +58,9 @@ class Length:
 
     total: int
     image: int
+
+
+Measured = tuple[Length, PreparedText | None]
 
 
 def image_token_ids(processor) -> set[int]:
@@ -261,33 +266,84 @@ def measure_lengths(processor, samples: Sequence[Sample], sizes: dict[str, Size]
     (None: every core) with a progress bar, and remembered. `sizes`: displayed size of image files already known
     (from the image checks); others are read from their headers.
     `keep_text`: also tokenize each sample's text once for training (`Sample.text`, set in place; chat families)."""
+    known = sizes or {}
+    chunks = ((chunk, [[ref_size(ref, known) for ref in sample.images] for sample in chunk])
+              for chunk in (samples[start:start + MEASURED_PER_CHUNK]
+                            for start in range(0, len(samples), MEASURED_PER_CHUNK)))
+    lengths: list[Length] = []
+    for chunk, _sizes, measured in _measured(processor, chunks, len(samples), conversation, workers, cache,
+                                             description, keep_text):
+        for sample, (length, text) in zip(chunk, measured, strict=True):
+            if keep_text:
+                sample.text = text
+            lengths.append(length)
+    return lengths
+
+
+@dataclass
+class PreparedStore:
+    """A store's samples measured and with their text prepared (`prepare_store`): the new store, and each sample's
+    total and image tokens."""
+
+    samples: SampleStore
+    totals: array
+    images: array
+
+
+def prepare_store(processor, store: SampleStore, conversation: str = "chat", workers: int | None = None,
+                  cache: PrepCache | None = None, description: str = "measuring samples") -> PreparedStore:
+    """`measure_lengths` with `keep_text` for the samples of a store, a chunk at a time: their texts go to a new
+    store (the one a stage trains on), so that no more than a chunk of samples is ever in memory."""
+    writer = SampleWriter()
+    totals, images = array("i"), array("i")
+    chunks = ((chunk, [known if known is not None else [ref_size(ref, {}) for ref in sample.images]
+                       for sample, known in zip(chunk, sizes, strict=True)])
+              for chunk, sizes in store.sized_chunks(MEASURED_PER_CHUNK))
+    for chunk, sizes, measured in _measured(processor, chunks, len(store), conversation, workers, cache,
+                                            description, keep_text=True):
+        for sample, (length, text) in zip(chunk, measured, strict=True):
+            sample.text = text
+            totals.append(length.total)
+            images.append(length.image)
+        writer.add(chunk, sizes)
+    return PreparedStore(writer.finish(), totals, images)
+
+
+Chunk = tuple[Sequence[Sample], list[list[Size]]]
+
+
+def _measured(processor, chunks: Iterable[Chunk], total: int, conversation: str, workers: int | None,
+              cache: PrepCache | None, description: str,
+              keep_text: bool) -> Iterator[tuple[Sequence[Sample], list[list[Size]], list[Measured]]]:
+    """Each chunk of (samples, their image sizes) with every sample's (length, prepared text or None): cached
+    values read, the rest measured (in a worker pool started on the first chunk that needs one) and remembered."""
     counter = TokenCounter(processor, conversation)
     keep_text = keep_text and conversation == "chat"
-    known_sizes = sizes or {}
-    items = [(sample, [ref_size(ref, known_sizes) for ref in sample.images]) for sample in samples]
-    keys = [sample_key(counter.fingerprint, sample, image_sizes) for sample, image_sizes in items]
     wanted = 4 if keep_text else 2  # cached values: [total, image] or [total, image, ids, learnt]
-    results: dict[int, tuple[Length, PreparedText | None]] = {}
-    with opened_cache(cache) as store:
-        for start in range(0, len(keys), CACHE_READS):  # read in slices: the texts are turned compact as they come
-            found = store.get_many(TABLE, keys[start:start + CACHE_READS])
-            for index in range(start, min(start + CACHE_READS, len(keys))):
-                value = found.get(keys[index])
-                if value is not None and len(value) >= wanted:
-                    results[index] = _from_value(value)
-        todo = [i for i in range(len(keys)) if i not in results]
-        if todo:
-            _spot_check(counter, [items[i] for i in todo[:SPOT_CHECKS]])
-            pool_size = worker_count(workers, len(todo))
-            batches = batches_of(todo, pool_size, 1024)
-            state = (counter, keep_text)
-            with progress(description, len(todo)) as advance, worker_pool(pool_size, state) as pool:
+    state = (counter, keep_text)
+    with opened_cache(cache) as store, progress(description, total) as advance, \
+            contextlib.ExitStack() as stack:
+        pool, pool_size, done = None, 0, 0
+        for samples, sizes in chunks:
+            items = list(zip(samples, sizes, strict=True))
+            keys = [sample_key(counter.fingerprint, sample, image_sizes) for sample, image_sizes in items]
+            found = store.get_many(TABLE, keys)
+            results: list[Measured | None] = [
+                _from_value(value) if value is not None and len(value) >= wanted else None
+                for value in (found.get(key) for key in keys)]
+            todo = [i for i, result in enumerate(results) if result is None]
+            advance(len(items) - len(todo))
+            if todo and not pool_size:  # the first new samples: checked both ways, then the workers start
+                _spot_check(counter, [items[i] for i in todo[:SPOT_CHECKS]])
+                pool_size = worker_count(workers, total - done)
+                pool = stack.enter_context(worker_pool(pool_size, state))
+            if todo:
+                batches = batches_of(todo, pool_size, 1024)
                 measured = run_batches(pool, _measure_batch, state, [[items[i] for i in b] for b in batches],
                                        advance)
                 for batch, values in zip(batches, measured, strict=True):
                     store.put_many(TABLE, ((keys[i], value) for i, value in zip(batch, values, strict=True)))
-                    results.update((i, _from_value(value)) for i, value in zip(batch, values, strict=True))
-    if keep_text:
-        for index, sample in enumerate(samples):
-            sample.text = results[index][1]
-    return [results[i][0] for i in range(len(samples))]
+                    for i, value in zip(batch, values, strict=True):
+                        results[i] = _from_value(value)
+            done += len(items)
+            yield samples, sizes, results

@@ -1,9 +1,10 @@
-"""The rows a trainer reads, as a memory-mapped Arrow file: held on disk, paged in as the steps read them.
+"""Rows held on disk as a memory-mapped Arrow file: paged in as they are read, never all in memory.
 
 `datasets.Dataset.from_list` builds its table in memory, so a stage of a million samples would hold every row's
-JSON twice over (the samples, and the table) for the whole run. Here the rows are written in batches to an Arrow
-stream file in a private temporary folder and opened with `Dataset.from_file`, which maps it; the folder is deleted
-when the dataset object goes away (or the process ends).
+JSON for the whole run. Here rows are written in batches to an Arrow stream file in a private temporary folder and
+opened with `Dataset.from_file`, which maps it. The folder is deleted when the last dataset over that file goes
+away, or when the process ends. A view `datasets` makes of a dataset (`select`) maps the file anew and does not
+know the folder, so views made here go through `view_of`, which hands the folder on.
 """
 
 from __future__ import annotations
@@ -17,25 +18,71 @@ from pathlib import Path
 
 ROWS_PER_BATCH = 4096
 
+Row = dict[str, str | None]
 
-def mapped_dataset(rows: Iterable[dict[str, str | None]]):
+
+class _TemporaryFolder:
+    """A private folder, deleted when the last object holding this goes (or when the process ends)."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="ecomtune-rows-"))
+        weakref.finalize(self, shutil.rmtree, str(self.path), True)
+
+
+_HOLDS = "_ecomtune_folder"  # the attribute by which a dataset holds its file's folder
+
+
+def view_of(dataset, view):
+    """`view` (a dataset `datasets` made from `dataset`: a selection of rows or columns), holding the folder of
+    `dataset`'s file for as long as it lives."""
+    setattr(view, _HOLDS, getattr(dataset, _HOLDS, None))
+    return view
+
+
+class RowWriter:
+    """Appends rows of string columns (named by the first rows written; a missing value is null) to a new Arrow
+    file; `finish()` maps it as a `datasets.Dataset`. A writer that is never finished leaves nothing behind."""
+
+    def __init__(self) -> None:
+        self._folder = _TemporaryFolder()
+        self._path = self._folder.path / "rows.arrow"
+        self._sink = None
+        self._writer = None
+        self._columns: list[str] = []
+        self._schema = None
+
+    def write(self, rows: list[Row]) -> None:
+        """Append a batch of rows."""
+        import pyarrow as pa
+
+        if not rows:
+            return
+        if self._writer is None:
+            self._columns = list(rows[0])
+            self._schema = pa.schema([(name, pa.string()) for name in self._columns])
+            self._sink = pa.OSFile(str(self._path), "wb")
+            self._writer = pa.ipc.new_stream(self._sink, self._schema)
+        table = {c: [row.get(c) for row in rows] for c in self._columns}
+        self._writer.write_batch(pa.RecordBatch.from_pydict(table, schema=self._schema))
+
+    def finish(self):
+        """The rows written, as a memory-mapped `datasets.Dataset` (no rows: an empty dataset)."""
+        from datasets import Dataset
+
+        if self._writer is None:
+            return Dataset.from_dict({})
+        self._writer.close()
+        self._sink.close()
+        dataset = Dataset.from_file(str(self._path))
+        setattr(dataset, _HOLDS, self._folder)
+        return dataset
+
+
+def mapped_dataset(rows: Iterable[Row]):
     """A `datasets.Dataset` over `rows` (string columns, named by the first row; a missing value is null), memory
     mapped from a temporary Arrow file."""
-    import pyarrow as pa
-    from datasets import Dataset
-
-    folder = Path(tempfile.mkdtemp(prefix="ecomtune-rows-"))
-    path = folder / "rows.arrow"
+    writer = RowWriter()
     iterator = iter(rows)
-    first = list(itertools.islice(iterator, ROWS_PER_BATCH))
-    columns = list(first[0]) if first else []
-    schema = pa.schema([(name, pa.string()) for name in columns])
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        batch = first
-        while batch:
-            writer.write_batch(pa.RecordBatch.from_pylist([{c: row.get(c) for c in columns} for row in batch],
-                                                          schema=schema))
-            batch = list(itertools.islice(iterator, ROWS_PER_BATCH))
-    dataset = Dataset.from_file(str(path))
-    weakref.finalize(dataset, shutil.rmtree, str(folder), True)
-    return dataset
+    while batch := list(itertools.islice(iterator, ROWS_PER_BATCH)):
+        writer.write(batch)
+    return writer.finish()

@@ -18,14 +18,15 @@ boundary.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import orjson
 import torch
 
 from ecomtune.backbones.spec import BackboneSpec, PackingPositions
 from ecomtune.data.collator import IGNORE_INDEX, VisionChatCollator
+from ecomtune.data.sample_store import SampleStore
 from ecomtune.data.schema import Sample
 from ecomtune.errors import ConfigError, Problem
 
@@ -122,9 +123,17 @@ def packing_stats(packs: Sequence[Sequence[int]], lengths: Sequence[int], max_le
             "fill": round(tokens / max(len(packs) * max_length, 1), 4)}
 
 
-def pack_rows(samples: Sequence[Sample], packs: Sequence[Sequence[int]]) -> Iterator[dict[str, Any]]:
-    """Dataset rows, one per pack: its samples' rows as JSON, in the pack's order (made as they are read)."""
-    return ({"pack": json.dumps([samples[i].to_row() for i in pack])} for pack in packs)
+PACKS_PER_READ = 1024
+
+
+def pack_rows(samples: SampleStore, packs: Sequence[Sequence[int]]) -> Iterator[dict[str, Any]]:
+    """Dataset rows, one per pack: its samples' rows as JSON, in the pack's order (made as they are read, the
+    samples of `PACKS_PER_READ` packs read from the store at once)."""
+    for start in range(0, len(packs), PACKS_PER_READ):
+        group = packs[start:start + PACKS_PER_READ]
+        rows = iter(samples.rows_at([i for pack in group for i in pack]))
+        for pack in group:
+            yield {"pack": orjson.dumps([next(rows) for _ in pack]).decode()}
 
 
 class PackedCollator:
@@ -145,7 +154,7 @@ class PackedCollator:
         self.pad_id = processor.tokenizer.pad_token_id
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        packs = [[Sample.from_row(r) for r in json.loads(row["pack"])] for row in rows]
+        packs = [[Sample.from_row(r) for r in orjson.loads(row["pack"])] for row in rows]
         return self.encode(packs)
 
     def encode(self, packs: list[list[Sample]]) -> dict[str, torch.Tensor]:

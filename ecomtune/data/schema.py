@@ -16,12 +16,13 @@ file:line of the record and the fix.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from array import array
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from ecomtune.data.images import check_image
 from ecomtune.data.jsonl import read_jsonl
@@ -60,16 +61,18 @@ class Sample:
     def to_row(self) -> dict[str, Any]:
         """A row for a `datasets.Dataset`: images and content blocks as JSON text, so that Arrow never merges
         the schemas of different rows (it would add `text: None` keys to image blocks)."""
-        row = {"images": json.dumps(self.images), "messages": json.dumps(self.messages), "source": self.source}
+        row = {"images": orjson.dumps(self.images).decode(), "messages": orjson.dumps(self.messages).decode(),
+               "source": self.source}
         if self.text is not None:
-            row["text"] = json.dumps([self.text.ids.tolist(), self.text.learnt])
+            row["text"] = orjson.dumps([self.text.ids.tolist(), self.text.learnt]).decode()
         return row
 
     @staticmethod
     def from_row(row: dict[str, Any]) -> Sample:
         text = row.get("text")
-        prepared = PreparedText(*json.loads(text)) if text else None
-        return Sample(json.loads(row["images"]), json.loads(row["messages"]), row.get("source", ""), text=prepared)
+        prepared = PreparedText(*orjson.loads(text)) if text else None
+        return Sample(orjson.loads(row["images"]), orjson.loads(row["messages"]), row.get("source", ""),
+                      text=prepared)
 
 
 @dataclass(frozen=True)
@@ -302,9 +305,19 @@ def present_samples(samples: list[Sample], spec: BackboneSpec | None = None,
                     images: ImageSettings | None = None, title: str = "data") -> list[Sample]:
     """Samples as the multi-image strategy presents them (`images`), checked against the backbone family's
     limits (`spec`); one DataError lists every sample that does not fit."""
+    presented, problems = presented_samples(samples, spec, images)
+    _raise_if_any(problems, title)
+    return presented
+
+
+def presented_samples(samples: list[Sample], spec: BackboneSpec | None = None,
+                      images: ImageSettings | None = None) -> tuple[list[Sample], list[Problem]]:
+    """`present_samples` for a batch of a longer read: the samples that fit, and the problems of those that do
+    not (the caller reports them with the rest)."""
     from ecomtune.data.strategies import apply_strategy
 
-    presented, problems = [], []
+    presented: list[Sample] = []
+    problems: list[Problem] = []
     for sample in samples:
         try:
             shown = apply_strategy(sample, images) if images is not None else sample
@@ -315,8 +328,7 @@ def present_samples(samples: list[Sample], spec: BackboneSpec | None = None,
         problems.extend(found)
         if not found:
             presented.append(shown)
-    _raise_if_any(problems, title)
-    return presented
+    return presented, problems
 
 
 def load_samples(path: Path, spec: BackboneSpec | None = None, images: ImageSettings | None = None,

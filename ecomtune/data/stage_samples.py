@@ -2,14 +2,18 @@
 
 Readers convert (`ecomtune.data.sources`), the mixture rule picks rows (`ecomtune.data.mixture`), and every record
 is checked by the one validator (`parse_record`), whatever format it came from; all problems of all sources are
-reported together. Only the rows a rule takes are converted and checked. The result keeps, per source, what was
-available and what was taken, for `ecomtune plan` and the manifest.
+reported together. Only the rows a rule takes are converted and checked. The samples go to a `SampleStore` on
+disk as each batch of records is checked, so a stage of a million samples does not hold them in memory. The result
+keeps, per source, what was available and what was taken, for `ecomtune plan` and the manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,19 +23,23 @@ from ecomtune.data.image_checks import check_files
 from ecomtune.data.mixture import parse_rule, read_onevision_yaml, select_rows
 from ecomtune.data.parallel import progress, worker_count, worker_pool
 from ecomtune.data.prep_cache import PrepCache, opened_cache
+from ecomtune.data.sample_store import SampleStore, SampleWriter
 from ecomtune.data.schema import (
     MAX_REPORTED,
     Sample,
     forget_folders,
     parse_record,
-    present_samples,
+    presented_samples,
     resolve_image_path,
 )
 from ecomtune.data.sources import open_source
 from ecomtune.data.sources.detect import MIXTURE_SUFFIXES
+from ecomtune.data.strategies import ref_paths, ref_size
 from ecomtune.errors import ConfigError, DataError, Problem
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ecomtune.backbones.spec import BackboneSpec
     from ecomtune.config.schema import ImageSettings
 
@@ -54,29 +62,42 @@ class SourceUse:
 
 @dataclass
 class StageSamples:
-    samples: list[Sample]  # as the multi-image strategy presents them; `origin` indexes `sources`
-    listed_images: list[int]  # images per sample before the strategy (for the image-cap count)
+    samples: SampleStore  # as the multi-image strategy presents them; their origins index `sources`
+    listed_images: array  # images per sample before the strategy (for the image-cap count)
     sources: list[SourceUse] = field(default_factory=list)
-    image_files: list[str] = field(default_factory=list)  # every image the taken records name, before the strategy
+    image_folders: list[str] = field(default_factory=list)  # folders of every image the taken records name
     image_roots: list[Path] = field(default_factory=list)  # image folders the sources name explicitly
-    image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # displayed size of every usable image
 
-    def fingerprint(self, image_paths: list[str]) -> str:
-        """sha256 over every source's fingerprint and every image file the samples use."""
+    def fingerprint(self, image_refs: Iterable[list]) -> str:
+        """sha256 over every source's fingerprint and the bytes of every image file the samples use (`image_refs`:
+        each sample's image references), in path order. The paths are gathered into an Arrow array (compact, where
+        a million Python strings would not be)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         digest = hashlib.sha256()
         for source in self.sources:
             digest.update(f"{source.path}|{source.sampling}|{source.sha256}".encode())
-        for image in sorted(set(image_paths)):
+        chunks, batch = [], []
+        for refs in image_refs:
+            batch.extend(p for ref in refs for p in ref_paths(ref))
+            if len(batch) >= RECORDS_PER_BATCH:
+                chunks.append(pa.array(batch, pa.string()))
+                batch = []
+        chunks.append(pa.array(batch, pa.string()))
+        paths = pc.unique(pa.chunked_array(chunks, pa.string()))
+        for image in paths.take(pc.sort_indices(paths)).to_pylist():
             digest.update(Path(image).read_bytes())
         return digest.hexdigest()
 
-    def count_tokens(self, lengths: list[int], samples: list[Sample] | None = None) -> None:
-        """Record each source's tokens and share from the measured lengths of `samples` (default: all)."""
-        samples = self.samples if samples is None else samples
+    def count_tokens(self, lengths: Sequence[int], origins: Sequence[int] | None = None) -> None:
+        """Record each source's tokens and share from the measured `lengths` of samples from `origins` (default:
+        every sample's)."""
+        origins = self.samples.origins if origins is None else origins
         for source in self.sources:
             source.tokens = 0
-        for sample, length in zip(samples, lengths, strict=True):
-            self.sources[sample.origin].tokens += length
+        for origin, length in zip(origins, lengths, strict=True):
+            self.sources[origin].tokens += length
         total = sum(s.tokens for s in self.sources) or 1
         for source in self.sources:
             source.share = source.tokens / total
@@ -97,56 +118,91 @@ def mixture_sources(data: Path | str | list[DataSource]) -> list[DataSource]:
 def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec | None = None,
                        images: ImageSettings | None = None, seed: int = 0, title: str = "data",
                        workers: int | None = None, cache: PrepCache | None = None) -> StageSamples:
-    """Every source's taken rows, converted and checked; one DataError lists every problem of every source.
-    Images are decoded in `workers` processes (None: every core), a batch of records at a time, and remembered in
-    the preparation `cache` (default: the shared one), so a second run decodes only what changed."""
+    """Every source's taken rows, converted, checked and presented by the strategy; one DataError lists every
+    problem of every source. Records are read a batch at a time: their images decoded in `workers` processes
+    (None: every core) and remembered in the preparation `cache` (default: the shared one), so a second run decodes
+    only what changed; the batch's samples then go to a `SampleStore` on disk, with each image's displayed size.
+    A row a rule takes more than once is read and stored once."""
+    import numpy as np
+
     forget_folders()  # folders resolved by an earlier read may have moved since
-    samples: list[Sample] = []
+    writer = SampleWriter()
+    listed = array("I")
     uses: list[SourceUse] = []
     problems: list[Problem] = []
-    sizes: dict[str, tuple[int, int]] = {}
+    folders: set[str] = set()
+    orders: list[np.ndarray] = []  # per source: the store position of each taken row, in training order
+    stored = 0
     sources = mixture_sources(data)
     opened_sources = [open_source(s.path, s.format, s.image_root, s.split) for s in sources]
     rules = [parse_rule(s.sampling) for s in sources]
-    taken = [select_rows(rule, o.rows, seed, f"{i}:{s.path}")
+    taken = [np.asarray(select_rows(rule, o.rows, seed, f"{i}:{s.path}"), dtype=np.int64)
              for i, (s, o, rule) in enumerate(zip(sources, opened_sources, rules, strict=True))]
-    records_taken = sum(len(rows) for rows in taken)
-    pool_size = worker_count(workers, records_taken)
+    distincts = [_first_occurrences(rows) for rows in taken]
+    records = sum(len(distinct) for distinct in distincts)
+    pool_size = worker_count(workers, records)
     with opened_cache(cache) as store, worker_pool(pool_size) as pool, \
-            progress(f"checking {title}", records_taken, "records") as advance:
-        for origin, (source, opened, rows, rule) in enumerate(zip(sources, opened_sources, taken, rules,
-                                                                   strict=True)):
-            checked: dict[int, Sample | None] = {}  # a repeated row is converted and checked once
-            records = zip(rows, opened.records(rows), strict=True)
-            while batch := list(itertools.islice(records, RECORDS_PER_BATCH)):
+            progress(f"checking {title}", records, "records") as advance:
+        for origin, (source, opened, rows, distinct, rule) in enumerate(zip(sources, opened_sources, taken,
+                                                                             distincts, rules, strict=True)):
+            read = zip(distinct.tolist(), opened.records(distinct.tolist()), strict=True)
+            while batch := list(itertools.islice(read, RECORDS_PER_BATCH)):
                 decoded = check_files(_image_paths(batch, opened), store, pool, pool_size)
-                for index, (where, record, problem) in batch:
-                    if index not in checked:
-                        if problem is not None:
-                            problems.append(problem)
-                            checked[index] = None
-                        else:
-                            sample, found = parse_record(record, opened.base_dir, where, opened.root, spec=spec,
-                                                         checked=decoded)
-                            problems.extend(found)
-                            checked[index] = sample
-                    if checked[index] is not None:
-                        samples.append(_with_origin(checked[index], origin))
-                sizes.update((path, size) for path, (size, bad) in decoded.items() if bad is None and size)
+                folders.update(os.path.dirname(path) for path in decoded)
+                samples = []
+                for _index, (where, record, problem) in batch:
+                    if problem is not None:
+                        problems.append(problem)
+                        continue
+                    sample, found = parse_record(record, opened.base_dir, where, opened.root, spec=spec,
+                                                 checked=decoded)
+                    problems.extend(found)
+                    if sample is not None:
+                        samples.append(_with_origin(sample, origin))
+                listed.extend(len(s.images) for s in samples)
+                presented, found = presented_samples(samples, spec, images) if spec is not None or \
+                    images is not None else (samples, [])
+                problems.extend(found)
+                if not problems:  # once the read has failed, nothing more is stored
+                    sizes = {path: size for path, (size, bad) in decoded.items() if bad is None and size}
+                    writer.add(presented, [[ref_size(ref, sizes) for ref in s.images] for s in presented])
                 advance(len(batch))
+            orders.append(stored + _ranks(rows, distinct))
+            stored += len(distinct)
             uses.append(SourceUse(source.path, opened.format, opened.rows, str(rule), len(rows), opened.fingerprint()))
     if problems:
         more = f" (first {MAX_REPORTED} shown)" if len(problems) > MAX_REPORTED else ""
         raise DataError(f"{title}: {len(problems)} problem(s) in the data{more}; nothing was trained",
                         problems[:MAX_REPORTED])
-    if not samples:
+    if not stored:
         empty = ", ".join(f"{u.path} ({u.available} rows, {u.sampling})" for u in uses)
         raise DataError(f"{title}: the mixture gives no samples: {empty}", fix="add data, or take more rows")
-    listed = [len(s.images) for s in samples]
-    files = list(dict.fromkeys(p for s in samples for p in s.images if isinstance(p, str)))
     roots = [Path(s.image_root) for s in sources if s.image_root is not None]
-    presented = present_samples(samples, spec, images, title) if spec is not None or images is not None else samples
-    return StageSamples(presented, listed, uses, files, roots, sizes)
+    samples = writer.finish()
+    order = np.concatenate(orders)
+    if len(order) != stored:  # some rows are taken more than once
+        samples = samples.select(order.tolist())
+        listed = array("I", (listed[i] for i in order.tolist()))
+    return StageSamples(samples, listed, uses, sorted(folders), roots)
+
+
+def _first_occurrences(rows: np.ndarray) -> np.ndarray:
+    """The distinct values of `rows`, in order of first appearance."""
+    import numpy as np
+
+    _values, first = np.unique(rows, return_index=True)
+    return rows[np.sort(first)]
+
+
+def _ranks(rows: np.ndarray, distinct: np.ndarray) -> np.ndarray:
+    """For each of `rows`, its place in `distinct`."""
+    import numpy as np
+
+    if len(rows) == len(distinct):
+        return np.arange(len(rows), dtype=np.int64)
+    place = np.empty(int(rows.max()) + 1, dtype=np.int64)
+    place[distinct] = np.arange(len(distinct), dtype=np.int64)
+    return place[rows]
 
 
 def _image_paths(batch: list, opened) -> list[str]:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -328,17 +328,18 @@ def check_wrap_classes(setup: LaunchSetup, classes: ModelClasses) -> None:
         raise ConfigError("The FSDP wrap list does not fit the model", problems)
 
 
-def check_samples(images_per_sample: Sequence[int], locations: Sequence[str], stage_name: str,
+def check_samples(images_per_sample: Sequence[int], locate: Callable[[list[int]], list[str]], stage_name: str,
                   setup: LaunchSetup) -> None:
     """Under FSDP / ZeRO-3 a process whose batch has no image skips the vision tower while the others gather its
-    shards: the job stalls. Refuse text-only samples there, naming up to 20 of them."""
+    shards: the job stalls. Refuse text-only samples there, naming up to 20 of them (`locate`: where the samples
+    at some indices came from)."""
     if not setup.shards_parameters:
         return
-    text_only = [where for count, where in zip(images_per_sample, locations, strict=True) if count == 0]
+    text_only = [index for index, count in enumerate(images_per_sample) if count == 0]
     if text_only:
         raise ConfigError(
             f"{len(text_only)} sample(s) have no image: under {setup.describe()} every process must run the vision "
-            "tower at every step", [Problem("no image", where) for where in text_only[:20]],
+            "tower at every step", [Problem("no image", where) for where in locate(text_only[:20])],
             fix=f"give every sample of {stage_name}.data an image or leave text-only samples out, or train with "
             "recipes/accelerate/ddp.yaml")
 

@@ -24,7 +24,7 @@ from ecomtune.backbones.loading import check_available, pick_compute_dtype, role
 from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import ResolvedRoles, lora_target_regex, resolve_roles
 from ecomtune.config.schema import LoraStage, Recipe, StageSettings
-from ecomtune.data.lengths import measure_lengths
+from ecomtune.data.lengths import prepare_store
 from ecomtune.data.packing import packing_stats, plan_packs
 from ecomtune.train.memory import GIB, ModelShape, TrainShape, advice, estimate, optimizer_kind
 
@@ -101,13 +101,12 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
     from ecomtune.train.stages import read_stage
 
     given = read_stage(recipe, stage, stage_name)  # the very path training takes: the same samples, same checks
-    backbone, processor, samples = given.backbone, given.processor, given.read.samples
+    backbone, processor = given.backbone, given.processor
     # the text is kept too, so that the training run after this plan finds every sample in the cache
-    measured = measure_lengths(processor, samples, given.read.image_sizes, backbone.spec.conversation,
-                               workers=stage.prepare_workers, keep_text=True)
-    totals = [m.total for m in measured]
+    measured = prepare_store(processor, given.read.samples, backbone.spec.conversation,
+                             workers=stage.prepare_workers)
+    samples, totals, images = measured.samples, measured.totals, measured.images
     given.read.count_tokens(totals)
-    images = [m.image for m in measured]
     limit = stage.max_length
     kept = [t for t in totals if limit is None or t <= limit]
     seq_len = max(kept) if kept else (limit or max(totals))
@@ -116,7 +115,7 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
     packing = None
     if stage.packing:  # rows of up to max_length tokens; a step holds batch_size rows
         fits = [i for i, t in enumerate(totals) if t <= limit]
-        packs = plan_packs([totals[i] for i in fits], [len(samples[i].images) for i in fits], limit,
+        packs = plan_packs([totals[i] for i in fits], [samples.image_counts[i] for i in fits], limit,
                            stage.max_images_per_pack)
         packing = packing_stats(packs, [totals[i] for i in fits], limit)
         seq_len = limit

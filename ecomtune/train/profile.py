@@ -153,16 +153,14 @@ def peak_memory() -> tuple[float, float | None]:
 
 def _collator(mode: str, model, prepared, stage) -> tuple[Any, Any]:
     """The dataset rows and collator of one mode (packed rows always carry segments, for counting)."""
-    from datasets import Dataset
-
     from ecomtune.train.trl_bridge import training_data
 
     spec, processor = prepared.backbone.spec, prepared.processor
     if mode == "trl":
-        return Dataset.from_list([s.to_row() for s in prepared.samples]), TrlReferenceCollator(processor)
+        return prepared.samples.rows, TrlReferenceCollator(processor)
     packs = None
     if mode == "packed":
-        packs = plan_packs(prepared.lengths, [len(s.images) for s in prepared.samples], stage.max_length,
+        packs = plan_packs(prepared.lengths, prepared.samples.image_counts, stage.max_length,
                            stage.max_images_per_pack)
     return training_data(model, processor, prepared.samples, stage.train, stage.max_length, spec.conversation,
                          packs, spec.packing, segments=True)

@@ -9,8 +9,11 @@ model -> set what trains per component -> train through TRL -> save standard out
 
 from __future__ import annotations
 
+import bisect
 import contextlib
-from collections.abc import Callable
+import itertools
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,11 @@ from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
 from ecomtune.backbones.spec import ResolvedRoles
 from ecomtune.config.schema import Recipe, StageSettings
 from ecomtune.config.stages import STAGE_INFO, StageInfo
-from ecomtune.data.lengths import measure_lengths
+from ecomtune.data.lengths import prepare_store
 from ecomtune.data.packing import check_packable, packing_stats, plan_packs
-from ecomtune.data.schema import Sample
+from ecomtune.data.sample_store import SampleStore
 from ecomtune.data.sources.detect import MIXTURE_SUFFIXES
 from ecomtune.data.stage_samples import StageSamples, load_stage_samples, mixture_table
-from ecomtune.data.strategies import ref_paths
 from ecomtune.errors import ConfigError, DataError, Problem
 from ecomtune.library_output import LOG_FILE, capture_to, verbose
 from ecomtune.runs.manifest import finished_run, write_manifest
@@ -89,31 +91,39 @@ def _console():
 
 
 def _length_report(processor, read: StageSamples, stage: StageSettings,
-                   conversation: str = "chat") -> tuple[list[Sample], dict[str, Any], list[int]]:
+                   conversation: str = "chat") -> tuple[SampleStore, dict[str, Any], array]:
     """Measure every sample (text + image tokens, exact; `ecomtune.data.lengths`), and tokenize its text once for
-    the training steps (`Sample.text`); over-long samples are an error or dropped, never cut."""
-    samples = read.samples
-    lengths = [m.total for m in measure_lengths(processor, samples, read.image_sizes, conversation,
-                                                workers=stage.prepare_workers, keep_text=True)]
+    the training steps (`Sample.text`; `read.samples` becomes the store that holds it); over-long samples are an
+    error or dropped, never cut. Returns the samples kept, the stats and the kept samples' lengths."""
+    prepared = prepare_store(processor, read.samples, conversation, workers=stage.prepare_workers)
+    samples = read.samples = prepared.samples
+    lengths = prepared.totals
     limit = stage.max_length
-    over = [(s, n) for s, n in zip(samples, lengths, strict=True) if limit is not None and n > limit]
+    over = [i for i, n in enumerate(lengths) if limit is not None and n > limit]
     ordered = sorted(lengths)
     stats = {"samples": len(samples), "min": ordered[0], "median": ordered[len(ordered) // 2],
              "max": ordered[-1], "over_max_length": len(over), "max_length": limit}
+    del ordered
+
+    def located(indices: list[int]) -> list[Problem]:
+        return [Problem(f"{lengths[i]} tokens", where) for i, where in zip(indices, samples.locations(indices),
+                                                                           strict=True)]
+
     if over and stage.on_overlong == "error":
         raise DataError(
             f"{len(over)} sample(s) are longer than max_length={limit} tokens (cutting them could split image "
-            "tokens)", [Problem(f"{n} tokens", s.source) for s, n in over[:20]],
+            "tokens)", located(over[:20]),
             fix="raise max_length, lower backbone.resolution (max_pixels, longest_edge, max_tiles), or set "
             "on_overlong: drop")
     if over and len(over) == len(samples):
         raise DataError(f"every sample ({len(samples)}) is longer than max_length={limit} tokens, so on_overlong: "
-                        "drop left nothing to train on", [Problem(f"{n} tokens", s.source) for s, n in over[:5]],
+                        "drop left nothing to train on", located(over[:5]),
                         fix="raise max_length, or lower backbone.resolution (max_pixels, longest_edge, max_tiles)")
     if over:
         _console().print(f"[yellow]dropped {len(over)} sample(s) longer than {limit} tokens[/yellow]")
-        kept = [i for i, n in enumerate(lengths) if limit is None or n <= limit]
-        samples, lengths = [samples[i] for i in kept], [lengths[i] for i in kept]
+        dropped = set(over)
+        kept = [i for i in range(len(samples)) if i not in dropped]
+        samples, lengths = samples.select(kept), array("i", (lengths[i] for i in kept))
     return samples, stats, lengths
 
 
@@ -144,8 +154,8 @@ def read_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> StageIn
 class HeldOut:
     """Samples kept apart for the eval loss (measured like the training samples; packed when the stage packs)."""
 
-    samples: list[Sample]
-    lengths: list[int]
+    samples: SampleStore
+    lengths: Sequence[int]
     packs: list[list[int]] | None
     source: str  # "eval_fraction" or the eval_data it was read from
 
@@ -157,9 +167,9 @@ class PreparedData:
 
     backbone: ResolvedBackbone
     processor: Any
-    samples: list[Sample]
+    samples: SampleStore
     stats: dict[str, Any]
-    lengths: list[int]
+    lengths: Sequence[int]
     packs: list[list[int]] | None
     read: StageSamples
     held_out: HeldOut | None = None
@@ -171,7 +181,7 @@ def prepare_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> Prep
     given = read_stage(recipe, stage, stage_name)
     conversation = given.backbone.spec.conversation
     samples, stats, lengths = _length_report(given.processor, given.read, stage, conversation)
-    given.read.count_tokens(lengths, samples)
+    given.read.count_tokens(lengths, samples.origins)
     held_out = None
     if stage.eval_fraction > 0:
         samples, lengths, held_samples, held_lengths = split_held_out(samples, lengths, stage.eval_fraction,
@@ -191,13 +201,13 @@ def prepare_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> Prep
     return PreparedData(given.backbone, given.processor, samples, stats, lengths, packs, given.read, held_out)
 
 
-def _packs(samples: list[Sample], lengths: list[int], stage: StageSettings) -> list[list[int]]:
+def _packs(samples: SampleStore, lengths: Sequence[int], stage: StageSettings) -> list[list[int]]:
     """The packed rows (sample indices per row) of measured samples, within the stage's length and image caps."""
-    return plan_packs(lengths, [len(s.images) for s in samples], stage.max_length, stage.max_images_per_pack)
+    return plan_packs(lengths, samples.image_counts, stage.max_length, stage.max_images_per_pack)
 
 
-def split_held_out(samples: list[Sample], lengths: list[int], fraction: float, seed: int,
-                   key: str) -> tuple[list[Sample], list[int], list[Sample], list[int]]:
+def split_held_out(samples: SampleStore, lengths: Sequence[int], fraction: float, seed: int,
+                   key: str) -> tuple[SampleStore, array, SampleStore, array]:
     """(train samples, their lengths, held-out samples, their lengths): a seeded share kept apart, at least one,
     never all."""
     import random
@@ -209,8 +219,8 @@ def split_held_out(samples: list[Sample], lengths: list[int], fraction: float, s
     chosen = set(random.Random(f"held-out:{seed}").sample(range(len(samples)), count))
     train = [i for i in range(len(samples)) if i not in chosen]
     held = sorted(chosen)
-    return ([samples[i] for i in train], [lengths[i] for i in train], [samples[i] for i in held],
-            [lengths[i] for i in held])
+    return (samples.select(train), array("i", (lengths[i] for i in train)), samples.select(held),
+            array("i", (lengths[i] for i in held)))
 
 
 def stage_data(prepared: PreparedData, model, stage: StageSettings):
@@ -231,10 +241,9 @@ def stage_data(prepared: PreparedData, model, stage: StageSettings):
 def _data_record(stage: StageSettings, prepared: PreparedData) -> dict[str, Any]:
     """The manifest's record of the data: every source (available, rule, taken, tokens, share, sha256), one
     sha256 over all of them and the images used, and the token statistics."""
-    images = [p for s in prepared.samples for ref in s.images for p in ref_paths(ref)]
     path = str(stage.data) if not isinstance(stage.data, list) else None
     record = {"path": path, "sources": mixture_table(prepared.read.sources),
-              "sha256": prepared.read.fingerprint(images), "tokens": prepared.stats}
+              "sha256": prepared.read.fingerprint(prepared.samples.image_paths()), "tokens": prepared.stats}
     if prepared.held_out is not None:
         record["eval"] = {"source": prepared.held_out.source, "samples": len(prepared.held_out.samples),
                           "train_samples": len(prepared.samples)}
@@ -331,6 +340,7 @@ def _guarded(stage: StageSettings, read: StageSamples, recipe_file: Path | None,
         elif path.exists():
             guarded.files.append(("data file", path))
     guarded.folders += [("image folder", root) for root in read.image_roots]
+    guarded.folders += [("image folder", Path(folder)) for folder in read.image_folders]
     held_out = stage.eval_data if isinstance(stage.eval_data, list) else \
         ([] if stage.eval_data is None else [stage.eval_data])
     for source in held_out:
@@ -339,7 +349,7 @@ def _guarded(stage: StageSettings, read: StageSamples, recipe_file: Path | None,
             (guarded.folders if path.is_dir() else guarded.files).append(("eval data", path))
     if stage.probe is not None:
         guarded.folders.append(("probe data", Path(stage.probe.data)))
-    return guarded.add_images(read.image_files)
+    return guarded
 
 
 def _check_launch(name: str, recipe: Recipe) -> LaunchSetup:
@@ -351,8 +361,17 @@ def _check_launch(name: str, recipe: Recipe) -> LaunchSetup:
 
 def _check_data_for_launch(setup: LaunchSetup, prepared: PreparedData, name: str, recipe: Recipe) -> None:
     """What the launch asks of the data and the model's layout, still before any weights load."""
-    every = prepared.samples + (prepared.held_out.samples if prepared.held_out is not None else [])
-    check_samples([len(s.images) for s in every], [s.source for s in every], name, setup)
+    stores = [prepared.samples] + ([prepared.held_out.samples] if prepared.held_out is not None else [])
+    counts = array("I")
+    for store in stores:
+        counts.extend(store.image_counts)
+
+    def locate(indices: list[int]) -> list[str]:  # indices run over the training samples, then the held-out ones
+        ends = list(itertools.accumulate(len(store) for store in stores))
+        places = [(k, i - (ends[k - 1] if k else 0)) for i in indices for k in [bisect.bisect_right(ends, i)]]
+        return [stores[k].locations([i])[0] for k, i in places]
+
+    check_samples(counts, locate, name, setup)
     if setup.engine == "fsdp":
         check_wrap_classes(setup, module_classes(prepared.backbone, role_overrides(recipe.backbone)))
 

@@ -28,7 +28,7 @@ Quirks handled (TRL 1.16, transformers 5.23):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -38,6 +38,7 @@ from ecomtune.config.schema import TrainSettings
 from ecomtune.data.collator import VisionChatCollator
 from ecomtune.data.mapped_rows import mapped_dataset
 from ecomtune.data.packing import PackedCollator, pack_rows, rope_index_of
+from ecomtune.data.sample_store import SampleStore
 from ecomtune.data.schema import Sample
 from ecomtune.train.checkpoints import SealCheckpoints
 from ecomtune.train.packed_attention import use_packed_attention
@@ -147,19 +148,21 @@ def sample_averaged_trainer_class():
     return SampleAveragedSFTTrainer
 
 
-def training_data(model, processor, samples: list[Sample], train: TrainSettings, max_length: int | None,
-                  conversation: str = "chat", packs: list[list[int]] | None = None,
+def training_data(model, processor, samples: SampleStore | Sequence[Sample], train: TrainSettings,
+                  max_length: int | None, conversation: str = "chat", packs: list[list[int]] | None = None,
                   positions: PackingPositions | None = None, segments: bool | None = None):
-    """The dataset and collator a trainer reads: one sample per row, or packed rows (`packs`: sample indices per
+    """The dataset and collator a trainer reads (memory-mapped rows; a list of samples is first written to a
+    `SampleStore`): one sample per row, or packed rows (`packs`: sample indices per
     row, `positions`: the family's packing positions; `segments`: emit `packed_segments`, by default only where
     the per-sample loss needs them). Packed rows also switch the model's sdpa language model to per-sample
     attention (`packed_attention`)."""
+    store = samples if isinstance(samples, SampleStore) else SampleStore.of(samples)
     if packs is None:
-        return (mapped_dataset(s.to_row() for s in samples), VisionChatCollator(processor, max_length, conversation))
+        return store.rows, VisionChatCollator(processor, max_length, conversation)
     use_packed_attention(model)
     collator = PackedCollator(processor, positions, rope_index_of(model) if positions == "mrope" else None,
                               conversation, segments=train.loss_average == "sample" if segments is None else segments)
-    return mapped_dataset(pack_rows(samples, packs)), collator
+    return mapped_dataset(pack_rows(store, packs)), collator
 
 
 @contextlib.contextmanager
