@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/prepare_scale.py --samples 100000            # build the data once, then measure
     .venv/bin/python benchmarks/prepare_scale.py --samples 2000 --runs 1     # a quick look
+    .venv/bin/python benchmarks/prepare_scale.py --samples 1000000 --share-images 100000   # memory at 1M
 
 Builds N samples from the synthetic catalog, each with its own image files (distinct bytes, a spread of sizes),
 in `--folder` (reused when it already holds N samples). Then, in a fresh process, `--runs` times against one new
@@ -125,6 +126,25 @@ print(json.dumps({"seconds": seconds, "rows_seconds": time.perf_counter() - star
 """
 
 
+def build_sharing(folder: Path, samples: int, images_of: Path) -> Path:
+    """`folder/data.jsonl` with `samples` records naming the image files of the `build` data in `images_of`, in
+    turn; each record's question ends with its number, so every sample is distinct (and measured) all the same."""
+    data = folder / "data.jsonl"
+    if data.is_file() and sum(1 for _ in data.open()) == samples:
+        return data
+    source = images_of / "data.jsonl"
+    base = [json.loads(line) for line in source.open()]
+    partial = data.with_suffix(".partial")
+    with partial.open("w") as out:
+        for index in range(samples):
+            record = json.loads(json.dumps(base[index % len(base)]))
+            record["images"] = [str((images_of / image).resolve()) for image in record["images"]]
+            record["messages"][0]["content"].append({"type": "text", "text": f" (sample {index})"})
+            out.write(json.dumps(record) + "\n")
+    partial.replace(data)
+    return data
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=100_000)
@@ -132,10 +152,19 @@ def main() -> None:
                         "the system's temporary folder, named after N)")
     parser.add_argument("--runs", type=int, default=2, help="preparations in a row against one cache (default 2)")
     parser.add_argument("--set", action="append", default=[], help="recipe override, e.g. sft.prepare_workers=1")
+    parser.add_argument("--share-images", type=int, default=None, metavar="K", help="build K samples with their "
+                        "own images as usual, then N samples that name those images in turn (each with its own "
+                        "question): a million samples without writing 1.5 million image files")
     args = parser.parse_args()
     folder = args.folder or Path(tempfile.gettempdir()) / f"ecomtune-prepare-{args.samples}"
+    if args.share_images:
+        images = Path(tempfile.gettempdir()) / f"ecomtune-prepare-{args.share_images}"
+        images.mkdir(parents=True, exist_ok=True)
+        build(images, args.share_images)
+        folder = args.folder or Path(tempfile.gettempdir()) / \
+            f"ecomtune-prepare-{args.samples}-over-{args.share_images}"
     folder.mkdir(parents=True, exist_ok=True)
-    data = build(folder, args.samples)
+    data = build_sharing(folder, args.samples, images) if args.share_images else build(folder, args.samples)
     cache = Path(tempfile.mkdtemp(prefix="ecomtune-cache-"))
     env = {**os.environ, "ECOMTUNE_CACHE": str(cache)}
     # the tiny backbone is built into the cache folder first, so the first run times the data, not the build

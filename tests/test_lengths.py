@@ -151,6 +151,19 @@ def test_worker_processes_measure_what_the_main_process_measures(qwen, pictures,
     assert shared == alone
 
 
+def test_a_store_of_samples_is_keyed_and_measured_as_the_samples_are(qwen, pictures, tmp_path):
+    from ecomtune.data.sample_store import SampleStore
+
+    samples = spread(pictures, multi=True)
+    cache = PrepCache(tmp_path / "cache")
+    lengths = measure_lengths(qwen, samples, workers=1, cache=cache, keep_text=True)
+    known = rows(cache, "lengths")
+    prepared = prepare_store(qwen, SampleStore.of(samples), workers=1, cache=cache)
+    assert rows(cache, "lengths") == known, "the store's rows found every sample's entry"
+    assert [Length(*pair) for pair in zip(prepared.totals, prepared.images, strict=True)] == lengths
+    assert [s.text for s in prepared.samples] == [s.text for s in samples]
+
+
 def test_an_unreadable_cache_is_reported_and_ignored(qwen, pictures, tmp_path, capsys):
     folder = tmp_path / "cache"
     folder.mkdir()

@@ -84,7 +84,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
         return displayed_size(image)
 
 
-def check_image(path: Path, max_aspect: float | None = None, family: str = "this model",
+def check_image(path: str | Path, max_aspect: float | None = None, family: str = "this model",
                 decoded: tuple[tuple[int, int] | None, Problem | None] | None = None,
                 ) -> tuple[tuple[int, int] | None, Problem | None]:
     """The image's displayed size (None when unreadable) and what is wrong with it (None when it can be used):

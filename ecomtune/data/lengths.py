@@ -22,13 +22,12 @@ the sample's content and image sizes, and measured in worker processes.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
 import sys
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -48,7 +47,7 @@ from ecomtune.data.strategies import ref_size
 COUNTING = "lengths-2"
 TABLE = "lengths"
 SPOT_CHECKS = 16  # samples measured both ways before the fast way is trusted with a run
-MEASURED_PER_CHUNK = 8192  # samples read, looked up in the cache and measured at a time
+MEASURED_PER_CHUNK = 16384  # samples read, looked up in the cache and measured at a time
 Size = tuple[int, int]
 
 
@@ -217,19 +216,13 @@ def learnt_ranges(offsets: Sequence[Sequence[int]], spans: list[tuple[int, int]]
 
 
 def _as_value(length: Length, text: PreparedText | None) -> list:
-    """A measured sample as the cache keeps it: [total, image] or [total, image, ids, learnt], the ids as base64 of
-    their int32 bytes (a third of a JSON list's size, and read back without parsing a number)."""
-    if text is None:
-        return [length.total, length.image]
-    return [length.total, length.image, base64.b64encode(text.ids.tobytes()).decode("ascii"), text.learnt]
+    """A measured sample as the cache keeps it: [total, image] or [total, image, ids, learnt] (`PreparedText.packed`:
+    the ids as base64 of their int32 bytes)."""
+    return [length.total, length.image] if text is None else [length.total, length.image, *text.packed()]
 
 
 def _from_value(value: list) -> tuple[Length, PreparedText | None]:
-    if len(value) < 4:
-        return Length(value[0], value[1]), None
-    ids = array("i")
-    ids.frombytes(base64.b64decode(value[2]))
-    return Length(value[0], value[1]), PreparedText(ids, value[3])
+    return Length(value[0], value[1]), PreparedText.unpacked(value[2:4]) if len(value) >= 4 else None
 
 
 def _measure_batch(state: tuple[TokenCounter, bool], items: Sequence[tuple[Sample, list[Size]]]) -> list[list]:
@@ -255,7 +248,14 @@ def _spot_check(counter: TokenCounter, items: Sequence[tuple[Sample, list[Size]]
 def sample_key(fingerprint: str, sample: Sample, sizes: list[Size]) -> str:
     """The cache key of a sample's length: the processor's fingerprint, the sample's images and messages as the
     strategy presents them, and the size of every image."""
-    return digest(fingerprint, orjson.dumps([sample.images, sample.messages, sizes]).decode())
+    return json_sample_key(fingerprint, orjson.dumps(sample.images).decode(), orjson.dumps(sample.messages).decode(),
+                           orjson.dumps(sizes).decode())
+
+
+def json_sample_key(fingerprint: str, images: str, messages: str, sizes: str) -> str:
+    """`sample_key` from the compact JSON of the sample's images, messages and image sizes (as a store's rows hold
+    them): the key is over that JSON, so the two agree."""
+    return digest(fingerprint, f"[{images},{messages},{sizes}]")
 
 
 def measure_lengths(processor, samples: Sequence[Sample], sizes: dict[str, Size] | None = None,
@@ -267,16 +267,19 @@ def measure_lengths(processor, samples: Sequence[Sample], sizes: dict[str, Size]
     (from the image checks); others are read from their headers.
     `keep_text`: also tokenize each sample's text once for training (`Sample.text`, set in place; chat families)."""
     known = sizes or {}
-    chunks = ((chunk, [[ref_size(ref, known) for ref in sample.images] for sample in chunk])
-              for chunk in (samples[start:start + MEASURED_PER_CHUNK]
-                            for start in range(0, len(samples), MEASURED_PER_CHUNK)))
     lengths: list[Length] = []
-    for chunk, _sizes, measured in _measured(processor, chunks, len(samples), conversation, workers, cache,
-                                             description, keep_text):
-        for sample, (length, text) in zip(chunk, measured, strict=True):
-            if keep_text:
-                sample.text = text
-            lengths.append(length)
+    with _Measurer(TokenCounter(processor, conversation), len(samples), workers, cache, description,
+                   keep_text) as measurer:
+        for start in range(0, len(samples), MEASURED_PER_CHUNK):
+            chunk = samples[start:start + MEASURED_PER_CHUNK]
+            items = [(sample, [ref_size(ref, known) for ref in sample.images]) for sample in chunk]
+            keys = [sample_key(measurer.counter.fingerprint, *item) for item in items]
+            values = measurer.values(keys, lambda todo, items=items: [items[i] for i in todo])
+            for (sample, _sizes), value in zip(items, values, strict=True):
+                length, text = _from_value(value)
+                if keep_text:
+                    sample.text = text
+                lengths.append(length)
     return lengths
 
 
@@ -292,58 +295,76 @@ class PreparedStore:
 
 def prepare_store(processor, store: SampleStore, conversation: str = "chat", workers: int | None = None,
                   cache: PrepCache | None = None, description: str = "measuring samples") -> PreparedStore:
-    """`measure_lengths` with `keep_text` for the samples of a store, a chunk at a time: their texts go to a new
-    store (the one a stage trains on), so that no more than a chunk of samples is ever in memory."""
+    """`measure_lengths` with `keep_text` for the samples of a store, a chunk of rows at a time: the rows, with
+    their text, go to a new store (the one a stage trains on), so no more than a chunk is ever in memory. Rows found
+    in the cache stay the JSON text they are (their key is made from it, their text copied from the cached value);
+    only the rows to measure become `Sample`s."""
     writer = SampleWriter()
     totals, images = array("i"), array("i")
-    chunks = ((chunk, [known if known is not None else [ref_size(ref, {}) for ref in sample.images]
-                       for sample, known in zip(chunk, sizes, strict=True)])
-              for chunk, sizes in store.sized_chunks(MEASURED_PER_CHUNK))
-    for chunk, sizes, measured in _measured(processor, chunks, len(store), conversation, workers, cache,
-                                            description, keep_text=True):
-        for sample, (length, text) in zip(chunk, measured, strict=True):
-            sample.text = text
-            totals.append(length.total)
-            images.append(length.image)
-        writer.add(chunk, sizes)
+    with _Measurer(TokenCounter(processor, conversation), len(store), workers, cache, description,
+                   keep_text=True) as measurer:
+        for columns, image_counts, origins in store.column_chunks(MEASURED_PER_CHUNK):
+            columns["sizes"] = [known if known is not None else
+                                orjson.dumps([ref_size(ref, {}) for ref in orjson.loads(refs)]).decode()
+                                for known, refs in zip(columns["sizes"], columns["images"], strict=True)]
+            keys = [json_sample_key(measurer.counter.fingerprint, *texts)
+                    for texts in zip(columns["images"], columns["messages"], columns["sizes"], strict=True)]
+
+            def items(todo: list[int], columns: dict[str, list] = columns) -> list[tuple[Sample, list[Size]]]:
+                return [(Sample.from_row({name: values[i] for name, values in columns.items()}),
+                         [tuple(size) for size in orjson.loads(columns["sizes"][i])]) for i in todo]
+
+            values = measurer.values(keys, items)
+            columns["text"] = [orjson.dumps(value[2:4]).decode() if len(value) >= 4 else None for value in values]
+            totals.extend(value[0] for value in values)
+            images.extend(value[1] for value in values)
+            writer.add_columns(columns, image_counts, origins)
     return PreparedStore(writer.finish(), totals, images)
 
 
-Chunk = tuple[Sequence[Sample], list[list[Size]]]
+class _Measurer:
+    """Cached values (`_as_value`) for chunks of samples, by their keys: read from the cache, the rest measured and
+    remembered. The first new samples are measured both ways (`_spot_check`); then a worker pool starts for the
+    rest of the run. One progress bar covers `total` samples."""
 
+    def __init__(self, counter: TokenCounter, total: int, workers: int | None, cache: PrepCache | None,
+                 description: str, keep_text: bool) -> None:
+        self.counter = counter
+        self.keep_text = keep_text and counter.conversation == "chat"
+        self.wanted = 4 if self.keep_text else 2  # cached values: [total, image] or [total, image, ids, learnt]
+        self.total, self.workers, self.done = total, workers, 0
+        self.pool, self.pool_size = None, 0
+        self._given, self._description = cache, description
+        self._stack = contextlib.ExitStack()
 
-def _measured(processor, chunks: Iterable[Chunk], total: int, conversation: str, workers: int | None,
-              cache: PrepCache | None, description: str,
-              keep_text: bool) -> Iterator[tuple[Sequence[Sample], list[list[Size]], list[Measured]]]:
-    """Each chunk of (samples, their image sizes) with every sample's (length, prepared text or None): cached
-    values read, the rest measured (in a worker pool started on the first chunk that needs one) and remembered."""
-    counter = TokenCounter(processor, conversation)
-    keep_text = keep_text and conversation == "chat"
-    wanted = 4 if keep_text else 2  # cached values: [total, image] or [total, image, ids, learnt]
-    state = (counter, keep_text)
-    with opened_cache(cache) as store, progress(description, total) as advance, \
-            contextlib.ExitStack() as stack:
-        pool, pool_size, done = None, 0, 0
-        for samples, sizes in chunks:
-            items = list(zip(samples, sizes, strict=True))
-            keys = [sample_key(counter.fingerprint, sample, image_sizes) for sample, image_sizes in items]
-            found = store.get_many(TABLE, keys)
-            results: list[Measured | None] = [
-                _from_value(value) if value is not None and len(value) >= wanted else None
-                for value in (found.get(key) for key in keys)]
-            todo = [i for i, result in enumerate(results) if result is None]
-            advance(len(items) - len(todo))
-            if todo and not pool_size:  # the first new samples: checked both ways, then the workers start
-                _spot_check(counter, [items[i] for i in todo[:SPOT_CHECKS]])
-                pool_size = worker_count(workers, total - done)
-                pool = stack.enter_context(worker_pool(pool_size, state))
-            if todo:
-                batches = batches_of(todo, pool_size, 1024)
-                measured = run_batches(pool, _measure_batch, state, [[items[i] for i in b] for b in batches],
-                                       advance)
-                for batch, values in zip(batches, measured, strict=True):
-                    store.put_many(TABLE, ((keys[i], value) for i, value in zip(batch, values, strict=True)))
-                    for i, value in zip(batch, values, strict=True):
-                        results[i] = _from_value(value)
-            done += len(items)
-            yield samples, sizes, results
+    def __enter__(self) -> _Measurer:
+        self.cache = self._stack.enter_context(opened_cache(self._given))
+        self.advance = self._stack.enter_context(progress(self._description, self.total))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def values(self, keys: list[str], items: Callable[[list[int]], list[tuple[Sample, list[Size]]]]) -> list[list]:
+        """The value of each key; `items(indices)`: the (sample, image sizes) at those indices, to measure."""
+        found = self.cache.get_many(TABLE, keys)
+        values: list = [value if value is not None and len(value) >= self.wanted else None
+                        for value in (found.get(key) for key in keys)]
+        todo = [i for i, value in enumerate(values) if value is None]
+        self.advance(len(keys) - len(todo))
+        if todo:
+            work = items(todo)
+            state = (self.counter, self.keep_text)
+            if not self.pool_size:  # the first new samples: checked both ways, then the workers start
+                _spot_check(self.counter, work[:SPOT_CHECKS])
+                self.pool_size = worker_count(self.workers, self.total - self.done)
+                self.pool = self._stack.enter_context(worker_pool(self.pool_size, state))
+            batches = batches_of(range(len(todo)), self.pool_size, 1024)
+            measured = run_batches(self.pool, _measure_batch, state, [[work[i] for i in b] for b in batches],
+                                   self.advance)
+            for batch, results in zip(batches, measured, strict=True):
+                self.cache.put_many(TABLE, ((keys[todo[i]], value) for i, value in zip(batch, results, strict=True)))
+                for i, value in zip(batch, results, strict=True):
+                    values[todo[i]] = value
+        self.done += len(keys)
+        return values

@@ -53,17 +53,23 @@ class RowWriter:
 
     def write(self, rows: list[Row]) -> None:
         """Append a batch of rows."""
+        if rows:
+            names = self._columns or list(rows[0])
+            self.write_columns({name: [row.get(name) for row in rows] for name in names})
+
+    def write_columns(self, columns: dict[str, list[str | None]]) -> None:
+        """Append a batch of rows given as columns (each a list, all of one length)."""
         import pyarrow as pa
 
-        if not rows:
+        if not columns or not len(next(iter(columns.values()))):
             return
         if self._writer is None:
-            self._columns = list(rows[0])
+            self._columns = list(columns)
             self._schema = pa.schema([(name, pa.string()) for name in self._columns])
             self._sink = pa.OSFile(str(self._path), "wb")
             self._writer = pa.ipc.new_stream(self._sink, self._schema)
-        table = {c: [row.get(c) for row in rows] for c in self._columns}
-        self._writer.write_batch(pa.RecordBatch.from_pydict(table, schema=self._schema))
+        self._writer.write_batch(pa.RecordBatch.from_pydict({name: columns[name] for name in self._columns},
+                                                            schema=self._schema))
 
     def finish(self):
         """The rows written, as a memory-mapped `datasets.Dataset` (no rows: an empty dataset)."""

@@ -25,6 +25,9 @@ Size = tuple[int, int]
 ROWS_PER_READ = 4096
 
 
+COLUMNS = ("images", "messages", "source", "text", "sizes")  # `Sample.to_row`'s, then each image's size
+
+
 def _row(sample: Sample, sizes: Sequence[Size] | None) -> dict[str, str | None]:
     row = sample.to_row()
     row.setdefault("text", None)
@@ -46,6 +49,13 @@ class SampleWriter:
         self._rows.write([_row(s, z) for s, z in zip(samples, sizes, strict=True)])
         self._images.extend(len(s.images) for s in samples)
         self._origins.extend(s.origin for s in samples)
+
+    def add_columns(self, columns: dict[str, list[str | None]], image_counts: Sequence[int],
+                    origins: Sequence[int]) -> None:
+        """Append rows as a store's `column_chunks` gives them (the store's columns, as JSON text)."""
+        self._rows.write_columns({name: columns.get(name) or [None] * len(image_counts) for name in COLUMNS})
+        self._images.extend(image_counts)
+        self._origins.extend(origins)
 
     def finish(self) -> SampleStore:
         return SampleStore(self._rows.finish(), self._images, self._origins)
@@ -101,10 +111,15 @@ class SampleStore(Sequence[Sample]):
 
     def sized_chunks(self, size: int = ROWS_PER_READ) -> Iterator[tuple[list[Sample], list[list[Size] | None]]]:
         """Every sample with its images' displayed sizes (None where the store was not told), `size` at a time."""
-        for start in range(0, len(self), size):
-            columns = self.rows[start:start + size]
-            samples = _samples_of(columns, self.origins[start:start + size])
+        for columns, _counts, origins in self.column_chunks(size):
+            samples = _samples_of(columns, origins)
             yield samples, [None if z is None else [tuple(s) for s in orjson.loads(z)] for z in columns["sizes"]]
+
+    def column_chunks(self, size: int = ROWS_PER_READ) -> Iterator[tuple[dict[str, list], array, array]]:
+        """Every row as stored, `size` at a time: (columns of JSON text, images per sample, origins)."""
+        for start in range(0, len(self), size):
+            yield self.rows[start:start + size], self.image_counts[start:start + size], \
+                self.origins[start:start + size]
 
     def _samples(self, indices: Sequence[int]) -> list[Sample]:
         if not indices:

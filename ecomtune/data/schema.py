@@ -15,9 +15,11 @@ file:line of the record and the fix.
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,13 +66,13 @@ class Sample:
         row = {"images": orjson.dumps(self.images).decode(), "messages": orjson.dumps(self.messages).decode(),
                "source": self.source}
         if self.text is not None:
-            row["text"] = orjson.dumps([self.text.ids.tolist(), self.text.learnt]).decode()
+            row["text"] = orjson.dumps(self.text.packed()).decode()
         return row
 
     @staticmethod
     def from_row(row: dict[str, Any]) -> Sample:
         text = row.get("text")
-        prepared = PreparedText(*orjson.loads(text)) if text else None
+        prepared = PreparedText.unpacked(orjson.loads(text)) if text else None
         return Sample(orjson.loads(row["images"]), orjson.loads(row["messages"]), row.get("source", ""),
                       text=prepared)
 
@@ -87,6 +89,18 @@ class PreparedText:
     def __post_init__(self) -> None:
         if not isinstance(self.ids, array):
             object.__setattr__(self, "ids", array("i", self.ids))
+
+    def packed(self) -> list:
+        """[ids, learnt] for JSON, the ids as base64 of their int32 bytes: a third of a JSON list's size, and read
+        back without parsing a number."""
+        return [base64.b64encode(self.ids.tobytes()).decode("ascii"), self.learnt]
+
+    @staticmethod
+    def unpacked(value: Sequence) -> PreparedText:
+        """The text `packed` made."""
+        ids = array("i")
+        ids.frombytes(base64.b64decode(value[0]))
+        return PreparedText(ids, value[1])
 
 
 def _blocks(content: Any, where: str, problems: list[Problem]) -> list[dict[str, Any]]:
@@ -124,21 +138,22 @@ def _as_messages(value: Any, default_role: str) -> list[dict[str, Any]] | None:
     return None
 
 
-def resolve_image_path(image: str, base_dir: Path, root: Path | None = None) -> tuple[Path, str | None]:
+def resolve_image_path(image: str, base_dir: Path, root: Path | None = None) -> tuple[str, str | None]:
     """An image path from a data file, made absolute against the file's folder and resolved (symbolic links
     followed); the second value says what is wrong when a relative path climbs out of the dataset folder `root`
-    (default: the file's folder). Absolute paths are the user's explicit choice and are taken as they are."""
+    (default: the file's folder). Absolute paths are the user's explicit choice and are taken as they are. The
+    path is a string: a million `Path` objects cost seconds, and every caller wants the string."""
     return _resolved(image, str(base_dir), str(root or base_dir))
 
 
 @functools.lru_cache(maxsize=65536)
-def _resolved(image: str, base_dir: str, root: str) -> tuple[Path, str | None]:
+def _resolved(image: str, base_dir: str, root: str) -> tuple[str, str | None]:
     if os.path.isabs(image):
-        return Path(real_path(image)), None
+        return real_path(image), None
     resolved, real_root = real_path(os.path.join(base_dir, image)), _real_folder(root)
     if not (resolved == real_root or resolved.startswith(real_root.rstrip(os.sep) + os.sep)):
-        return Path(resolved), f"relative path leaves the dataset folder {real_root}"
-    return Path(resolved), None
+        return resolved, f"relative path leaves the dataset folder {real_root}"
+    return resolved, None
 
 
 @functools.lru_cache(maxsize=65536)
@@ -187,10 +202,10 @@ def check_record_images(value: Any, base_dir: Path, where: str, root: Path | Non
         if escape:
             size, problem = None, Problem(escape, fix=escape_fix)
         else:
-            size, problem = check_image(path, max_aspect, family, checked.get(str(path)) if checked else None)
+            size, problem = check_image(path, max_aspect, family, checked.get(path) if checked else None)
         if problem is not None:
             problems.append(replace(problem, what=f"image {image!r}: {problem.what}", where=where))
-        paths.append(str(path))
+        paths.append(path)
         sizes.append(size)
     return paths, sizes, problems
 

@@ -214,7 +214,7 @@ def _image_paths(batch: list, opened) -> list[str]:
             if isinstance(image, str):
                 path, escape = resolve_image_path(image, opened.base_dir, opened.root)
                 if escape is None:
-                    paths.append(str(path))
+                    paths.append(path)
     return paths
 
 
