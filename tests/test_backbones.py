@@ -172,3 +172,29 @@ def test_roles_that_cannot_be_found_name_the_candidates_and_the_recipe_keys():
         resolve_roles(model, GENERIC, RoleOverrides("model.vision", ("model.projector",), "model"))
     roles = resolve_roles(model, GENERIC, RoleOverrides("model.embed_tokens", ("model.norm",), "model"))
     assert roles.projector == ("model.norm",) and roles.language_model == "model"
+
+
+def test_4bit_layers_compute_in_the_compute_dtype_and_keep_gradients_after_eval():
+    """A 4-bit layer of a loaded model computes as on a GPU (dequantize, multiply in the compute dtype) on every
+    CPU, before and after an eval forward; bitsandbytes' bfloat16 repacking on AVX512-BF16 CPUs would break both
+    (a float32 export then fails its verification, and training after an eval loss loses input gradients)."""
+    import bitsandbytes as bnb
+    import torch
+
+    from ecomtune.backbones.loading import load_model
+    from ecomtune.config.schema import QuantSettings
+
+    model = load_model(resolve_backbone("tiny-qwen2-vl"), QuantSettings(load_in_4bit=True, compute_dtype="float32"))
+    layer = next(m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    weight = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+    x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.linear(x, weight, layer.bias)
+    layer.eval()
+    with torch.no_grad():
+        assert torch.allclose(layer(x), expected, rtol=0, atol=1e-5)
+    layer.train()
+    inputs = (x * 1.0).requires_grad_()
+    out = layer(inputs)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-5)
+    out.sum().backward()
+    assert inputs.grad is not None and torch.allclose(inputs.grad, weight.sum(0).expand_as(x), atol=1e-5)

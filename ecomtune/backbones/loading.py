@@ -188,10 +188,29 @@ def load_model(backbone: ResolvedBackbone, quant: QuantSettings, overrides: Role
         skip = [*roles.projector, roles.lm_head] + ([] if quant.quantize_vision else [roles.vision_tower])
         kwargs["quantization_config"] = quantization_config(quant, skip)
     try:
-        return auto_class.from_pretrained(backbone.source, **kwargs)
+        model = auto_class.from_pretrained(backbone.source, **kwargs)
     except ValueError as exc:  # a config class the auto class has no model for
         raise BackboneError(f"'{backbone.source}' is not an image-text-to-text model: {str(exc).splitlines()[0]}",
                             fix=f"use a vision-language model that {auto_class.__name__} loads") from None
     except OSError as exc:
         raise BackboneError(f"Could not load model weights from '{backbone.source}': {exc}".splitlines()[0],
                             fix="check the folder has config.json and *.safetensors, or use another backbone") from None
+    if quant.load_in_4bit:
+        same_4bit_math_on_every_cpu(model)
+    return model
+
+
+def same_4bit_math_on_every_cpu(model) -> None:
+    """Make every 4-bit layer of `model` compute on a CPU as it does on a GPU: dequantize, then multiply in the
+    compute dtype.
+
+    On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit layer's weights at its first forward outside training
+    and from then on multiplies in bfloat16, whatever the compute dtype. That makes a float32 comparison (export
+    verification) differ by bfloat16 rounding on some machines and not others, and a repacked layer no longer
+    passes gradients to its input once training resumes (after an eval loss or a bench probe). Its flag is turned
+    off per layer; a bitsandbytes without the flag has no such path and is left as it is."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
