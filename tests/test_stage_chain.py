@@ -80,11 +80,16 @@ def test_sft_starts_exactly_where_mid_ended(chain, batch):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
+    from ecomtune.backbones.loading import same_4bit_math_on_every_cpu
+
     base = AutoModelForImageTextToText.from_pretrained(
         tuned.manifest["outputs"]["base"], dtype=torch.float32,
         quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32,
                                                llm_int8_skip_modules=["model.visual", "lm_head"]))
+    # bitsandbytes multiplies a plain 4-bit load in bfloat16 on AVX512-BF16 CPUs; ecomtune's loads compute in the
+    # compute dtype everywhere (as on a GPU), so the plain side is set to compute as it does on a GPU too
+    same_4bit_math_on_every_cpu(base)
     plain = PeftModel.from_pretrained(base, str(root / "sft"))
     assert torch.allclose(logits(plain, batch), logits(tuned.model, batch), atol=1e-5)
 
