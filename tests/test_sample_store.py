@@ -94,3 +94,26 @@ def test_a_row_taken_twice_is_read_once_and_stored_once(tmp_path):
     assert [s.source for s in twice.samples] == [f"{data}:{i}" for i in (1, 2, 3, 1, 2, 3)]
     assert len(twice.samples.rows.data) == 3, "each distinct row is stored once"
     assert list(twice.listed_images) == [1] * 6
+
+
+def test_the_data_fingerprint_covers_each_image_once_in_path_order(tmp_path):
+    """The manifest's data sha256: every source's fingerprint, then the bytes of each distinct image file in path
+    order (a file used by several samples counts once); a changed image changes it."""
+    import hashlib
+
+    for name, shade in (("b", 10), ("a", 200), ("c", 90)):
+        Image.new("RGB", (20, 20), (shade, 0, 0)).save(tmp_path / f"{name}.png")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"images": images, "messages": [
+        {"role": "user", "content": "<image>" * len(images) + "colour?"}, {"role": "assistant", "content": "red"}]})
+        + "\n" for images in (["b.png"], ["a.png", "b.png"], ["c.png", "a.png"])))
+    read = load_stage_samples(data, cache=PrepCache(None), workers=1)
+    expected = hashlib.sha256()
+    for source in read.sources:
+        expected.update(f"{source.path}|{source.sampling}|{source.sha256}".encode())
+    for name in ("a", "b", "c"):
+        expected.update((tmp_path / f"{name}.png").read_bytes())
+    assert read.fingerprint(read.samples.image_paths()) == expected.hexdigest()
+
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "c.png")
+    assert read.fingerprint(read.samples.image_paths()) != expected.hexdigest()

@@ -86,8 +86,10 @@ class StageSamples:
                 batch = []
         chunks.append(pa.array(batch, pa.string()))
         paths = pc.unique(pa.chunked_array(chunks, pa.string()))
-        for image in paths.take(pc.sort_indices(paths)).to_pylist():
-            digest.update(Path(image).read_bytes())
+        ordered = paths.take(pc.sort_indices(paths))
+        for start in range(0, len(ordered), RECORDS_PER_BATCH):  # a slice at a time as Python strings
+            for image in ordered.slice(start, RECORDS_PER_BATCH).to_pylist():
+                digest.update(Path(image).read_bytes())
         return digest.hexdigest()
 
     def count_tokens(self, lengths: Sequence[int], origins: Sequence[int] | None = None) -> None:
