@@ -11,8 +11,10 @@ cache folder:
   measured exactly with the tiny Qwen2-VL's processor, packed rows planned when the stage packs);
 - the rows a trainer reads (with `--set sft.packing=true`, the packed rows are written).
 The first run finds nothing cached (only the tiny backbone, built beforehand), the later ones find everything.
-Prints per run: wall time (the whole process, imports included), preparation time, the rows' time, samples/s and
-peak RSS (the preparing process, and its largest worker). Nothing here passes or fails: it measures.
+Prints per run: wall time (the whole process, imports included), preparation time, the rows' time, samples/s, peak
+RSS of the preparing process, the peak of its anonymous part (RssAnon, sampled every 50 ms: RSS without the pages of
+memory-mapped files, which the kernel can drop and read again), and the peak RSS of its largest worker. Nothing here
+passes or fails: it measures.
 """
 
 from __future__ import annotations
@@ -107,7 +109,18 @@ def build(folder: Path, samples: int) -> Path:
 
 
 PREPARE = """
-import json, resource, sys, time
+import json, resource, sys, threading, time
+
+def anonymous_mib():  # resident memory that is not a mapped file's pages (those the kernel can drop and re-read)
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("RssAnon:")) / 1024
+
+peak_anonymous = [0.0]
+def sample_memory():
+    while True:
+        peak_anonymous[0] = max(peak_anonymous[0], anonymous_mib())
+        time.sleep(0.05)
+threading.Thread(target=sample_memory, daemon=True).start()
 from ecomtune.config.loading import load_recipe
 from ecomtune.data.mapped_rows import mapped_dataset
 from ecomtune.data.packing import pack_rows
@@ -122,6 +135,7 @@ if prepared.packs is not None:  # a packed run writes its rows first
 print(json.dumps({"seconds": seconds, "rows_seconds": time.perf_counter() - started - seconds,
                   "samples": len(prepared.samples), "rows": len(rows), "tokens": sum(prepared.lengths),
                   "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "anonymous_mib": max(peak_anonymous[0], anonymous_mib()),
                   "worker_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 
@@ -172,7 +186,7 @@ def main() -> None:
                     "resolve_backbone('tiny-qwen2-vl')"], env=env, check=True, capture_output=True)
     print(f"{args.samples:,} samples in {data}; cache {cache} (no image or sample in it at the first run)")
     print(f"{'run':>4} {'wall s':>8} {'prep s':>8} {'rows s':>7} {'samples/s':>10} {'peak RSS MiB':>13} "
-          f"{'worker RSS MiB':>15}")
+          f"{'anonymous MiB':>14} {'worker RSS MiB':>15}")
     try:
         for run in range(1, args.runs + 1):
             started = time.perf_counter()
@@ -184,7 +198,7 @@ def main() -> None:
             result = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{run:>4} {wall:>8.1f} {result['seconds']:>8.1f} {result['rows_seconds']:>7.1f} "
                   f"{result['samples'] / result['seconds']:>10,.0f} {result['rss_mib']:>13,.0f} "
-                  f"{result['worker_rss_mib']:>15,.0f}   ({result['samples']:,} samples, {result['rows']:,} rows, "
+                  f"{result['anonymous_mib']:>14,.0f} {result['worker_rss_mib']:>15,.0f}   ({result['samples']:,} samples, {result['rows']:,} rows, "
                   f"{result['tokens']:,} tokens)")
     finally:
         shutil.rmtree(cache, ignore_errors=True)
