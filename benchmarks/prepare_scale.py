@@ -198,8 +198,8 @@ def main() -> None:
             result = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{run:>4} {wall:>8.1f} {result['seconds']:>8.1f} {result['rows_seconds']:>7.1f} "
                   f"{result['samples'] / result['seconds']:>10,.0f} {result['rss_mib']:>13,.0f} "
-                  f"{result['anonymous_mib']:>14,.0f} {result['worker_rss_mib']:>15,.0f}   ({result['samples']:,} samples, {result['rows']:,} rows, "
-                  f"{result['tokens']:,} tokens)")
+                  f"{result['anonymous_mib']:>14,.0f} {result['worker_rss_mib']:>15,.0f}   "
+                  f"({result['samples']:,} samples, {result['rows']:,} rows, {result['tokens']:,} tokens)")
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
