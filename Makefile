@@ -7,15 +7,16 @@ STAMP := $(VENV)/.installed
 # transformers 5's Qwen2-VL processor needs torchvision.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-latest lint clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt is the tested set of versions; `make test-latest` tries the newest releases in a venv of its own.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e ".[dev,eval,multigpu]"  # eval: lmms-eval, multigpu: deepspeed, so their end-to-end tests run too
+	$(PY) -m pip install -q -c constraints.txt $(TORCH_PINS)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,eval,multigpu]"  # eval: lmms-eval, multigpu: deepspeed, so their end-to-end tests run too
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -25,8 +26,19 @@ test: $(STAMP)
 	$(PY) -m ruff check ecomtune tests
 	$(PY) -m pytest -q -x --durations=15
 
+# The suite against the newest releases pyproject.toml allows (no constraints.txt), in .venv-latest.
+LATEST := .venv-latest
+test-latest:
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q --upgrade $(TORCH_PINS)
+	$(LATEST)/bin/python -m pip install -q --upgrade -e ".[dev,eval,multigpu]"
+	$(LATEST)/bin/python -m pip freeze --exclude-editable | sort -f | diff constraints.txt - || true  # what moved
+	$(LATEST)/bin/python -m ruff check ecomtune tests
+	$(LATEST)/bin/python -m pytest -q -x --durations=15
+
 lint: $(STAMP)
 	$(PY) -m ruff check ecomtune tests
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .venv-latest
