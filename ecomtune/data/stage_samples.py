@@ -135,6 +135,7 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     folders: set[str] = set()
     orders: list[np.ndarray] = []  # per source: the store position of each taken row, in training order
     stored = 0
+    kinds: dict[bool, str] = {}  # with images / text only: the first sample of each kind
     sources = mixture_sources(data)
     opened_sources = [open_source(s.path, s.format, s.image_root, s.split) for s in sources]
     rules = [parse_rule(s.sampling) for s in sources]
@@ -162,6 +163,8 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
                     if sample is not None:
                         samples.append(_with_origin(sample, origin))
                 listed.extend(len(s.images) for s in samples)
+                for sample in samples:
+                    kinds.setdefault(bool(sample.images), sample.source)
                 presented, found = presented_samples(samples, spec, images) if spec is not None or \
                     images is not None else (samples, [])
                 problems.extend(found)
@@ -172,6 +175,11 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
             orders.append(stored + _ranks(rows, distinct))
             stored += len(distinct)
             uses.append(SourceUse(source.path, opened.format, opened.rows, str(rule), len(rows), opened.fingerprint()))
+    if spec is not None and spec.text_only_refusal and len(kinds) == 2:
+        problems.insert(0, Problem(f"{spec.title} cannot train samples without an image beside samples with images: "
+                                   f"{spec.text_only_refusal} (first with an image: {kinds[True]})", kinds[False],
+                                   "train the text-only rows in a stage of their own, or leave them out of this "
+                                   "mixture"))
     if problems:
         more = f" (first {MAX_REPORTED} shown)" if len(problems) > MAX_REPORTED else ""
         raise DataError(f"{title}: {len(problems)} problem(s) in the data{more}; nothing was trained",
