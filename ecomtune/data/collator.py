@@ -35,7 +35,11 @@ def render_with_spans(processor, messages: list[dict[str, Any]]) -> tuple[str, l
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        head = processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+        if not any(m["role"] == "user" for m in messages[:i]):  # parse_record drops such turns; never learn from 0
+            raise DataError("An assistant turn comes before any user turn, so where its answer starts is unknown",
+                            [Problem(f"assistant turn {i}", "messages")],
+                            fix="drop assistant turns before the first user turn (ecomtune's readers do)")
+        head = processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         upto = text if i == len(messages) - 1 else processor.apply_chat_template(messages[: i + 1], tokenize=False)
         if not (text.startswith(head) and text.startswith(upto)) or len(head) > len(upto):
             raise DataError(

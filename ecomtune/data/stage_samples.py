@@ -67,6 +67,7 @@ class StageSamples:
     sources: list[SourceUse] = field(default_factory=list)
     image_folders: list[str] = field(default_factory=list)  # folders of every image the taken records name
     image_roots: list[Path] = field(default_factory=list)  # image folders the sources name explicitly
+    notes: list[str] = field(default_factory=list)  # what reading changed in the data, said once per stage
 
     def fingerprint(self, image_refs: Iterable[list]) -> str:
         """sha256 over every source's fingerprint and the bytes of every image file the samples use (`image_refs`:
@@ -136,6 +137,7 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     orders: list[np.ndarray] = []  # per source: the store position of each taken row, in training order
     stored = 0
     kinds: dict[bool, str] = {}  # with images / text only: the first sample of each kind
+    leading: list[str] = []  # samples whose leading assistant turns were dropped
     sources = mixture_sources(data)
     opened_sources = [open_source(s.path, s.format, s.image_root, s.split) for s in sources]
     rules = [parse_rule(s.sampling) for s in sources]
@@ -165,6 +167,8 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
                 listed.extend(len(s.images) for s in samples)
                 for sample in samples:
                     kinds.setdefault(bool(sample.images), sample.source)
+                    if sample.leading_dropped:
+                        leading.append(sample.source)
                 presented, found = presented_samples(samples, spec, images) if spec is not None or \
                     images is not None else (samples, [])
                 problems.extend(found)
@@ -193,7 +197,9 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     if len(order) != stored:  # some rows are taken more than once
         samples = samples.select(order.tolist())
         listed = array("I", (listed[i] for i in order.tolist()))
-    return StageSamples(samples, listed, uses, sorted(folders), roots)
+    notes = [f"{len(leading)} conversation(s) began with the assistant: the answer(s) before the first user turn "
+             f"were dropped, not learnt (first: {leading[0]})"] if leading else []
+    return StageSamples(samples, listed, uses, sorted(folders), roots, notes)
 
 
 def _first_occurrences(rows: np.ndarray) -> np.ndarray:

@@ -147,6 +147,8 @@ def read_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> StageIn
         check_packable(backbone.spec, f"{stage_name}.packing")
     read = load_stage_samples(stage.data, backbone.spec, stage.images, stage.train.seed, f"{stage_name}.data",
                               stage.prepare_workers)
+    for note in read.notes:
+        _console().print(f"[yellow]{stage_name}.data: {note}[/yellow]")
     return StageInput(backbone, load_processor(backbone, recipe.backbone), read)
 
 
