@@ -273,7 +273,7 @@ class ImageSettings(StrictModel):
                                   "duplicates (crops).")
 
 
-DataFormat = Literal["auto", "canonical", "llava", "sharegpt", "hf"]
+DataFormat = Literal["auto", "canonical", "llava", "sharegpt", "alpaca", "hf"]
 
 
 class DataSource(StrictModel):
@@ -283,15 +283,26 @@ class DataSource(StrictModel):
                       "arrow files), or a Hugging Face hub dataset id (owner/name).")
     format: DataFormat = Field(
         "auto", description="canonical (ecomtune JSONL), llava (LLaVA JSON: image + conversations from/value), "
-        "sharegpt (messages / conversations with role/content or from/value), hf (a Hugging Face dataset with an "
-        "Image column). auto: detected from the path and the first record.")
+        "sharegpt (messages / conversations with role/content or from/value), alpaca (instruction / input / output, "
+        "LLaMA-Factory), hf (a Hugging Face dataset with an Image column). auto: detected from the path and the "
+        "first record.")
     sampling: str = Field(
         "all", description="Rows taken: all, first:N, end:N or random:N; N is a count or a percentage (first:10%). "
         "A percentage above 100% repeats the source. random is seeded by the stage's train.seed.")
     image_root: Path | None = Field(
         None, description="Folder that relative image paths start from (LLaVA data keeps one image folder for "
         "all its files). Default: the data file's folder.")
-    split: str = Field("train", description="Split of a Hugging Face dataset (hub id or `save_to_disk` dict).")
+    split: str = Field("train", description="Split of a Hugging Face dataset (hub id, folder or `save_to_disk` "
+                       "dict).")
+    config: str | None = Field(None, description="Config (subset) of a Hugging Face dataset that holds several: "
+                               "`datasets.load_dataset(id, config)` for a hub id; for a downloaded folder, a config "
+                               "its README.md lists, or its subfolder when the README is missing.")
+    columns: dict[str, str] | None = Field(
+        None, description="Which of the data's columns hold what ecomtune reads, as {ecomtune name: column}: "
+        "conversations, messages, prompt, completion, images, system, instruction, input, output, history "
+        "(e.g. {messages: dialog, images: pictures}).")
+    dataset: str | None = Field(None, description="With a LLaMA-Factory dataset_info.json as path: the dataset "
+                                "name it maps to a file, formatting and columns.")
 
     @field_validator("sampling")
     @classmethod

@@ -266,6 +266,7 @@ def parse_record(record: Any, base_dir: Path, where: str, root: Path | None = No
     if problems:
         return None, problems
     messages, leading = without_leading_answers(messages)
+    add_markers(messages, record.get("images", []))
     if not any(m["role"] == "user" for m in messages):
         return None, [Problem("the conversation has no user turn: no question to learn an answer to", where,
                               "start each conversation with the user's turn (a system turn may come first)")]
@@ -293,6 +294,20 @@ def parse_record(record: Any, base_dir: Path, where: str, root: Path | None = No
     if problems:
         return None, problems
     return Sample(resolved, messages, where, boxes, leading_dropped=leading), []
+
+
+def add_markers(messages: list[dict[str, Any]], images: Any) -> None:
+    """The image marker rule every format shares (LLaVA, ShareGPT, LLaMA-Factory, Hugging Face datasets, TRL,
+    ecomtune's JSONL), in place: a record naming more images than its messages hold placeholders (The Cauldron's
+    subsets of LLaVA-OneVision and other LLaVA rows without `<image>`) gets the missing ones at the start of its
+    first user turn, in order, where LLaVA's data has them. Placeholders a record writes stay where it writes them:
+    LLaVA-NeXT's loader moves a lone `<image>` to the front of its turn, ecomtune keeps the row's own placement, in
+    every format. More placeholders than images is left to the count check."""
+    count = len(images) if isinstance(images, list) else 1 if isinstance(images, str) else 0
+    present = sum(b["type"] == "image" for m in messages for b in m["content"])
+    first_user = next((m for m in messages if m["role"] == "user"), None)
+    if count > present and first_user is not None:
+        first_user["content"] = [{"type": "image"} for _ in range(count - present)] + first_user["content"]
 
 
 def without_leading_answers(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:

@@ -139,7 +139,7 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     kinds: dict[bool, str] = {}  # with images / text only: the first sample of each kind
     leading: list[str] = []  # samples whose leading assistant turns were dropped
     sources = mixture_sources(data)
-    opened_sources = [open_source(s.path, s.format, s.image_root, s.split) for s in sources]
+    opened_sources = [open_source(s.path, s.format, s.image_root, s.split, s.config, s.columns) for s in sources]
     rules = [parse_rule(s.sampling) for s in sources]
     taken = [np.asarray(select_rows(rule, o.rows, seed, f"{i}:{s.path}"), dtype=np.int64)
              for i, (s, o, rule) in enumerate(zip(sources, opened_sources, rules, strict=True))]
@@ -148,7 +148,7 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     pool_size = worker_count(workers, records)
     with opened_cache(cache) as store, worker_pool(pool_size) as pool, \
             progress(f"checking {title}", records, "records") as advance:
-        for origin, (source, opened, rows, distinct, rule) in enumerate(zip(sources, opened_sources, taken,
+        for origin, (_source, opened, rows, distinct, rule) in enumerate(zip(sources, opened_sources, taken,
                                                                              distincts, rules, strict=True)):
             read = zip(distinct.tolist(), opened.records(distinct.tolist()), strict=True)
             while batch := list(itertools.islice(read, RECORDS_PER_BATCH)):
@@ -178,7 +178,7 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
                 advance(len(batch))
             orders.append(stored + _ranks(rows, distinct))
             stored += len(distinct)
-            uses.append(SourceUse(source.path, opened.format, opened.rows, str(rule), len(rows), opened.fingerprint()))
+            uses.append(SourceUse(opened.name, opened.format, opened.rows, str(rule), len(rows), opened.fingerprint()))
     if spec is not None and spec.text_only_refusal and len(kinds) == 2:
         problems.insert(0, Problem(f"{spec.title} cannot train samples without an image beside samples with images: "
                                    f"{spec.text_only_refusal} (first with an image: {kinds[True]})", kinds[False],
@@ -197,7 +197,8 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     if len(order) != stored:  # some rows are taken more than once
         samples = samples.select(order.tolist())
         listed = array("I", (listed[i] for i in order.tolist()))
-    notes = [f"{len(leading)} conversation(s) began with the assistant: the answer(s) before the first user turn "
+    notes = [note for opened in opened_sources for note in opened.notes]
+    notes += [f"{len(leading)} conversation(s) began with the assistant: the answer(s) before the first user turn "
              f"were dropped, not learnt (first: {leading[0]})"] if leading else []
     return StageSamples(samples, listed, uses, sorted(folders), roots, notes)
 
