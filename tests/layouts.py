@@ -126,3 +126,49 @@ def write_json(path: Path, value: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, indent=1))
     return path
+
+
+def llamafactory_data(root: Path) -> Path:
+    """LLaMA-Factory's `data/` folder: dataset_info.json mapping names to files (mllm_demo: sharegpt with role/content
+    tags and images under mllm_demo_data/; alpaca_en_demo: alpaca defaults; an alpaca dataset with images, history
+    and a system column; a sharegpt dataset with its own tags; a ranking dataset; a hub entry)."""
+    (root / "mllm_demo_data").mkdir(parents=True, exist_ok=True)
+    for index in (1, 2):
+        Image.new("RGB", (40, 30), (60 * index, 20, 90)).save(root / "mllm_demo_data" / f"{index}.jpg")
+    write_json(root / "mllm_demo.json", [
+        {"messages": [{"content": "<image>Who are they?", "role": "user"},
+                      {"content": "They're football players.", "role": "assistant"},
+                      {"content": "What are they doing?", "role": "user"},
+                      {"content": "They are celebrating.", "role": "assistant"}],
+         "images": ["mllm_demo_data/1.jpg"]},
+        {"messages": [{"content": "<image>Who is he?", "role": "user"},
+                      {"content": "A goalkeeper.", "role": "assistant"}], "images": ["mllm_demo_data/2.jpg"]}])
+    write_json(root / "alpaca_en_demo.json", [
+        {"instruction": "Describe a process.", "input": "", "output": "First, ..."},
+        {"instruction": "Translate.", "input": "Bonjour", "output": "Hello"}])
+    write_json(root / "catalog_alpaca.json", [
+        {"instruction": "<image>What colour is this product?", "input": "", "output": "Red.",
+         "system": "You are a catalogue assistant.", "history": [["Hi", "Hello!"]],
+         "images": ["mllm_demo_data/1.jpg"]}])
+    write_json(root / "tagged.json", [
+        {"dialog": [{"speaker": "customer", "text": "<image>Is it new?"}, {"speaker": "agent", "text": "Yes."}],
+         "pictures": ["mllm_demo_data/2.jpg"]}])
+    write_json(root / "dpo_en_demo.json", [])
+    info = {
+        "mllm_demo": {"file_name": "mllm_demo.json", "formatting": "sharegpt",
+                      "columns": {"messages": "messages", "images": "images"},
+                      "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                               "assistant_tag": "assistant"}},
+        "alpaca_en_demo": {"file_name": "alpaca_en_demo.json"},
+        "catalog_alpaca": {"file_name": "catalog_alpaca.json",
+                           "columns": {"prompt": "instruction", "query": "input", "response": "output",
+                                       "system": "system", "history": "history", "images": "images"}},
+        "tagged": {"file_name": "tagged.json", "formatting": "sharegpt",
+                   "columns": {"messages": "dialog", "images": "pictures"},
+                   "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "customer",
+                            "assistant_tag": "agent"}},
+        "dpo_en_demo": {"file_name": "dpo_en_demo.json", "ranking": True, "formatting": "sharegpt",
+                        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}},
+        "alpaca_en": {"hf_hub_url": "llamafactory/alpaca_en", "ms_hub_url": "llamafactory/alpaca_en"},
+    }
+    return write_json(root / "dataset_info.json", info)

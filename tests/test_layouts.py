@@ -152,3 +152,46 @@ def test_llama_factory_sharegpt_system_column_is_the_first_turn(tmp_path):
     [sample] = list(load_stage_samples(str(tmp_path / "sharegpt.json")).samples)
     assert sample.messages[0] == {"role": "system", "content": [{"type": "text",
                                                                  "text": "You are a catalogue assistant."}]}
+
+
+@pytest.fixture(scope="module")
+def llamafactory(tmp_path_factory):
+    from tests.layouts import llamafactory_data
+
+    return llamafactory_data(tmp_path_factory.mktemp("LLaMA-Factory") / "data")
+
+
+def test_dataset_info_with_a_dataset_name_reads_its_file_format_columns_and_tags(llamafactory):
+    read = load_stage_samples(f"{llamafactory}#mllm_demo")
+    [use] = read.sources
+    assert use.path == str(llamafactory.parent / "mllm_demo.json") and use.format == "sharegpt"
+    first = next(iter(read.samples))
+    assert first.images == [str(llamafactory.parent / "mllm_demo_data" / "1.jpg")], "images start at data/"
+    assert [m["role"] for m in first.messages] == ["user", "assistant", "user", "assistant"]
+    tagged = next(iter(load_stage_samples([DataSource(path=str(llamafactory), dataset="tagged")]).samples))
+    assert [m["role"] for m in tagged.messages] == ["user", "assistant"] and len(tagged.images) == 1
+
+
+def test_alpaca_rows_with_images_history_and_system(llamafactory):
+    [sample] = list(load_stage_samples(f"{llamafactory}#catalog_alpaca").samples)
+    assert [m["role"] for m in sample.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert sample.messages[3]["content"][0] == {"type": "image"} and len(sample.images) == 1
+    plain = list(load_stage_samples(f"{llamafactory}#alpaca_en_demo").samples)
+    assert plain[1].messages[0]["content"] == [{"type": "text", "text": "Translate.\nBonjour"}]
+
+
+def test_a_mixture_naming_several_datasets(llamafactory):
+    read = load_stage_samples(f"{llamafactory}#mllm_demo,catalog_alpaca,alpaca_en_demo")
+    assert [(u.format, u.taken) for u in read.sources] == [("sharegpt", 2), ("alpaca", 1), ("alpaca", 2)]
+
+
+def test_dataset_info_without_a_name_or_with_what_cannot_train_is_refused(llamafactory):
+    from ecomtune.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        load_stage_samples(str(llamafactory))
+    assert "lists 6 datasets" in raised.value.title and "#NAME" in raised.value.fix
+    with pytest.raises(ConfigError) as raised:
+        load_stage_samples(f"{llamafactory}#dpo_en_demo,mllm_dmeo")
+    found = {p.what for p in raised.value.problems}
+    assert any("ranking" in w for w in found) and "no dataset 'mllm_dmeo' (did you mean 'mllm_demo'?)" in found

@@ -302,7 +302,11 @@ class DataSource(StrictModel):
         "conversations, messages, prompt, completion, images, system, instruction, input, output, history "
         "(e.g. {messages: dialog, images: pictures}).")
     dataset: str | None = Field(None, description="With a LLaMA-Factory dataset_info.json as path: the dataset "
-                                "name it maps to a file, formatting and columns.")
+                                "name(s) it maps to a file, formatting and columns (several, comma-separated, make "
+                                "one source each).")
+    tags: dict[str, str] | None = Field(None, description="ShareGPT turns written with other keys or role names, "
+                                        "as LLaMA-Factory's tags: role_tag, content_tag, user_tag, assistant_tag, "
+                                        "system_tag, observation_tag, function_tag.")
 
     @field_validator("sampling")
     @classmethod

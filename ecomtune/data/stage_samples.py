@@ -107,15 +107,35 @@ class StageSamples:
 
 
 def mixture_sources(data: Path | str | list[DataSource]) -> list[DataSource]:
-    """The sources of a stage's `data`: a list as given, a LLaVA-OneVision mixture YAML read, one path alone."""
+    """The sources of a stage's `data`: a list as given, a LLaVA-OneVision mixture YAML read, one path alone. A
+    LLaMA-Factory dataset_info.json (`FILE#name,...` on the command line, or a source with `dataset:`) becomes the
+    sources its named datasets are."""
     if isinstance(data, list):
-        return data
+        return [expanded for source in data for expanded in _llamafactory(source)]
     if Path(data).suffix.lower() in MIXTURE_SUFFIXES:
         try:
-            return [DataSource(**entry) for entry in read_onevision_yaml(Path(data))]
+            return [expanded for entry in read_onevision_yaml(Path(data)) for expanded in
+                    _llamafactory(DataSource(**entry))]
         except ValueError as exc:  # a field the schema refuses
             raise ConfigError(f"Mixture {data}: {exc}") from None
-    return [DataSource(path=str(data))]
+    return _llamafactory(DataSource(path=str(data)))
+
+
+def _llamafactory(source: DataSource) -> list[DataSource]:
+    """A source naming a LLaMA-Factory dataset_info.json, as the sources of its datasets; any other as it is."""
+    from ecomtune.data.sources.llamafactory import dataset_sources, is_dataset_info, split_names
+
+    if not is_dataset_info(source.path):
+        return [source]
+    file, names = split_names(source.path)
+    names += [n.strip() for n in (source.dataset or "").split(",") if n.strip()]
+    if not Path(file).is_file():
+        raise DataError(f"Data not found: {file}", fix="check the path (relative paths start from the current folder)")
+    own = source.model_dump(exclude_unset=True, exclude={"path", "dataset"})
+    try:
+        return [DataSource(**fields) for fields in dataset_sources(Path(file), names, own)]
+    except ValueError as exc:  # a field the schema refuses
+        raise ConfigError(f"{file}: {exc}") from None
 
 
 def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec | None = None,
@@ -139,7 +159,8 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     kinds: dict[bool, str] = {}  # with images / text only: the first sample of each kind
     leading: list[str] = []  # samples whose leading assistant turns were dropped
     sources = mixture_sources(data)
-    opened_sources = [open_source(s.path, s.format, s.image_root, s.split, s.config, s.columns) for s in sources]
+    opened_sources = [open_source(s.path, s.format, s.image_root, s.split, s.config, s.columns, s.tags)
+                      for s in sources]
     rules = [parse_rule(s.sampling) for s in sources]
     taken = [np.asarray(select_rows(rule, o.rows, seed, f"{i}:{s.path}"), dtype=np.int64)
              for i, (s, o, rule) in enumerate(zip(sources, opened_sources, rules, strict=True))]

@@ -32,6 +32,7 @@ from ecomtune.data.sources.hf import (
     load_local,
     row_layout,
 )
+from ecomtune.data.sources.llamafactory import TAG_DEFAULTS, retagged_turns
 from ecomtune.data.sources.llava import convert_llava
 from ecomtune.data.sources.sharegpt import convert_sharegpt
 from ecomtune.errors import DataError, Problem
@@ -53,7 +54,7 @@ def _image_root(image_root: Path | None, default: Path) -> Path:
 
 
 def _open_hf(path: Path | None, name: str, image_root: Path | None, split: str, config: str | None,
-             columns: dict[str, str] | None) -> OpenedSource:
+             columns: dict[str, str] | None, tags: dict[str, str] | None = None) -> OpenedSource:
     notes: list[str] = []
     if path is None:  # a hub id
         dataset = load_hub(name, split, config)
@@ -71,20 +72,26 @@ def _open_hf(path: Path | None, name: str, image_root: Path | None, split: str, 
     layout = row_layout(mapped, shown) if len(dataset) else "conversation"  # no rows: the "no samples" message
     reader = HfReader(dataset, shown, digest)
     converter = HfConverter(base, ecomtune_cache() / "images", layout)
-    return OpenedSource(shown, "hf", reader.rows, base, base, reader, renamed(converter.convert, columns), notes)
+    return OpenedSource(shown, "hf", reader.rows, base, base, reader, renamed(converter.convert, columns, tags),
+                        notes)
 
 
-def renamed(convert: Converter, columns: dict[str, str] | None) -> Converter:
+def renamed(convert: Converter, columns: dict[str, str] | None, tags: dict[str, str] | None = None) -> Converter:
     """`convert` applied to rows whose mapped columns carry ecomtune's names (`columns`: ecomtune name -> the data's
-    column); the one place a source's `columns:` mapping acts, for every format."""
-    if not columns:
+    column) and whose turns use `from`/`value` when `tags` names other keys (LLaMA-Factory's sharegpt tags); the one
+    place a source's `columns:` and `tags:` act, for every format."""
+    if not columns and not tags:
         return convert
+    columns = columns or {}
     theirs = set(columns.values())
 
     def convert_renamed(row: Any, where: str) -> tuple[Any, Problem | None]:
         if isinstance(row, dict):
             row = {**{k: v for k, v in row.items() if k not in theirs},
                    **{ours: row[column] for ours, column in columns.items() if column in row}}
+            if tags:
+                row = {**row, **{key: retagged_turns(row[key], {**TAG_DEFAULTS, **tags})
+                                 for key in ("conversations", "messages") if key in row}}
         return convert(row, where)
 
     return convert_renamed
@@ -92,11 +99,12 @@ def renamed(convert: Converter, columns: dict[str, str] | None) -> Converter:
 
 def open_source(path: str | Path, format: str = "auto", image_root: Path | None = None,
                 split: str = "train", config: str | None = None,
-                columns: dict[str, str] | None = None) -> OpenedSource:
+                columns: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> OpenedSource:
     """Open a data source: a JSONL or JSON file, a Hugging Face dataset folder or parquet / arrow file, or a hub
     id (`owner/name`). `format` is "auto" (detected) or one of FORMATS; `image_root` is where relative image
     paths start (default: the data file's folder); `split` and `config` pick a split and a config (subset) of a
-    Hugging Face dataset; `columns` maps ecomtune's names to the data's columns.
+    Hugging Face dataset; `columns` maps ecomtune's names to the data's columns, `tags` names the turn keys and
+    speakers of ShareGPT data written otherwise (LLaMA-Factory's tags).
     Raises DataError when the source cannot be opened or its format cannot be told."""
     name = str(path)
     location = Path(path)
@@ -109,7 +117,7 @@ def open_source(path: str | Path, format: str = "auto", image_root: Path | None 
                         "single sources as .jsonl / .json files, dataset folders, parquet / arrow files or hub ids")
     if not location.exists():
         if format in ("auto", "hf") and looks_like_hub_id(name):
-            return _open_hf(None, name, image_root, split, config, columns)
+            return _open_hf(None, name, image_root, split, config, columns, tags)
         raise DataError(f"Data not found: {name}",
                         fix="check the path (relative paths start from the current folder); a hub dataset is "
                         "named owner/name")
@@ -118,7 +126,7 @@ def open_source(path: str | Path, format: str = "auto", image_root: Path | None 
             raise DataError(f"{name} is a {'folder' if location.is_dir() else suffix + ' file'}, which format "
                             f"{format!r} does not read", fix="use format hf (or auto) for dataset folders and "
                             "parquet / arrow files")
-        return _open_hf(location, name, image_root, split, config, columns)
+        return _open_hf(location, name, image_root, split, config, columns, tags)
     if suffix not in JSON_SUFFIXES:
         raise DataError(f"Cannot tell the format of {name} from its suffix {suffix or '(none)'!r}",
                         fix="give a .jsonl or .json file, a dataset folder, or a .parquet / .arrow file")
@@ -134,4 +142,4 @@ def open_source(path: str | Path, format: str = "auto", image_root: Path | None 
         first = {**first, **{ours: first[theirs] for ours, theirs in columns.items() if theirs in first}}
     resolved = detect_rows(first, name) if format == "auto" else format
     base = _image_root(image_root, location.parent)
-    return OpenedSource(name, resolved, reader.rows, base, base, reader, renamed(CONVERTERS[resolved], columns))
+    return OpenedSource(name, resolved, reader.rows, base, base, reader, renamed(CONVERTERS[resolved], columns, tags))
