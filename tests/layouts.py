@@ -172,3 +172,30 @@ def llamafactory_data(root: Path) -> Path:
         "alpaca_en": {"hf_hub_url": "llamafactory/alpaca_en", "ms_hub_url": "llamafactory/alpaca_en"},
     }
     return write_json(root / "dataset_info.json", info)
+
+
+def recap_folder(root: Path, rows: int = 2, shards: int = 2) -> Path:
+    """lmms-lab/LLaVA-ReCap-{558K,118K,CC3M} as downloaded: README.md (one `default` config, data/train-*) and
+    data/train-0000i-of-0000N.parquet with id, image, conversations."""
+    columns = onevision_rows("recap", rows)
+    features = onevision_features()
+    columns.pop("data_source")
+    from datasets import Features
+
+    features = Features({k: v for k, v in features.items() if k != "data_source"})
+    write_shards(root / "data", columns, features, shards)
+    yaml_features = [f for f in ONEVISION_FEATURES_YAML if f["name"] != "data_source"]
+    (root / "README.md").write_text(card({"default": rows}, yaml_features, "data/train-*"))
+    return root
+
+
+def llava_json(path: Path, images: list[str], image_root: Path) -> Path:
+    """A LLaVA JSON array (LLaVA-Pretrain's blip_laion_cc_sbu_558k.json, OneVision-Mid's synthdog_en_processed.json):
+    rows `{"id", "image", "conversations"}` whose images lie under `image_root`."""
+    for index, name in enumerate(images):
+        (image_root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 48), (30 * index % 255, 120, 60)).save(image_root / name)
+    rows = [{"id": Path(name).stem, "image": name,
+             "conversations": [{"from": "human", "value": "<image>\nRead the text in the image."},
+                               {"from": "gpt", "value": f"text {index}"}]} for index, name in enumerate(images)]
+    return write_json(path, rows)

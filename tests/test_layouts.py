@@ -195,3 +195,53 @@ def test_dataset_info_without_a_name_or_with_what_cannot_train_is_refused(llamaf
         load_stage_samples(f"{llamafactory}#dpo_en_demo,mllm_dmeo")
     found = {p.what for p in raised.value.problems}
     assert any("ranking" in w for w in found) and "no dataset 'mllm_dmeo' (did you mean 'mllm_demo'?)" in found
+
+
+def test_a_onevision_yaml_with_one_global_image_folder(tmp_path):
+    from tests.layouts import llava_json
+
+    images = tmp_path / "llava_data" / "images"
+    llava_json(tmp_path / "llava_data" / "json" / "synthdog_en_100k.json", ["synthdog-en/0.jpg"], images)
+    llava_json(tmp_path / "llava_data" / "json" / "ureader_tr_sft.json", ["docvqa/1.png", "docvqa/2.png"], images)
+    mixture = tmp_path / "mid_stage.yaml"
+    mixture.write_text("image_folder: llava_data/images\ndatasets:\n"
+                       "  - json_path: llava_data/json/synthdog_en_100k.json\n    sampling_strategy: all\n"
+                       "  - json_path: llava_data/json/ureader_tr_sft.json\n    sampling_strategy: first:50%\n")
+    read = load_stage_samples(mixture)
+    assert [u.taken for u in read.sources] == [1, 1]
+    assert next(iter(read.samples)).images == [str(images / "synthdog-en" / "0.jpg")]
+
+
+def test_a_released_onevision_yaml_reports_every_missing_path_at_once(tmp_path):
+    from ecomtune.errors import ConfigError
+
+    mixture = tmp_path / "onevision.yaml"
+    mixture.write_text("datasets:\n"
+                       "  - json_path: /mnt/bn/vl-research/data/llava_instruct/blip558k_stage1.5_finetune.json\n"
+                       "    sampling_strategy: all\n"
+                       "  - json_path: /mnt/bn/vl-research/data/llava_instruct/coco118k_stage1.5_finetune.json\n"
+                       "    sampling_strategy: all\n"
+                       "  - json_path: json/here.json\n    image_folder: missing_images\n    sampling_strategy: all\n")
+    with pytest.raises(ConfigError) as raised:
+        load_stage_samples(mixture)
+    found = [(p.where, p.what) for p in raised.value.problems]
+    assert [where for where, _ in found] == [f"{mixture}:2", f"{mixture}:4", f"{mixture}:6", f"{mixture}:6"]
+    assert "blip558k_stage1.5_finetune.json" in found[0][1] and "image folder not found" in found[3][1]
+
+
+def test_a_missing_image_names_where_relative_paths_start(tmp_path):
+    from tests.layouts import llava_json
+
+    llava_json(tmp_path / "data.json", ["a.jpg"], tmp_path)
+    (tmp_path / "a.jpg").unlink()
+    with pytest.raises(DataError) as raised:
+        load_stage_samples(str(tmp_path / "data.json"))
+    [problem] = raised.value.problems
+    assert "file not found" in problem.what and "image_root" in problem.fix and "image_folder" in problem.fix
+
+
+def test_every_source_that_cannot_be_opened_is_named_at_once(tmp_path):
+    sources = [DataSource(path=str(tmp_path / "a.jsonl")), DataSource(path=str(tmp_path / "b.json"))]
+    with pytest.raises(DataError) as raised:
+        load_stage_samples(sources)
+    assert [p.where for p in raised.value.problems] == [s.path for s in sources]

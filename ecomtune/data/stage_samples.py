@@ -159,8 +159,7 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     kinds: dict[bool, str] = {}  # with images / text only: the first sample of each kind
     leading: list[str] = []  # samples whose leading assistant turns were dropped
     sources = mixture_sources(data)
-    opened_sources = [open_source(s.path, s.format, s.image_root, s.split, s.config, s.columns, s.tags)
-                      for s in sources]
+    opened_sources = open_all(sources)
     rules = [parse_rule(s.sampling) for s in sources]
     taken = [np.asarray(select_rows(rule, o.rows, seed, f"{i}:{s.path}"), dtype=np.int64)
              for i, (s, o, rule) in enumerate(zip(sources, opened_sources, rules, strict=True))]
@@ -222,6 +221,22 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     notes += [f"{len(leading)} conversation(s) began with the assistant: the answer(s) before the first user turn "
              f"were dropped, not learnt (first: {leading[0]})"] if leading else []
     return StageSamples(samples, listed, uses, sorted(folders), roots, notes)
+
+
+def open_all(sources: list[DataSource]) -> list:
+    """Every source opened; when some cannot be, one DataError naming each of them (not the first only)."""
+    opened, problems = [], []
+    for source in sources:
+        try:
+            opened.append(open_source(source.path, source.format, source.image_root, source.split, source.config,
+                                      source.columns, source.tags))
+        except DataError as exc:
+            if len(sources) == 1:
+                raise
+            problems.append(Problem(exc.title, source.path, exc.fix))
+    if problems:
+        raise DataError(f"{len(problems)} of the mixture's {len(sources)} sources cannot be opened", problems)
+    return opened
 
 
 def _first_occurrences(rows: np.ndarray) -> np.ndarray:
