@@ -245,3 +245,14 @@ def test_every_source_that_cannot_be_opened_is_named_at_once(tmp_path):
     with pytest.raises(DataError) as raised:
         load_stage_samples(sources)
     assert [p.where for p in raised.value.problems] == [s.path for s in sources]
+
+
+def test_a_lone_image_marker_after_the_prompt_stays_where_the_row_puts_it(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.jpg")
+    rows = [{"id": "1", "image": "a.jpg", "conversations": [{"from": "human", "value": "What is this?\n<image>"},
+                                                             {"from": "gpt", "value": "a box"}]}]
+    (tmp_path / "llava.json").write_text(json.dumps(rows))
+    [sample] = list(load_stage_samples(str(tmp_path / "llava.json")).samples)
+    assert [b["type"] for b in sample.messages[0]["content"]] == ["text", "image"]
