@@ -191,7 +191,9 @@ def _config_folder(path: Path, name: str, config: str | None) -> tuple[Path, tup
                 f"{name} holds {len(card.configs)} configs (subsets) listed in its README.md: "
                 f"{listed(card.configs)}; ecomtune never reads them merged as one source",
                 fix=f"name one per data source with `config:`, e.g. {config_example(name, card.configs[0])}; each "
-                "config then takes its own sampling rule")
+                "config then takes its own sampling rule" + (
+                    f"; or point the data at one config's folder ({path / card.configs[0]})"
+                    if (path / card.configs[0]).is_dir() else ""))
         if config is not None and config not in card.configs:
             raise DataError(f"{name} has no config {config!r}{did_you_mean(config, card.configs)}",
                             fix=f"its README.md lists: {listed(card.configs)}")
@@ -207,8 +209,8 @@ def _config_folder(path: Path, name: str, config: str | None) -> tuple[Path, tup
         raise DataError(
             f"{name} holds {len(subsets)} subsets, each in a folder of its own ({listed(subsets)}), and no README.md "
             "listing them (what `hf download --include` leaves); ecomtune never reads them merged as one source",
-            fix=f"name one per data source with `config:` (its folder), e.g. {config_example(name, subsets[0])}; or "
-            "download the dataset's README.md into the folder too")
+            fix=f"name one per data source with `config:` (its folder), e.g. {config_example(name, subsets[0])}; "
+            f"or point the data at one subset's folder ({path / subsets[0]})")
     return path, ()
 
 
