@@ -74,7 +74,7 @@ def test_llava_json_array_with_an_image_root_apart(tmp_path, images):
     assert (source.format, source.rows, source.base_dir, source.root) == ("llava", 3, images, images)
     assert check_llava_samples(source, images) == [f"{data}[row {i}]" for i in range(3)]
     _, record, _ = next(source.records([0]))
-    assert record["messages"][0]["content"] == "<image>\n<image>\nSame product?"
+    assert record["messages"][0]["content"] == "<image>\nSame product?", "converted as written: parse_record adds"
     assert record["messages"][1] == {"role": "assistant", "content": "yes"}
 
 
@@ -115,14 +115,17 @@ def test_sharegpt_role_content_and_from_value(tmp_path, images):
     assert all([m["role"] for m in s.messages] == ["user", "assistant"] for _, s, _ in results)
 
 
-def test_sharegpt_does_not_add_markers(tmp_path, images):
+def test_sharegpt_rows_get_missing_markers_by_the_rule_every_format_shares(tmp_path, images):
     data = tmp_path / "chat.json"
     data.write_text(json.dumps([{"conversations": [{"from": "human", "value": "Colour?"},
+                                                   {"from": "gpt", "value": "red"}], "images": ["coco/a.png"]},
+                                {"conversations": [{"from": "human", "value": "<image><image>Colour?"},
                                                    {"from": "gpt", "value": "red"}], "images": ["coco/a.png"]}]))
     source = open_source(data, image_root=images)
     assert source.format == "sharegpt"
-    [(where, sample, problems)] = parsed(source, [0])
-    assert sample is None and "0 image placeholder(s)" in problems[0].what and problems[0].where == where
+    [(_, sample, problems), (where, extra, too_many)] = parsed(source, [0, 1])
+    assert not problems and sample.messages[0]["content"][0] == {"type": "image"}
+    assert extra is None and "2 image placeholder(s)" in too_many[0].what and too_many[0].where == where
 
 
 def test_a_tool_call_turn_is_a_problem_naming_the_row(tmp_path):

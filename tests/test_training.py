@@ -223,3 +223,19 @@ def test_init_from_must_be_a_finished_align_run(catalog, tmp_path):
     (tmp_path / "not-a-run").mkdir()
     with pytest.raises(ConfigError, match="is not an ecomtune run"):
         run_sft(recipe, tmp_path / "out", init_from=Path(tmp_path / "not-a-run"))
+
+
+def test_a_smoke_run_lowering_max_steps_alone_saves_at_its_end(catalog, tmp_path, capfd):
+    """`--set align.train.max_steps=2` with the default save_steps: accepted, said once, and the end is saved as a
+    resumable checkpoint, as transformers does."""
+    overrides = [o for o in quick_overrides("align", steps=2) if "save_steps" not in o]
+    recipe = load_recipe(None, [f"align.data={catalog['captions']}", *overrides])
+    assert recipe.align.train.save_steps > 2
+    result = run_align(recipe, tmp_path / "smoke")
+    assert result.complete
+    said = " ".join(capfd.readouterr().err.split())  # rich wraps long lines
+    assert said.count("the one checkpoint is written at the end of training (step 2)") == 1
+    from ecomtune.train.checkpoints import last_complete_checkpoint
+
+    checkpoint = last_complete_checkpoint(result.output)
+    assert checkpoint is not None and checkpoint.name.endswith("-2")

@@ -258,6 +258,9 @@ MLLAMA = BackboneSpec(
     image_knobs={"max_tiles": ("max_image_tiles",)},
     packing_refusal="Llama 3.2 Vision reads images through cross-attention masks laid out per row and per image, which "
     "samples laid end to end cannot share",
+    text_only_refusal="transformers' Llama 3.2 Vision processor lays out a batch's images from its first sample: a "
+    "batch holding a sample without an image beside one with an image fails, or gets image tensors of the wrong "
+    "batch size",
     tiny=TinyTwin(
         config_class="MllamaConfig", processor_class="MllamaProcessor",
         image_processor=("MllamaImageProcessor", {"size": {"height": 56, "width": 56}, "max_image_tiles": 4}),

@@ -63,6 +63,8 @@ class BackboneSpec:
     # run one by one (tests/test_packing.py); otherwise `packing_refusal` says why a packing recipe is refused.
     packing: PackingPositions | None = None
     packing_refusal: str = "packing has not been verified for this architecture"
+    # why this family cannot train text-only samples beside samples with images (None: it can, batched together)
+    text_only_refusal: str | None = None
     tiny: TinyTwin | None = field(default=None, compare=False, repr=False)
 
     def model_class(self):

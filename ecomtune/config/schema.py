@@ -273,7 +273,7 @@ class ImageSettings(StrictModel):
                                   "duplicates (crops).")
 
 
-DataFormat = Literal["auto", "canonical", "llava", "sharegpt", "hf"]
+DataFormat = Literal["auto", "canonical", "llava", "sharegpt", "alpaca", "hf"]
 
 
 class DataSource(StrictModel):
@@ -283,15 +283,30 @@ class DataSource(StrictModel):
                       "arrow files), or a Hugging Face hub dataset id (owner/name).")
     format: DataFormat = Field(
         "auto", description="canonical (ecomtune JSONL), llava (LLaVA JSON: image + conversations from/value), "
-        "sharegpt (messages / conversations with role/content or from/value), hf (a Hugging Face dataset with an "
-        "Image column). auto: detected from the path and the first record.")
+        "sharegpt (messages / conversations with role/content or from/value), alpaca (instruction / input / output, "
+        "LLaMA-Factory), hf (a Hugging Face dataset with an Image column). auto: detected from the path and the "
+        "first record.")
     sampling: str = Field(
         "all", description="Rows taken: all, first:N, end:N or random:N; N is a count or a percentage (first:10%). "
         "A percentage above 100% repeats the source. random is seeded by the stage's train.seed.")
     image_root: Path | None = Field(
         None, description="Folder that relative image paths start from (LLaVA data keeps one image folder for "
         "all its files). Default: the data file's folder.")
-    split: str = Field("train", description="Split of a Hugging Face dataset (hub id or `save_to_disk` dict).")
+    split: str = Field("train", description="Split of a Hugging Face dataset (hub id, folder or `save_to_disk` "
+                       "dict).")
+    config: str | None = Field(None, description="Config (subset) of a Hugging Face dataset that holds several: "
+                               "`datasets.load_dataset(id, config)` for a hub id; for a downloaded folder, a config "
+                               "its README.md lists, or its subfolder when the README is missing.")
+    columns: dict[str, str] | None = Field(
+        None, description="Which of the data's columns hold what ecomtune reads, as {ecomtune name: column}: "
+        "conversations, messages, prompt, completion, images, system, instruction, input, output, history "
+        "(e.g. {messages: dialog, images: pictures}).")
+    dataset: str | None = Field(None, description="With a LLaMA-Factory dataset_info.json as path: the dataset "
+                                "name(s) it maps to a file, formatting and columns (several, comma-separated, make "
+                                "one source each).")
+    tags: dict[str, str] | None = Field(None, description="ShareGPT turns written with other keys or role names, "
+                                        "as LLaMA-Factory's tags: role_tag, content_tag, user_tag, assistant_tag, "
+                                        "system_tag, observation_tag, function_tag.")
 
     @field_validator("sampling")
     @classmethod
@@ -300,6 +315,15 @@ class DataSource(StrictModel):
 
         parse_rule(value)  # raises ValueError naming the rules there are
         return value
+
+
+def end_checkpoint_note(train: TrainSettings) -> str | None:
+    """What happens when `save_steps` exceeds `max_steps` (a smoke run that lowered only max_steps): transformers
+    saves at the last step whatever save_steps says, so the run has one checkpoint, at its end."""
+    if train.max_steps > 0 and train.save_steps > train.max_steps:
+        return (f"train.save_steps ({train.save_steps}) exceeds train.max_steps ({train.max_steps}): the one "
+                f"checkpoint is written at the end of training (step {train.max_steps}), as transformers does")
+    return None
 
 
 def _data_kind(value: object) -> str:
@@ -375,12 +399,7 @@ class StageSettings(StrictModel):
     @model_validator(mode="after")
     def _stage_consistent(self) -> StageSettings:
         """Every broken rule of the stage at once, each at the key to change."""
-        t = self.train
         problems = []
-        if t.max_steps > 0 and t.save_steps > t.max_steps:
-            problems.append(RuleProblem(
-                "train.save_steps", f"{t.save_steps} exceeds train.max_steps ({t.max_steps}): no checkpoint would "
-                "ever be written, so --resume could not work", "lower save_steps to max_steps or less"))
         if self.packing and self.max_length is None:
             problems.append(RuleProblem("packing", "true, but max_length is None: packed rows need a length to fill",
                                         "set max_length (e.g. 2048) or disable packing"))

@@ -35,7 +35,11 @@ def render_with_spans(processor, messages: list[dict[str, Any]]) -> tuple[str, l
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        head = processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+        if not any(m["role"] == "user" for m in messages[:i]):  # parse_record drops such turns; never learn from 0
+            raise DataError("An assistant turn comes before any user turn, so where its answer starts is unknown",
+                            [Problem(f"assistant turn {i}", "messages")],
+                            fix="drop assistant turns before the first user turn (ecomtune's readers do)")
+        head = processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         upto = text if i == len(messages) - 1 else processor.apply_chat_template(messages[: i + 1], tokenize=False)
         if not (text.startswith(head) and text.startswith(upto)) or len(head) > len(upto):
             raise DataError(
@@ -76,6 +80,20 @@ def adds_own_specials(processor, text: str) -> bool:
     return not (bos and text.startswith(bos))
 
 
+def processed(processor, texts: list[str], images: list[list[Any]] | None) -> tuple[dict[str, Any], list[list]]:
+    """The processor's batch for rendered `texts` (tensors, with token offsets) and, per text, where its image
+    placeholders grew. The processor is asked for Python values and the batch is made tensors here, without the
+    replacement offsets: several processors (Idefics3, InternVL) try to make those offsets a tensor too, which fails
+    when the first sample of a batch has no image."""
+    from transformers import BatchFeature
+
+    output = dict(processor(text=texts, images=images, padding=True, return_tensors=None,
+                            return_offsets_mapping=True, return_text_replacement_offsets=True,
+                            add_special_tokens=adds_own_specials(processor, texts[0])))
+    replacements = output.pop("text_replacement_offsets", None)
+    return dict(BatchFeature(output, tensor_type="pt")), replacements or [[] for _ in texts]
+
+
 def prefix_and_answer(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
     """A prefix-suffix family's two parts: the conversation up to the answer, and the answer's text."""
     answer = "".join(b.get("text", "") for b in messages[-1]["content"])
@@ -104,17 +122,8 @@ class VisionChatCollator:
             text, turn_spans = render_with_spans(self.processor, sample.messages)
             texts.append(text)
             spans.append(turn_spans)
-        batch = self.processor(
-            text=texts,
-            images=images,
-            padding=True,
-            return_tensors="pt",
-            return_offsets_mapping=True,
-            return_text_replacement_offsets=True,
-            add_special_tokens=adds_own_specials(self.processor, texts[0]),
-        )
+        batch, replacements = processed(self.processor, texts, images)
         offsets = batch.pop("offset_mapping")
-        replacements = batch.pop("text_replacement_offsets", None) or [[] for _ in samples]
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
         for row, (row_offsets, row_repl, row_spans) in enumerate(zip(offsets, replacements, spans, strict=True)):
             mask = _label_mask(row_offsets, list(row_repl), row_spans)

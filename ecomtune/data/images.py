@@ -104,7 +104,9 @@ def decode_check(path: str | Path) -> tuple[tuple[int, int] | None, Problem | No
     """
     path = Path(path)
     if not path.is_file():
-        return None, Problem(f"file not found at {path}", fix="fix the path or add the file, or drop the record")
+        return None, Problem(f"file not found at {path}", fix="fix the path or add the file, or drop the record; a "
+                             "relative path starts from the source's image_root (a mixture YAML's image_folder), "
+                             "else from the data file's folder")
     try:
         with Image.open(path) as image:
             width, height = image.size

@@ -83,15 +83,20 @@ def select_rows(rule: SamplingRule, available: int, seed: int = 0, salt: str = "
 
 
 ONEVISION_KEYS = {"json_path": "path", "sampling_strategy": "sampling", "image_root": "image_root",
-                  "image_folder": "image_root", "format": "format"}
+                  "image_folder": "image_root", "format": "format", "config": "config", "split": "split"}
+TOP_KEYS = ("datasets", "image_folder", "image_root")
 
 
 def read_onevision_yaml(path: Path) -> list[dict[str, Any]]:
     """A LLaVA-OneVision mixture YAML (`datasets:` of `json_path` + `sampling_strategy`) as source settings, each
-    path relative to the YAML's folder. ecomtune also reads `image_root` (or `image_folder`) and `format` per entry;
-    any other key is an error naming its line (OneVision ignores typos; a silently ignored key loses data)."""
+    path relative to the YAML's folder. LLaVA keeps one global image folder (its `--image_folder`): a top-level
+    `image_folder` (or `image_root`) here is every entry's, unless the entry names its own; ecomtune also reads
+    `format`, `config` and `split` per entry. Any other key is an error naming its line (OneVision ignores typos; a
+    silently ignored key loses data), and every json_path or image folder that does not exist is reported at once
+    (the released YAMLs name their authors' /mnt/... paths)."""
     import yaml
 
+    from ecomtune.data.sources.detect import looks_like_hub_id
     from ecomtune.errors import ConfigError, Problem
 
     try:
@@ -104,7 +109,18 @@ def read_onevision_yaml(path: Path) -> list[dict[str, Any]]:
     fix = "write `datasets:` as a list of entries with json_path and sampling_strategy (LLaVA-OneVision's format)"
     if not isinstance(data, dict) or not isinstance(data.get("datasets"), list) or not data["datasets"]:
         raise ConfigError(f"{path} is not a mixture: it needs a non-empty `datasets:` list", fix=fix)
-    problems = [Problem(f"unknown top-level key '{key}'", str(path), fix) for key in data if key != "datasets"]
+    problems = [Problem(f"unknown top-level key '{key}' (known: {', '.join(TOP_KEYS)})", str(path), fix)
+                for key in data if key not in TOP_KEYS]
+    folder = Path(path).parent
+    shared = data.get("image_folder", data.get("image_root"))
+    top = {k.value: k for k, _ in node.value}
+    if shared is not None:
+        shared = str(folder / str(shared))  # an absolute folder stays as it is
+        if not Path(shared).is_dir():
+            key = "image_folder" if "image_folder" in data else "image_root"
+            problems.append(Problem(f"image folder not found: {shared}", f"{path}:{top[key].start_mark.line + 1}",
+                                    "give the folder the data's relative image paths start from (LLaVA's "
+                                    "--image_folder)"))
     entries = next(v for k, v in node.value if k.value == "datasets").value
     sources = []
     for entry, entry_node in zip(data["datasets"], entries, strict=True):
@@ -116,8 +132,20 @@ def read_onevision_yaml(path: Path) -> list[dict[str, Any]]:
         problems += [Problem(f"unknown key '{k}' (known: {', '.join(ONEVISION_KEYS)})", where) for k in unknown]
         source = {ONEVISION_KEYS[k]: v for k, v in entry.items() if k in ONEVISION_KEYS}
         for key in ("path", "image_root"):
-            if key in source and not Path(str(source[key])).is_absolute():
-                source[key] = str(Path(path).parent / str(source[key]))
+            relative = key in source and not Path(str(source[key])).is_absolute()
+            hub_id = key == "path" and relative and looks_like_hub_id(str(source[key])) \
+                and not (folder / str(source[key])).exists()
+            if relative and not hub_id:
+                source[key] = str(folder / str(source[key]))
+        if "image_root" not in source and shared is not None:
+            source["image_root"] = shared
+        located = str(source["path"]).split("#", 1)[0]
+        if not Path(located).exists() and not looks_like_hub_id(str(entry["json_path"])):
+            problems.append(Problem(f"json_path not found: {located}", where,
+                                    "download the file, or write json_path relative to the YAML's folder"))
+        if "image_root" in source and source["image_root"] != shared and not Path(source["image_root"]).is_dir():
+            problems.append(Problem(f"image folder not found: {source['image_root']}", where,
+                                    "give the folder the entry's relative image paths start from"))
         try:
             parse_rule(source.get("sampling", "all"))
         except ValueError as exc:

@@ -10,7 +10,9 @@ the token ranges that are learnt. A batch of prepared samples is then built as t
 2. each sample's ids get those runs spliced in at its placeholders (the same splice `lengths` counts with), its
    labels are its ids inside the learnt ranges (-100 elsewhere, and on every image token);
 3. any other per-token output of the processor (`mm_token_type_ids`, `token_type_ids`) is taken over the runs from
-   step 1 and is 0 on text; rows are padded on the side the processor pads.
+   step 1 and is 0 on text; rows are padded on the side the processor pads. A text-only sample (no image) is 0
+   throughout; which per-token outputs the processor makes for text alone is asked of it once, so a batch of text
+   only carries them too.
 
 `VisionChatCollator` compares this with its full path on its first batch and keeps the full path for the run if
 anything differs (tests/test_prepared.py shows which families match); a batch it cannot build (a sample not
@@ -41,6 +43,15 @@ class PreparedBatches:
         # where the processor pads: its own default when it has one (InternVL pads on the left), else the tokenizer's
         self.pad_left = getattr(processor, "text_kwargs", {}).get("padding_side",
                                                                 processor.tokenizer.padding_side) == "left"
+        self.text_keys: dict[str, torch.dtype] | None = None
+
+    def _text_keys(self) -> dict[str, torch.dtype]:
+        """The per-token outputs (besides ids and mask) the processor makes for text without images, asked once:
+        Qwen's processors still return `mm_token_type_ids`, Gemma 3's `token_type_ids`."""
+        if self.text_keys is None:
+            self.text_keys = per_token_keys(dict(self.processor(text=["a"], return_tensors="pt",
+                                                                add_special_tokens=False)))
+        return self.text_keys
 
     def encode(self, samples: list[Sample], images: list[list[Any]] | None) -> dict[str, Any] | None:
         """The batch, or None when it cannot be built this way (then the caller takes the full path)."""
@@ -55,9 +66,7 @@ class PreparedBatches:
                                            add_special_tokens=False))
             except (ValueError, TypeError, IndexError, RuntimeError):  # a processor that wants more than images
                 return None
-        side_mask = side.get("attention_mask")
-        extra = [k for k, v in side.items() if torch.is_tensor(v) and side_mask is not None
-                 and v.shape == side_mask.shape and k not in SEQUENCE_KEYS]
+        extra = per_token_keys(side) if side else self._text_keys()
         rows: list[dict[str, torch.Tensor]] = []
         for row, (sample, imgs) in enumerate(zip(samples, per_sample, strict=True)):
             built = self._row(sample, imgs, side, row, extra)
@@ -76,7 +85,7 @@ class PreparedBatches:
         return (count, 0) if self.pad_left else (0, count)
 
     def _row(self, sample: Sample, images: list[Any], side: dict[str, Any], row: int,
-             extra: list[str]) -> dict[str, torch.Tensor] | None:
+             extra: dict[str, torch.dtype]) -> dict[str, torch.Tensor] | None:
         """One sample's per-token tensors, its placeholders replaced by the runs the processor made for its images."""
         text = sample.text
         ids = torch.frombuffer(text.ids, dtype=torch.int32).long() if len(text.ids) else \
@@ -105,7 +114,7 @@ class PreparedBatches:
             pieces["input_ids"].append(ids[previous:at])
             pieces["labels"].append(labels[previous:at])
             for key in extra:
-                pieces[key].append(torch.zeros(at - previous, dtype=side_row[key].dtype))
+                pieces[key].append(torch.zeros(at - previous, dtype=extra[key]))
             for key in ("input_ids", *extra):
                 pieces[key].append(side_row[key][offset:offset + width])
             pieces["labels"].append(torch.full((width,), IGNORE_INDEX, dtype=torch.long))
@@ -113,7 +122,15 @@ class PreparedBatches:
         pieces["input_ids"].append(ids[previous:])
         pieces["labels"].append(labels[previous:])
         for key in extra:
-            pieces[key].append(torch.zeros(len(ids) - previous, dtype=side_row[key].dtype))
+            pieces[key].append(torch.zeros(len(ids) - previous, dtype=extra[key]))  # text-only rows: all of it
         out = {key: torch.cat(parts) for key, parts in pieces.items()}
         out["attention_mask"] = torch.ones_like(out["input_ids"])
         return out
+
+
+def per_token_keys(outputs: dict[str, Any]) -> dict[str, torch.dtype]:
+    """The processor outputs shaped like its attention mask (one value per token), other than ids and mask, with
+    their dtypes."""
+    mask = outputs.get("attention_mask")
+    return {k: v.dtype for k, v in outputs.items() if torch.is_tensor(v) and mask is not None
+            and v.shape == mask.shape and k not in SEQUENCE_KEYS}

@@ -59,6 +59,7 @@ class Sample:
     # the chat-template text tokenized once before training, images still placeholders: token ids and the
     # [start, end) token ranges that are learnt (`ecomtune.data.prepared`); None until prepared
     text: PreparedText | None = None
+    leading_dropped: int = 0  # assistant turns before the first user turn, dropped when read (see parse_record)
 
     def to_row(self) -> dict[str, Any]:
         """A row for a `datasets.Dataset`: images and content blocks as JSON text, so that Arrow never merges
@@ -264,6 +265,11 @@ def parse_record(record: Any, base_dir: Path, where: str, root: Path | None = No
         messages.append({"role": message["role"], "content": _blocks(message.get("content"), where, problems)})
     if problems:
         return None, problems
+    messages, leading = without_leading_answers(messages)
+    add_markers(messages, record.get("images", []))
+    if not any(m["role"] == "user" for m in messages):
+        return None, [Problem("the conversation has no user turn: no question to learn an answer to", where,
+                              "start each conversation with the user's turn (a system turn may come first)")]
     if messages[-1]["role"] != "assistant":
         problems.append(Problem("the last message is not from the assistant: nothing to learn", where,
                                 "end each conversation with the assistant's answer"))
@@ -287,7 +293,36 @@ def parse_record(record: Any, base_dir: Path, where: str, root: Path | None = No
     problems.extend(box_problems)
     if problems:
         return None, problems
-    return Sample(resolved, messages, where, boxes), []
+    return Sample(resolved, messages, where, boxes, leading_dropped=leading), []
+
+
+def add_markers(messages: list[dict[str, Any]], images: Any) -> None:
+    """The image marker rule every format shares (LLaVA, ShareGPT, LLaMA-Factory, Hugging Face datasets, TRL,
+    ecomtune's JSONL), in place: a record naming more images than its messages hold placeholders (The Cauldron's
+    subsets of LLaVA-OneVision and other LLaVA rows without `<image>`) gets the missing ones at the start of its
+    first user turn, in order, where LLaVA's data has them. Placeholders a record writes stay where it writes them:
+    LLaVA-NeXT's loader moves a lone `<image>` to the front of its turn, ecomtune keeps the row's own placement, in
+    every format. More placeholders than images is left to the count check."""
+    count = len(images) if isinstance(images, list) else 1 if isinstance(images, str) else 0
+    present = sum(b["type"] == "image" for m in messages for b in m["content"])
+    first_user = next((m for m in messages if m["role"] == "user"), None)
+    if count > present and first_user is not None:
+        first_user["content"] = [{"type": "image"} for _ in range(count - present)] + first_user["content"]
+
+
+def without_leading_answers(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The conversation without the assistant turns that come before its first user turn, and how many there were.
+
+    An answer with no question before it has nothing to learn from: LLaVA-NeXT's loader drops such a turn, and a
+    chat template renders it with the system prompt in front (Qwen's default system prompt would be learnt). Its
+    text never holds an image (validation refuses images in assistant turns), so dropping it loses no image.
+    The stage loader counts the conversations this changed and says so."""
+    first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), len(messages))
+    leading = [i for i in range(first_user) if messages[i]["role"] == "assistant"
+               and not any(b["type"] == "image" for b in messages[i]["content"])]  # one with an image is refused
+    if not leading:
+        return messages, 0
+    return [m for i, m in enumerate(messages) if i not in leading], len(leading)
 
 
 def family_problems(sample: Sample, spec: BackboneSpec) -> list[Problem]:

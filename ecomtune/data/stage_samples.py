@@ -67,6 +67,7 @@ class StageSamples:
     sources: list[SourceUse] = field(default_factory=list)
     image_folders: list[str] = field(default_factory=list)  # folders of every image the taken records name
     image_roots: list[Path] = field(default_factory=list)  # image folders the sources name explicitly
+    notes: list[str] = field(default_factory=list)  # what reading changed in the data, said once per stage
 
     def fingerprint(self, image_refs: Iterable[list]) -> str:
         """sha256 over every source's fingerprint and the bytes of every image file the samples use (`image_refs`:
@@ -106,15 +107,35 @@ class StageSamples:
 
 
 def mixture_sources(data: Path | str | list[DataSource]) -> list[DataSource]:
-    """The sources of a stage's `data`: a list as given, a LLaVA-OneVision mixture YAML read, one path alone."""
+    """The sources of a stage's `data`: a list as given, a LLaVA-OneVision mixture YAML read, one path alone. A
+    LLaMA-Factory dataset_info.json (`FILE#name,...` on the command line, or a source with `dataset:`) becomes the
+    sources its named datasets are."""
     if isinstance(data, list):
-        return data
+        return [expanded for source in data for expanded in _llamafactory(source)]
     if Path(data).suffix.lower() in MIXTURE_SUFFIXES:
         try:
-            return [DataSource(**entry) for entry in read_onevision_yaml(Path(data))]
+            return [expanded for entry in read_onevision_yaml(Path(data)) for expanded in
+                    _llamafactory(DataSource(**entry))]
         except ValueError as exc:  # a field the schema refuses
             raise ConfigError(f"Mixture {data}: {exc}") from None
-    return [DataSource(path=str(data))]
+    return _llamafactory(DataSource(path=str(data)))
+
+
+def _llamafactory(source: DataSource) -> list[DataSource]:
+    """A source naming a LLaMA-Factory dataset_info.json, as the sources of its datasets; any other as it is."""
+    from ecomtune.data.sources.llamafactory import dataset_sources, is_dataset_info, split_names
+
+    if not is_dataset_info(source.path):
+        return [source]
+    file, names = split_names(source.path)
+    names += [n.strip() for n in (source.dataset or "").split(",") if n.strip()]
+    if not Path(file).is_file():
+        raise DataError(f"Data not found: {file}", fix="check the path (relative paths start from the current folder)")
+    own = source.model_dump(exclude_unset=True, exclude={"path", "dataset"})
+    try:
+        return [DataSource(**fields) for fields in dataset_sources(Path(file), names, own)]
+    except ValueError as exc:  # a field the schema refuses
+        raise ConfigError(f"{file}: {exc}") from None
 
 
 def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec | None = None,
@@ -135,8 +156,10 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     folders: set[str] = set()
     orders: list[np.ndarray] = []  # per source: the store position of each taken row, in training order
     stored = 0
+    kinds: dict[bool, str] = {}  # with images / text only: the first sample of each kind
+    leading: list[str] = []  # samples whose leading assistant turns were dropped
     sources = mixture_sources(data)
-    opened_sources = [open_source(s.path, s.format, s.image_root, s.split) for s in sources]
+    opened_sources = open_all(sources)
     rules = [parse_rule(s.sampling) for s in sources]
     taken = [np.asarray(select_rows(rule, o.rows, seed, f"{i}:{s.path}"), dtype=np.int64)
              for i, (s, o, rule) in enumerate(zip(sources, opened_sources, rules, strict=True))]
@@ -145,7 +168,7 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     pool_size = worker_count(workers, records)
     with opened_cache(cache) as store, worker_pool(pool_size) as pool, \
             progress(f"checking {title}", records, "records") as advance:
-        for origin, (source, opened, rows, distinct, rule) in enumerate(zip(sources, opened_sources, taken,
+        for origin, (_source, opened, rows, distinct, rule) in enumerate(zip(sources, opened_sources, taken,
                                                                              distincts, rules, strict=True)):
             read = zip(distinct.tolist(), opened.records(distinct.tolist()), strict=True)
             while batch := list(itertools.islice(read, RECORDS_PER_BATCH)):
@@ -162,6 +185,10 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
                     if sample is not None:
                         samples.append(_with_origin(sample, origin))
                 listed.extend(len(s.images) for s in samples)
+                for sample in samples:
+                    kinds.setdefault(bool(sample.images), sample.source)
+                    if sample.leading_dropped:
+                        leading.append(sample.source)
                 presented, found = presented_samples(samples, spec, images) if spec is not None or \
                     images is not None else (samples, [])
                 problems.extend(found)
@@ -171,7 +198,12 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
                 advance(len(batch))
             orders.append(stored + _ranks(rows, distinct))
             stored += len(distinct)
-            uses.append(SourceUse(source.path, opened.format, opened.rows, str(rule), len(rows), opened.fingerprint()))
+            uses.append(SourceUse(opened.name, opened.format, opened.rows, str(rule), len(rows), opened.fingerprint()))
+    if spec is not None and spec.text_only_refusal and len(kinds) == 2:
+        problems.insert(0, Problem(f"{spec.title} cannot train samples without an image beside samples with images: "
+                                   f"{spec.text_only_refusal} (first with an image: {kinds[True]})", kinds[False],
+                                   "train the text-only rows in a stage of their own, or leave them out of this "
+                                   "mixture"))
     if problems:
         more = f" (first {MAX_REPORTED} shown)" if len(problems) > MAX_REPORTED else ""
         raise DataError(f"{title}: {len(problems)} problem(s) in the data{more}; nothing was trained",
@@ -185,7 +217,26 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     if len(order) != stored:  # some rows are taken more than once
         samples = samples.select(order.tolist())
         listed = array("I", (listed[i] for i in order.tolist()))
-    return StageSamples(samples, listed, uses, sorted(folders), roots)
+    notes = [note for opened in opened_sources for note in opened.notes]
+    notes += [f"{len(leading)} conversation(s) began with the assistant: the answer(s) before the first user turn "
+             f"were dropped, not learnt (first: {leading[0]})"] if leading else []
+    return StageSamples(samples, listed, uses, sorted(folders), roots, notes)
+
+
+def open_all(sources: list[DataSource]) -> list:
+    """Every source opened; when some cannot be, one DataError naming each of them (not the first only)."""
+    opened, problems = [], []
+    for source in sources:
+        try:
+            opened.append(open_source(source.path, source.format, source.image_root, source.split, source.config,
+                                      source.columns, source.tags))
+        except DataError as exc:
+            if len(sources) == 1:
+                raise
+            problems.append(Problem(exc.title, source.path, exc.fix))
+    if problems:
+        raise DataError(f"{len(problems)} of the mixture's {len(sources)} sources cannot be opened", problems)
+    return opened
 
 
 def _first_occurrences(rows: np.ndarray) -> np.ndarray:

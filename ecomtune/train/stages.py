@@ -21,7 +21,7 @@ from typing import Any
 from ecomtune.backbones.loading import load_processor, pick_compute_dtype, role_overrides
 from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
 from ecomtune.backbones.spec import ResolvedRoles
-from ecomtune.config.schema import Recipe, StageSettings
+from ecomtune.config.schema import Recipe, StageSettings, end_checkpoint_note
 from ecomtune.config.stages import STAGE_INFO, StageInfo
 from ecomtune.data.lengths import prepare_store
 from ecomtune.data.packing import check_packable, packing_stats, plan_packs
@@ -147,6 +147,8 @@ def read_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> StageIn
         check_packable(backbone.spec, f"{stage_name}.packing")
     read = load_stage_samples(stage.data, backbone.spec, stage.images, stage.train.seed, f"{stage_name}.data",
                               stage.prepare_workers)
+    for note in read.notes:
+        _console().print(f"[yellow]{stage_name}.data: {note}[/yellow]")
     return StageInput(backbone, load_processor(backbone, recipe.backbone), read)
 
 
@@ -418,6 +420,8 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
             clear_leftovers(folder)
             check_writable(folder.write_to)
             write_manifest(folder.write_to, status="running", **common)
+        if (note := end_checkpoint_note(stage.train)) is not None:
+            console.print(f"[yellow]{name}: {note}[/yellow]")
         with capture_to(folder.write_to / LOG_FILE) if main else contextlib.nullcontext():
             return _train_and_save(stage_def, name, recipe, stage, setup, prepared, start, folder, common, probe,
                                    callbacks, output, console)

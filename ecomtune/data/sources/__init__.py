@@ -14,7 +14,9 @@ cannot be converted at all (not an object, a tool-call turn, an image with neith
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from ecomtune.data.sources.alpaca import convert_alpaca
 from ecomtune.data.sources.base import FORMATS, Converter, OpenedSource
 from ecomtune.data.sources.canonical import convert_canonical
 from ecomtune.data.sources.detect import FORMAT_FIX, JSON_SUFFIXES, MIXTURE_SUFFIXES, detect_rows, looks_like_hub_id
@@ -28,15 +30,17 @@ from ecomtune.data.sources.hf import (
     hub_digest,
     load_hub,
     load_local,
+    row_layout,
 )
+from ecomtune.data.sources.llamafactory import TAG_DEFAULTS, retagged_turns
 from ecomtune.data.sources.llava import convert_llava
 from ecomtune.data.sources.sharegpt import convert_sharegpt
-from ecomtune.errors import DataError
+from ecomtune.errors import DataError, Problem
 
 __all__ = ["FORMATS", "OpenedSource", "open_source"]
 
 CONVERTERS: dict[str, Converter] = {"canonical": convert_canonical, "llava": convert_llava,
-                                    "sharegpt": convert_sharegpt}
+                                    "sharegpt": convert_sharegpt, "alpaca": convert_alpaca}
 
 
 def _image_root(image_root: Path | None, default: Path) -> Path:
@@ -49,24 +53,58 @@ def _image_root(image_root: Path | None, default: Path) -> Path:
     return Path(image_root).resolve()
 
 
-def _open_hf(path: Path | None, name: str, image_root: Path | None, split: str) -> OpenedSource:
+def _open_hf(path: Path | None, name: str, image_root: Path | None, split: str, config: str | None,
+             columns: dict[str, str] | None, tags: dict[str, str] | None = None) -> OpenedSource:
+    notes: list[str] = []
     if path is None:  # a hub id
-        dataset = load_hub(name, split)
-        base, digest = _image_root(image_root, Path.cwd()), hub_digest(name, split, dataset)
+        dataset = load_hub(name, split, config)
+        base, digest = _image_root(image_root, Path.cwd()), hub_digest(name, split, dataset, config)
     else:
-        dataset = load_local(path, name, split)
+        dataset, notes = load_local(path, name, split, config)
         base = _image_root(image_root, path if path.is_dir() else path.parent)
-        digest = folder_digest(path)
-    reader = HfReader(dataset, name, digest)
-    converter = HfConverter(base, ecomtune_cache() / "images")
-    return OpenedSource(name, "hf", reader.rows, base, base, reader, converter.convert)
+        digest = folder_digest(path / config if config and (path / config).is_dir() else path)
+    shown = f"{name} (config {config})" if config else name
+    mapped = [next((ours for ours, theirs in (columns or {}).items() if theirs == c), c) for c in dataset.column_names]
+    missing = [theirs for theirs in (columns or {}).values() if theirs not in dataset.column_names]
+    if missing:
+        raise DataError(f"{shown}: the source's columns mapping names {', '.join(missing)}, which it does not have "
+                        f"(its columns: {', '.join(dataset.column_names)})", fix="map to columns the data has")
+    layout = row_layout(mapped, shown) if len(dataset) else "conversation"  # no rows: the "no samples" message
+    reader = HfReader(dataset, shown, digest)
+    converter = HfConverter(base, ecomtune_cache() / "images", layout)
+    return OpenedSource(shown, "hf", reader.rows, base, base, reader, renamed(converter.convert, columns, tags),
+                        notes)
+
+
+def renamed(convert: Converter, columns: dict[str, str] | None, tags: dict[str, str] | None = None) -> Converter:
+    """`convert` applied to rows whose mapped columns carry ecomtune's names (`columns`: ecomtune name -> the data's
+    column) and whose turns use `from`/`value` when `tags` names other keys (LLaMA-Factory's sharegpt tags); the one
+    place a source's `columns:` and `tags:` act, for every format."""
+    if not columns and not tags:
+        return convert
+    columns = columns or {}
+    theirs = set(columns.values())
+
+    def convert_renamed(row: Any, where: str) -> tuple[Any, Problem | None]:
+        if isinstance(row, dict):
+            row = {**{k: v for k, v in row.items() if k not in theirs},
+                   **{ours: row[column] for ours, column in columns.items() if column in row}}
+            if tags:
+                row = {**row, **{key: retagged_turns(row[key], {**TAG_DEFAULTS, **tags})
+                                 for key in ("conversations", "messages") if key in row}}
+        return convert(row, where)
+
+    return convert_renamed
 
 
 def open_source(path: str | Path, format: str = "auto", image_root: Path | None = None,
-                split: str = "train") -> OpenedSource:
+                split: str = "train", config: str | None = None,
+                columns: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> OpenedSource:
     """Open a data source: a JSONL or JSON file, a Hugging Face dataset folder or parquet / arrow file, or a hub
     id (`owner/name`). `format` is "auto" (detected) or one of FORMATS; `image_root` is where relative image
-    paths start (default: the data file's folder); `split` picks a split of a DatasetDict, folder or hub id.
+    paths start (default: the data file's folder); `split` and `config` pick a split and a config (subset) of a
+    Hugging Face dataset; `columns` maps ecomtune's names to the data's columns, `tags` names the turn keys and
+    speakers of ShareGPT data written otherwise (LLaMA-Factory's tags).
     Raises DataError when the source cannot be opened or its format cannot be told."""
     name = str(path)
     location = Path(path)
@@ -79,7 +117,7 @@ def open_source(path: str | Path, format: str = "auto", image_root: Path | None 
                         "single sources as .jsonl / .json files, dataset folders, parquet / arrow files or hub ids")
     if not location.exists():
         if format in ("auto", "hf") and looks_like_hub_id(name):
-            return _open_hf(None, name, image_root, split)
+            return _open_hf(None, name, image_root, split, config, columns, tags)
         raise DataError(f"Data not found: {name}",
                         fix="check the path (relative paths start from the current folder); a hub dataset is "
                         "named owner/name")
@@ -88,14 +126,20 @@ def open_source(path: str | Path, format: str = "auto", image_root: Path | None 
             raise DataError(f"{name} is a {'folder' if location.is_dir() else suffix + ' file'}, which format "
                             f"{format!r} does not read", fix="use format hf (or auto) for dataset folders and "
                             "parquet / arrow files")
-        return _open_hf(location, name, image_root, split)
+        return _open_hf(location, name, image_root, split, config, columns, tags)
     if suffix not in JSON_SUFFIXES:
         raise DataError(f"Cannot tell the format of {name} from its suffix {suffix or '(none)'!r}",
                         fix="give a .jsonl or .json file, a dataset folder, or a .parquet / .arrow file")
     if format == "hf":
         raise DataError(f"{name} is a {suffix} file; format hf reads dataset folders, parquet / arrow files and "
                         "hub ids", fix=f"use auto; or {FORMAT_FIX}")
+    if config is not None:
+        raise DataError(f"{name} is a {suffix} file, which has no configs, but the source names config {config!r}",
+                        fix="remove `config:` (configs are subsets of Hugging Face datasets)")
     reader = JsonLinesReader(location, name) if suffix == ".jsonl" else JsonArrayReader(location, name)
-    resolved = detect_rows(reader.first(), name) if format == "auto" else format
+    first = reader.first()
+    if columns and isinstance(first, dict):
+        first = {**first, **{ours: first[theirs] for ours, theirs in columns.items() if theirs in first}}
+    resolved = detect_rows(first, name) if format == "auto" else format
     base = _image_root(image_root, location.parent)
-    return OpenedSource(name, resolved, reader.rows, base, base, reader, CONVERTERS[resolved])
+    return OpenedSource(name, resolved, reader.rows, base, base, reader, renamed(CONVERTERS[resolved], columns, tags))

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from ecomtune.errors import Problem
 
-FORMATS = ("canonical", "llava", "sharegpt", "hf")
+FORMATS = ("canonical", "llava", "sharegpt", "alpaca", "hf")
 CHUNK = 1 << 20
 
 # (where, record or None, problem or None): the contract of `read_jsonl`, kept by every source.
@@ -49,6 +49,7 @@ class OpenedSource:
     root: Path  # folder relative image paths may not leave (same as base_dir)
     reader: RowReader = field(repr=False)
     convert: Converter = field(repr=False)
+    notes: list[str] = field(default_factory=list)  # what reading changes or leaves out, said once per stage
 
     def records(self, indices: Sequence[int]) -> Iterator[Triple]:
         """For each index, in order (an index may repeat): (where, canonical record or None, problem or None)."""

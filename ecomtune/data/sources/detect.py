@@ -4,7 +4,7 @@ first row: users point at data as they downloaded it, without saying which of th
 Rules for a JSON row: `conversations` with `from`/`value` turns is LLaVA when it has `image` (or no `images`),
 ShareGPT otherwise; `conversations` with `role`/`content` is ShareGPT; `messages` or `prompt` is ecomtune's
 canonical format (a ShareGPT-style role/content format with `images`), unless its turns use `from`/`value` or
-its images are under `image`, which is ShareGPT again.
+its images are under `image`, which is ShareGPT again. `instruction` + `output` is LLaMA-Factory's alpaca.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ JSON_SUFFIXES = (".jsonl", ".json")
 MIXTURE_SUFFIXES = (".yaml", ".yml")
 # owner/name as the hub spells it; a path with a data-file suffix is a missing file, not a hub id.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-FORMAT_FIX = "name the format explicitly (canonical, llava, sharegpt or hf); the layouts are in README.md, Data format"
+FORMAT_FIX = ("name the format explicitly (canonical, llava, sharegpt, alpaca or hf); the layouts are in README.md, "
+              "Data format")
 
 
 def looks_like_hub_id(text: str) -> bool:
@@ -31,6 +32,8 @@ def looks_like_hub_id(text: str) -> bool:
 
 def row_format(row: Any) -> str | None:
     """The format one JSON row is written in, None when it is none of them."""
+    if isinstance(row, dict) and "instruction" in row and "output" in row and "messages" not in row:
+        return "alpaca"
     if not isinstance(row, dict) or not any(key in row for key in ("conversations", "messages", "prompt")):
         return None
     turns = row_turns(row)
@@ -53,5 +56,6 @@ def detect_rows(first: Any, name: str) -> str:
     if found is None:
         seen = f"keys: {sorted(first)}" if isinstance(first, dict) else f"a {type(first).__name__}, not an object"
         raise DataError(f"Cannot tell the format of {name} from its first row ({seen})",
-                        fix=f"rows need 'messages', 'prompt'+'completion' or 'conversations'; or {FORMAT_FIX}")
+                        fix=f"rows need 'messages', 'prompt'+'completion', 'conversations' or 'instruction'+'output'; "
+                        f"or {FORMAT_FIX}; or map your keys with the source's `columns:`")
     return found

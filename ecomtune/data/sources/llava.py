@@ -2,8 +2,8 @@
 [{"from": "human"|"gpt"|"system", "value": "...<image>..."}]}`, as a JSON array or JSONL.
 
 LLaVA keeps one global image folder, so image paths start at the source's `image_root` (the stage loader passes
-`base_dir` to `parse_record`). LLaVA's loader puts the image before the first question when a row names an
-image but its text has no `<image>` marker; the missing markers are added the same way here.
+`base_dir` to `parse_record`). A row naming images whose text has no `<image>` marker gets them before its first
+question by the marker rule every format shares (`ecomtune.data.schema.add_markers`).
 """
 
 from __future__ import annotations
@@ -16,4 +16,4 @@ from ecomtune.errors import Problem
 
 def convert_llava(row: Any, where: str) -> tuple[dict[str, Any] | None, Problem | None]:
     images = row_images(row) if isinstance(row, dict) else []
-    return conversation_record(row, where, images, markers=True)
+    return conversation_record(row, where, images)

@@ -1,8 +1,8 @@
 """ShareGPT-style conversations (LLaMA-Factory, Axolotl, OpenAI exports): `messages` or `conversations`, turns
 as `role`/`content` or `from`/`value`, images in `images` (a list) or `image`.
 
-Unlike LLaVA, ShareGPT data states its `<image>` markers itself: nothing is added, a mismatch is reported by
-validation.
+LLaMA-Factory's `system` column becomes the first turn. Image markers follow the rule every format shares
+(`ecomtune.data.schema.add_markers`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ecomtune.data.schema import IMAGE_MARKER
 from ecomtune.errors import Problem
 
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -63,29 +62,36 @@ def convert_turns(turns: Any, where: str) -> tuple[list[dict[str, Any]] | None, 
     return messages, None
 
 
-def add_missing_markers(messages: list[dict[str, Any]], images: int) -> None:
-    """LLaVA's convention: a row with more images than `<image>` markers gets the missing markers at the start
-    of its first user turn, one `<image>\\n` each (in place). More markers than images is left to validation."""
-    present = sum(m["content"].count(IMAGE_MARKER) for m in messages if isinstance(m["content"], str))
-    first_user = next((m for m in messages if m["role"] == "user" and isinstance(m["content"], str)), None)
-    if images > present and first_user is not None:
-        first_user["content"] = f"{IMAGE_MARKER}\n" * (images - present) + first_user["content"]
-
-
-def conversation_record(row: Any, where: str, images: Any, markers: bool = False,
-                        ) -> tuple[dict[str, Any] | None, Problem | None]:
-    """A conversational row as a canonical record with `images` (already a list); `boxes` are kept when present.
-    With `markers`, missing `<image>` markers are added the LLaVA way."""
+def conversation_record(row: Any, where: str, images: Any) -> tuple[dict[str, Any] | None, Problem | None]:
+    """A conversational row as a canonical record with `images` (already a list); `boxes` are kept when present. A
+    `system` column (LLaMA-Factory's sharegpt and alpaca layouts) becomes the first turn, unless the conversation
+    already starts with a system turn, which is then a problem: two system prompts are never merged or dropped.
+    Image markers are left as written: `parse_record` applies the one marker rule to every format."""
     if not isinstance(row, dict):
         return None, Problem(f"row is a {type(row).__name__}, not an object", where,
                              "each row must be one {...} object")
     messages, problem = convert_turns(row_turns(row), where)
     if messages is None:
         return None, problem
-    if markers and isinstance(images, list):
-        add_missing_markers(messages, len(images))
+    messages, problem = with_system_column(row, messages, where)
+    if messages is None:
+        return None, problem
     record = {"images": images, "messages": messages}
     if "boxes" in row:
         record["boxes"] = row["boxes"]
     return record, None
 
+
+def with_system_column(row: dict[str, Any], messages: list[dict[str, Any]], where: str,
+                       ) -> tuple[list[dict[str, Any]] | None, Problem | None]:
+    """`messages` with the row's `system` column (a non-empty string) as its first turn."""
+    system = row.get("system")
+    if system is None or (isinstance(system, str) and not system.strip()):
+        return messages, None
+    if not isinstance(system, str):
+        return None, Problem(f"'system' must be a string, got {type(system).__name__}", where,
+                             "give the system prompt as text")
+    if messages and messages[0]["role"] == "system":
+        return None, Problem("the row has both a 'system' column and a system turn", where,
+                             "keep the system prompt in one of them")
+    return [{"role": "system", "content": system}, *messages], None
