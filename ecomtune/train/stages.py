@@ -21,7 +21,7 @@ from typing import Any
 from ecomtune.backbones.loading import load_processor, pick_compute_dtype, role_overrides
 from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
 from ecomtune.backbones.spec import ResolvedRoles
-from ecomtune.config.schema import Recipe, StageSettings
+from ecomtune.config.schema import LoraStage, Recipe, StageSettings
 from ecomtune.config.stages import STAGE_INFO, StageInfo
 from ecomtune.data.lengths import prepare_store
 from ecomtune.data.packing import check_packable, packing_stats, plan_packs
@@ -44,6 +44,7 @@ from ecomtune.train.distributed import (
     recipe_for_engine,
     uniform_frozen_dtype,
 )
+from ecomtune.train.lora_targets import check_lora_targets_early
 from ecomtune.train.models import (
     PROJECTOR_FILE,
     align_model,
@@ -145,6 +146,8 @@ def read_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> StageIn
     backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.seed, recipe.backbone.revision)
     if stage.packing:
         check_packable(backbone.spec, f"{stage_name}.packing")
+    if isinstance(stage, LoraStage):
+        check_lora_targets_early(recipe, stage, stage_name, backbone)
     read = load_stage_samples(stage.data, backbone.spec, stage.images, stage.train.seed, f"{stage_name}.data",
                               stage.prepare_workers)
     return StageInput(backbone, load_processor(backbone, recipe.backbone), read)
