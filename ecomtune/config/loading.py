@@ -74,8 +74,9 @@ def find_recipe(path: Path) -> Path:
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     """Read a recipe file; returns the mapping and the line of every key.
 
-    Refuses, each with file:line: bytes that are not UTF-8, invalid YAML, and (all at once) keys repeated in
-    the same mapping at any depth.
+    Refuses, each with file:line: bytes that are not UTF-8, invalid YAML, an empty recipe (no bytes, only
+    comments, or `{}`: it would silently train with the defaults), and (all at once) keys repeated in the same
+    mapping at any depth.
     """
     path = find_recipe(path)
     if not path.is_file():
@@ -95,8 +96,11 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
         raise ConfigError("Recipe is not valid YAML", [Problem(str(exc).splitlines()[0], where)]) from None
     finally:
         loader.dispose()
-    if data is None:
-        data = {}
+    if data is None or data == {}:  # zero bytes, only comments, or `{}`: nothing the user meant to set
+        raise ConfigError(f"Recipe {path} is empty: it sets nothing, so the run would train with the built-in "
+                          "defaults", [Problem("no settings (the file is empty or holds only comments)", str(path),
+                                               "check that this is the file you meant and that it was saved; to "
+                                               "train with the defaults, leave --recipe out")])
     if not isinstance(data, dict):
         raise ConfigError("Recipe must be a YAML mapping", [Problem(f"got {type(data).__name__}", str(path))])
     if repeats:
