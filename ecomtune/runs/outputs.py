@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ecomtune.errors import ConfigError, Problem
+from ecomtune.runs.file_modes import keep_plain_modes_in_safetensors
 
 MIN_FREE_BYTES = 64 << 20  # below this nothing useful can be written: refuse before any work starts
 
@@ -204,7 +205,10 @@ class OutputLock:
 
 @contextmanager
 def locked(output: Path, enabled: bool = True) -> Iterator[None]:
-    """Hold the output's lock for the block (no-op when `enabled` is false, e.g. on non-main processes)."""
+    """Hold the output's lock for the block (no-op when `enabled` is false, e.g. on non-main processes). Every
+    command that writes an output passes here, so this is where files written through safetensors are given the
+    mode a plain `open()` gives (`keep_plain_modes_in_safetensors`)."""
+    keep_plain_modes_in_safetensors()
     lock = OutputLock(output).acquire() if enabled else None
     try:
         yield
