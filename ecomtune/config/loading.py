@@ -21,13 +21,22 @@ MERGE_TAG = "tag:yaml.org,2002:merge"
 
 def _scan_keys(node: yaml.Node, prefix: tuple[str, ...], lines: dict[tuple[str, ...], int],
                repeats: list[tuple[tuple[str, ...], int, int]], open_nodes: frozenset[int] = frozenset()) -> None:
-    """Record the 1-based line of each dotted key path of a YAML mapping, and every key a mapping repeats.
+    """Record the 1-based line of each dotted key path of a YAML mapping (list items by their index), and every
+    key a mapping repeats.
 
     PyYAML keeps the last of two equal keys without a word, so a second `lora:` section silently replaces the
     first; repeats are (path, first line, repeating line). Merge keys (`<<: *base`) are meant to be overridden,
     so they are neither recorded nor repeats.
     """
-    if not isinstance(node, yaml.MappingNode) or id(node) in open_nodes:  # an alias can point back up the tree
+    if id(node) in open_nodes:  # an alias can point back up the tree
+        return
+    if isinstance(node, yaml.SequenceNode):  # list items by index, so each entry of a mixture has its own line
+        for index, item in enumerate(node.value):
+            path = (*prefix, str(index))
+            lines[path] = item.start_mark.line + 1
+            _scan_keys(item, path, lines, repeats, open_nodes | {id(node)})
+        return
+    if not isinstance(node, yaml.MappingNode):
         return
     first_line: dict[str, int] = {}
     for key_node, value_node in node.value:
@@ -185,8 +194,15 @@ def _suggest(model: type[BaseModel], loc: tuple[Any, ...], key: str) -> str:
 
 
 def _line_of(loc: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> int | None:
-    """The line of the key at `loc`, or of its nearest section the file has (a default value has no line)."""
-    return next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+    """The line of the key at `loc`, or of its nearest section the file has (a default value has no line). A
+    part of `loc` the file cannot have (the tag pydantic gives a union's branch: `sft.data.sources.1.sampling`
+    is `sft.data.1.sampling` in the file) is passed over."""
+    found, path = None, ()
+    for part in loc:
+        if (*path, part) in lines:
+            path = (*path, part)
+            found = lines[path]
+    return found
 
 
 def validate_recipe_dict(
