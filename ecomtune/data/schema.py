@@ -210,6 +210,17 @@ def check_record_images(value: Any, base_dir: Path, where: str, root: Path | Non
     return paths, sizes, problems
 
 
+def checked_image_files(paths: Sequence[str | Path], where: str, spec: BackboneSpec | None = None) -> list[str]:
+    """Image files named outside any record (`export --image`), checked as record images are (`check_record_images`:
+    decoded in full, the family's aspect-ratio limit): their absolute paths, or one DataError listing every
+    problem at `where` (the option that named them)."""
+    given = [str(Path(p).absolute()) for p in paths]  # a command-line path is the user's own, from the cwd
+    resolved, _sizes, problems = check_record_images(given, Path.cwd(), where, spec=spec)
+    if problems:
+        raise DataError(f"{where}: {len(problems)} image(s) cannot be used", problems)
+    return resolved
+
+
 def parse_boxes(value: Any, sizes: list[tuple[int, int] | None], where: str) -> tuple[list | None, list[Problem]]:
     """A record's `boxes`: one list of [x0, y0, x1, y1] pixel boxes per image, each inside its image."""
     if value is None:
