@@ -428,8 +428,9 @@ def export(
 @app.command()
 def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL format (several images each)."),
          out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for images/ and items.jsonl."),
-         boxes: Path = typer.Option(None, "--boxes", help='JSON {"image path": [[x0, y0, x1, y1], ...]}; default: '
-                                    "each record's own 'boxes' (one list per image)."),
+         boxes: Path = typer.Option(None, "--boxes", help='JSON {"image path": [[x0, y0, x1, y1], ...]}, each key '
+                                    "an image path as the items file writes it (or absolute); default: each "
+                                    "record's own 'boxes' (one list per image)."),
          margin: float = typer.Option(0.1, min=0.0, help="Grow each box by this fraction of its size."),
          max_images: int = typer.Option(10, "--max-images", min=1, help="Images per item after cropping."),
          threshold: int = typer.Option(6, "--dedupe-threshold", min=0, help="pHash bits under which two images "
@@ -464,7 +465,8 @@ def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL fo
         boxes_for, found = grounding_boxes(grounding, paths, grounding_coords)
         stdout.print(f"grounding {grounding}: {found['boxes']} boxes on {found['images']} images "
                      f"({found['dropped']} outside their image, dropped)")
-    summaries = crop_file(items, out_dir, boxes_for, processor, margin, max_images, threshold, overwrite, boxes)
+    summaries = crop_file(items, out_dir, boxes_for, processor, margin, max_images, threshold, overwrite, boxes,
+                          warn=lambda text: console.print(text, style="bold yellow", markup=False, highlight=False))
     print_crop_summary(summaries, out_dir, stdout)
 
 
