@@ -362,7 +362,7 @@ def predict(
     task: str = typer.Option(..., "--task", "-t", help="One benchmark task, e.g. item-intelligence."),
     out: Path = typer.Option(..., "--out", "-o", help="Predictions JSONL (resumed if it exists)."),
     data_root: Path = typer.Option(None, "--data-root", help="Folder that relative image paths must stay inside "
-                                   "(default: the data file's folder)."),
+                                   "(default: the folder above the data file's, as for bench)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per generation batch."),
     limit: int = typer.Option(None, "--limit", min=1, help="At most N items."),
     load_in_4bit: bool = typer.Option(None, "--load-in-4bit/--no-4bit", help="Base precision (as bench)."),

@@ -78,10 +78,18 @@ def test_choice_answers_are_picked_from_the_options(catalog, tmp_path):
         assert line["prediction"] is None or line["prediction"] in record["options"]
 
 
+def test_predict_reads_a_bench_file_where_bench_reads_it(catalog, tmp_path):
+    """`bench/general.jsonl` names `../images/...`: predict takes it as bench does, without --data-root (one rule,
+    `records_root`: a records file's images may reach the folder above its own)."""
+    summary = run_predict("tiny-qwen2-vl", catalog["bench"] / "general.jsonl", "general", tmp_path / "g.jsonl",
+                          limit=2)
+    assert summary.total == 2 and len(lines(tmp_path / "g.jsonl")) == 2
+
+
 @pytest.mark.parametrize(("records", "expected"), [
     ([{"id": "a", "images": []}], "needs an 'id' and a non-empty 'images' list"),
     ([{"id": "a", "images": ["x.png"]}], "file not found"),
-    ([{"id": "a", "images": ["../x.png"]}], "relative path leaves the dataset folder"),
+    ([{"id": "a", "images": ["../../x.png"]}], "relative path leaves the dataset folder"),
 ])
 def test_bad_items_fail_before_any_model_loads(tmp_path, records, expected):
     data = tmp_path / "data"

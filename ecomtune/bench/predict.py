@@ -80,7 +80,7 @@ def run_predict(model: str, data: Path, task_name: str, out: Path, images: Image
                 on_progress=None, root: Path | None = None, overwrite: bool = False) -> PredictSummary:
     """Predict `task_name` for every item of `data` into `out` (see the module docstring). `on_progress(done,
     total)` is called when generation starts and after every batch. `root`: the folder relative image paths
-    must stay inside (default: the data file's folder)."""
+    must stay inside (default: the folder above the data file's, as for `bench`: `records_root`)."""
     tasks = resolve_tasks(task_name)
     if len(tasks) != 1:
         raise ConfigError("predict runs one task at a time", fix="pass --task NAME, e.g. --task item-intelligence")

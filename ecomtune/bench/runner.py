@@ -91,9 +91,8 @@ def run_bench(model: str, tasks: str, data: Path, out: Path | None = None, limit
         inputs = [("model folder", Path(model))] if Path(model).is_dir() else []
         check_file_output(Path(out), overwrite, Guarded(folders=[*inputs, ("benchmark data", Path(data))]))
     images = images or run_images(model)
-    root = Path(data).resolve().parent
     spec = model_backbone(model).spec
-    task_records = {t.name: read_task_records(Path(data) / f"{t.name}.jsonl", t, images, root, spec=spec)[:limit]
+    task_records = {t.name: read_task_records(Path(data) / f"{t.name}.jsonl", t, images, spec=spec)[:limit]
                     for t in chosen}
     for records in task_records.values():
         check_records_fit(records, spec)

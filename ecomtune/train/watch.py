@@ -271,9 +271,8 @@ def probe_records(probe, spec, images) -> dict[str, list[dict[str, Any]]]:
     from ecomtune.bench.runner import resolve_tasks
 
     records = {}
-    root = Path(probe.data).resolve().parent
     for task in resolve_tasks(",".join(probe.tasks)):
-        found = read_task_records(Path(probe.data) / f"{task.name}.jsonl", task, images, root, spec=spec)
+        found = read_task_records(Path(probe.data) / f"{task.name}.jsonl", task, images, spec=spec)
         check_records_fit(found[:probe.items], spec)
         records[task.name] = found[:probe.items]
     return records
