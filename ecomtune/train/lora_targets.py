@@ -4,8 +4,9 @@ PEFT receives one regex per stage (`(q_proj|v_porj)` under the language model's 
 layer is silently ignored: the run trains something else than the recipe says. Here every entry of
 `<stage>.lora.targets` (and `vision_targets` when `vision: lora`) must match at least one layer LoRA can wrap
 inside its component, or the stage is refused with the key, the entry and the layer names that exist. The rule
-runs twice on the same code: on the model's weightless skeleton while the stage's inputs are read (before any data
-is measured or weights load; `read_stage`), and on the loaded model just before PEFT wraps it (`lora_model`).
+runs twice on the same code: on the model's weightless skeleton once the stage's data is read and checked
+(before any sample is measured or weights load; `read_stage`), and on the loaded model just before PEFT wraps
+it (`lora_model`).
 """
 
 from __future__ import annotations
@@ -95,10 +96,11 @@ def checked_lora_targets(model: nn.Module, roles: ResolvedRoles, spec: BackboneS
 
 def check_lora_targets_early(recipe, stage, stage_name: str, backbone) -> None:
     """The same check on the backbone's weightless skeleton (config only, meta device): a misspelt target is
-    refused in seconds, before the data is read and measured and before any weights load."""
-    from ecomtune.backbones.loading import role_overrides, weightless_skeleton
+    refused in seconds, before the data is measured and before any weights load."""
+    from ecomtune.backbones.loading import check_available, role_overrides, weightless_skeleton
     from ecomtune.backbones.spec import resolve_roles
 
+    check_available(backbone)  # a hub model that cannot be fetched: its one message, not the config loader's
     skeleton = weightless_skeleton(backbone)
     roles = resolve_roles(skeleton, backbone.spec, role_overrides(recipe.backbone))
     checked_lora_targets(skeleton, roles, backbone.spec, stage, stage_name)

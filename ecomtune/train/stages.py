@@ -146,10 +146,10 @@ def read_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> StageIn
     backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.seed, recipe.backbone.revision)
     if stage.packing:
         check_packable(backbone.spec, f"{stage_name}.packing")
-    if isinstance(stage, LoraStage):
-        check_lora_targets_early(recipe, stage, stage_name, backbone)
     read = load_stage_samples(stage.data, backbone.spec, stage.images, stage.train.seed, f"{stage_name}.data",
                               stage.prepare_workers)
+    if isinstance(stage, LoraStage):  # after the data check (which never contacts the hub), before measuring
+        check_lora_targets_early(recipe, stage, stage_name, backbone)
     return StageInput(backbone, load_processor(backbone, recipe.backbone), read)
 
 
