@@ -6,6 +6,7 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -548,8 +549,14 @@ def main() -> None:
             console.print("[bold red]This is a bug in ecomtune, not something you did; please report it with the "
                           "traceback below.[/bold red]")
             raise
-        console.print("[bold red]error:[/bold red] ", end="")
-        console.print(error.render(), markup=False, highlight=False)
+        # Every process of a launch meets the same checks: the first process of each machine prints the message,
+        # the others one line, so 8 GPUs do not print it 8 times.
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            console.print("[bold red]error:[/bold red] ", end="")
+            console.print(error.render(), markup=False, highlight=False)
+        else:
+            console.print(f"process {os.environ.get('RANK', '?')}: stopped: {error.title.splitlines()[0]} (the "
+                          "machine's first process prints it in full)", markup=False, highlight=False)
         sys.exit(2)
 
 

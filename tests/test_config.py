@@ -290,3 +290,12 @@ def test_an_empty_recipe_is_refused_naming_the_file(tmp_path, text):
     result = run_cli("validate", str(path))
     assert result.returncode == 2 and "is empty" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "recipes" / "accelerate").glob("*.yaml")), ids=lambda p: p.stem)
+def test_an_accelerate_preset_given_as_a_recipe_is_named_as_such(preset):
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(preset)
+    text = caught.value.render()
+    assert "is an accelerate launch config, not a recipe" in text and "unknown key" not in text
+    assert f"accelerate launch --config_file {preset} -m ecomtune" in text

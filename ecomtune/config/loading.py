@@ -112,6 +112,13 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
                                                "train with the defaults, leave --recipe out")])
     if not isinstance(data, dict):
         raise ConfigError("Recipe must be a YAML mapping", [Problem(f"got {type(data).__name__}", str(path))])
+    launch_keys = [key for key in ("compute_environment", "distributed_type") if key in data]
+    if launch_keys:  # one key-by-key "unknown key" list would not say what went wrong
+        raise ConfigError(f"{path} is an accelerate launch config, not a recipe (it has {', '.join(launch_keys)})",
+                          [Problem("a launch preset says how processes start; a recipe says what trains",
+                                   f"{path}:{lines.get((launch_keys[0],), 1)}",
+                                   f"accelerate launch --config_file {path} -m ecomtune <stage> --recipe RECIPE ...")],
+                          fix="give --recipe a recipe (`ecomtune recipes` lists the shipped ones)")
     if repeats:
         raise ConfigError(f"Recipe {path} repeats {len(repeats)} key(s); YAML would silently keep only the last", [
             Problem(f"key '{'.'.join(key)}' repeats {path}:{first}", f"{path}:{line}",
