@@ -171,3 +171,27 @@ def test_an_interrupted_overwrite_never_passes_old_answers_off_as_new(items, tmp
                           overwrite=True)
     assert (resumed.skipped, resumed.predicted) == (2, 2), "only this run's own partial answers are kept"
     assert {line["strategy"] for line in lines(out)} == {"primary"} and len(lines(out)) == 4
+
+
+def test_a_prompt_past_the_models_context_is_refused_before_generation(catalog, tmp_path):
+    """A record with a huge title (about 6,000 tokens; the tiny model's context is 4,096) is named with its
+    file:line by bench and predict alike, before anything is generated or written; not run out of memory."""
+    from ecomtune.bench.runner import run_bench
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    records = [json.loads(line) for line in (catalog["bench"] / "aspect-prediction.jsonl").read_text().splitlines()]
+    records = records[:3]
+    records[1]["title"] = "very long title " * 2000
+    for record in records:
+        record["images"] = [str((catalog["bench"] / image).resolve()) for image in record["images"]]
+    path = bench / "aspect-prediction.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(DataError) as caught:
+        run_bench("tiny-qwen2-vl", "aspect-prediction", bench, out=tmp_path / "results.json")
+    text = caught.value.render()
+    assert "1 prompt(s) do not fit the model's context of 4096 tokens" in text and f"{path}:2" in text
+    assert not (tmp_path / "results.json").exists()
+    with pytest.raises(DataError, match=rf"(?s)context of 4096.*{path}:2"):
+        run_predict("tiny-qwen2-vl", path, "aspect-prediction", tmp_path / "p.jsonl")
+    assert not (tmp_path / "p.jsonl").exists() and not partial_path(tmp_path / "p.jsonl").exists()

@@ -137,7 +137,8 @@ class BenchProbe(TrainerCallback):
                 task = TASKS[name]
                 answers = [a for batch in generate_batches(loaded, [task.prompt(r) for r in records],
                                                            [r["images"] for r in records], task.max_new_tokens,
-                                                           self.batch_size) for a in batch]
+                                                           self.batch_size, [r["_source"] for r in records])
+                           for a in batch]
                 found[name] = float(task.score(records, answers, FieldMatchJudge())[0][HEADLINE[name]])
             return found
         finally:
