@@ -6,6 +6,7 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -362,7 +363,7 @@ def predict(
     task: str = typer.Option(..., "--task", "-t", help="One benchmark task, e.g. item-intelligence."),
     out: Path = typer.Option(..., "--out", "-o", help="Predictions JSONL (resumed if it exists)."),
     data_root: Path = typer.Option(None, "--data-root", help="Folder that relative image paths must stay inside "
-                                   "(default: the data file's folder)."),
+                                   "(default: the folder above the data file's, as for bench)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per generation batch."),
     limit: int = typer.Option(None, "--limit", min=1, help="At most N items."),
     load_in_4bit: bool = typer.Option(None, "--load-in-4bit/--no-4bit", help="Base precision (as bench)."),
@@ -428,8 +429,9 @@ def export(
 @app.command()
 def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL format (several images each)."),
          out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for images/ and items.jsonl."),
-         boxes: Path = typer.Option(None, "--boxes", help='JSON {"image path": [[x0, y0, x1, y1], ...]}; default: '
-                                    "each record's own 'boxes' (one list per image)."),
+         boxes: Path = typer.Option(None, "--boxes", help='JSON {"image path": [[x0, y0, x1, y1], ...]}, each key '
+                                    "an image path as the items file writes it (or absolute); default: each "
+                                    "record's own 'boxes' (one list per image)."),
          margin: float = typer.Option(0.1, min=0.0, help="Grow each box by this fraction of its size."),
          max_images: int = typer.Option(10, "--max-images", min=1, help="Images per item after cropping."),
          threshold: int = typer.Option(6, "--dedupe-threshold", min=0, help="pHash bits under which two images "
@@ -464,7 +466,8 @@ def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL fo
         boxes_for, found = grounding_boxes(grounding, paths, grounding_coords)
         stdout.print(f"grounding {grounding}: {found['boxes']} boxes on {found['images']} images "
                      f"({found['dropped']} outside their image, dropped)")
-    summaries = crop_file(items, out_dir, boxes_for, processor, margin, max_images, threshold, overwrite, boxes)
+    summaries = crop_file(items, out_dir, boxes_for, processor, margin, max_images, threshold, overwrite, boxes,
+                          warn=lambda text: console.print(text, style="bold yellow", markup=False, highlight=False))
     print_crop_summary(summaries, out_dir, stdout)
 
 
@@ -546,8 +549,14 @@ def main() -> None:
             console.print("[bold red]This is a bug in ecomtune, not something you did; please report it with the "
                           "traceback below.[/bold red]")
             raise
-        console.print("[bold red]error:[/bold red] ", end="")
-        console.print(error.render(), markup=False, highlight=False)
+        # Every process of a launch meets the same checks: the first process of each machine prints the message,
+        # the others one line, so 8 GPUs do not print it 8 times.
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            console.print("[bold red]error:[/bold red] ", end="")
+            console.print(error.render(), markup=False, highlight=False)
+        else:
+            console.print(f"process {os.environ.get('RANK', '?')}: stopped: {error.title.splitlines()[0]} (the "
+                          "machine's first process prints it in full)", markup=False, highlight=False)
         sys.exit(2)
 
 

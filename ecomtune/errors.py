@@ -38,6 +38,7 @@ class EcomtuneError(Exception):
         lines += [f"  - {p.render()}".replace("\n", "\n  ") for p in self.problems]
         if self.fix:
             lines.append(f"fix: {self.fix}")
+        lines += [f"note: {note}" for note in getattr(self, "__notes__", ())]  # what else went wrong on the way
         return "\n".join(lines)
 
 
@@ -77,6 +78,14 @@ _OS_FAULTS = {
 def user_facing(exc: BaseException) -> EcomtuneError | None:
     """The user-facing error an exception stands for, by category, or None when it is a bug. The CLI calls this
     once at its boundary, so no command needs a `try` per case."""
+    error = _user_facing(exc)
+    if error is not None and error is not exc:
+        for note in getattr(exc, "__notes__", ()):  # e.g. a log file that stopped on the way (`capture_to`)
+            error.add_note(note)
+    return error
+
+
+def _user_facing(exc: BaseException) -> EcomtuneError | None:
     if isinstance(exc, EcomtuneError):
         return exc
     if isinstance(exc, OSError) and exc.errno in _OS_FAULTS:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,12 +56,40 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning)
 
 
+class QuietFileHandler(logging.FileHandler):
+    """A FileHandler that stops at its first failed write instead of printing "--- Logging error ---" and a
+    traceback for every later record (a full disk fails every record). The failure is kept (`failure`) for the
+    one message that ends the command."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.failure: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failure is None:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failure = sys.exc_info()[1]
+        with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+            self.close()
+
+    def note(self) -> str | None:
+        """What to tell the user about the log, when a write to it failed."""
+        if self.failure is None:
+            return None
+        return (f"the libraries' log {self.baseFilename} stopped being written at the first failed write "
+                f"({self.failure}); records after it were dropped")
+
+
 @contextlib.contextmanager
 def capture_to(path: Path) -> Iterator[None]:
     """Write every library log record (INFO and up) and warning to `path` for the duration of the block; the
-    terminal keeps what `quiet_libraries` lets through."""
+    terminal keeps what `quiet_libraries` lets through. When a write to the log fails (a full disk), the log
+    stops there, quietly, and the command's final message says so: an exception leaving the block carries it as
+    a note; a block that ends well prints it once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = QuietFileHandler(path)
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     levels, propagates = {}, {}
@@ -75,6 +104,13 @@ def capture_to(path: Path) -> Iterator[None]:
     console_levels = _terminal_handlers_at(logging.ERROR) if not verbose() else {}
     try:
         yield
+    except BaseException as exc:
+        if handler.note() is not None:
+            exc.add_note(handler.note())
+        raise
+    else:
+        if handler.note() is not None:
+            print(f"note: {handler.note()}", file=sys.stderr)
     finally:
         for name in LIBRARY_LOGGERS:
             logger = logging.getLogger(name)
@@ -83,7 +119,8 @@ def capture_to(path: Path) -> Iterator[None]:
             logger.propagate = propagates[name]
         for terminal, level in console_levels.items():
             terminal.setLevel(level)
-        handler.close()
+        with contextlib.suppress(OSError):  # a last flush onto a full disk: the run's outcome is decided
+            handler.close()
 
 
 def _terminal_handlers_at(level: int) -> dict[logging.Handler, int]:

@@ -278,3 +278,25 @@ align:
                        (7, "align.packing: true, but max_length is None"),
                        (11, "align.quant.quantize_vision: true, but quant.load_in_4bit is false")):
         assert f"{path}:{line}: {what}" in result.stderr, what
+
+
+@pytest.mark.parametrize("text", ["", "# sft:\n#   lora:\n#     r: 8\n", "\n\n---\n", "{}\n"],
+                         ids=["zero-bytes", "only-comments", "empty-document", "empty-mapping"])
+def test_an_empty_recipe_is_refused_naming_the_file(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="is empty") as caught:
+        load_recipe(path)
+    assert str(path) in caught.value.render() and "leave --recipe out" in caught.value.render()
+    result = run_cli("validate", str(path))
+    assert result.returncode == 2 and "is empty" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "recipes" / "accelerate").glob("*.yaml")), ids=lambda p: p.stem)
+def test_an_accelerate_preset_given_as_a_recipe_is_named_as_such(preset):
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(preset)
+    text = caught.value.render()
+    assert "is an accelerate launch config, not a recipe" in text and "unknown key" not in text
+    assert f"accelerate launch --config_file {preset} -m ecomtune" in text

@@ -261,3 +261,71 @@ def test_a_text_only_llm_verifies_captions_and_is_refused_where_images_are_shown
         row["clean_kept"] for row in report["aspects"].values()), "every cleaned aspect has a verdict"
     with pytest.raises(ConfigError, match="text-only model"):
         run_curate(catalog["listings"], tmp_path / "d", CurateOptions(verifier=str(llm), verify="vqa"))
+
+
+HOLD_LOCK = ("from ecomtune.runs.outputs import OutputLock; import time, sys; "
+             "lock = OutputLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)")
+
+
+def test_two_curations_at_once_the_second_is_refused_and_leaves_nothing(catalog, tmp_path):
+    """The same --out, or the same shared --cache: whichever is held, the second command is refused, and a
+    refusal over the cache leaves no trace in its own --out."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    for held, out, cache, option in ((tmp_path / "same", tmp_path / "same", None, "output folder"),
+                                     (tmp_path / "cache.jsonl", tmp_path / "other", tmp_path / "cache.jsonl",
+                                      "--cache file")):
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(held)], cwd=REPO, stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            with pytest.raises(ConfigError) as caught:
+                run_curate(catalog["listings"], out, CurateOptions(**{**VQA.__dict__, "limit": 2, "cache": cache}))
+            text = caught.value.render()
+            assert f"Another ecomtune command is writing to {held}" in text and f"choose another {option}" in text
+            assert not out.exists() or not any(out.iterdir()), f"a refused curation wrote into {out}"
+        finally:
+            holder.kill()
+            holder.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_curate_killed_with_sigkill_resumes_to_what_one_run_gives(catalog, tmp_path):
+    """A real `kill -9` in the middle of verification (answers cached batch by batch, the listings' chunk not yet
+    appended); the rerun reuses what reached the cache and ends with the verdicts of a run straight through."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    options = CurateOptions(**{**VQA.__dict__, "limit": 4, "batch_size": 4})
+    straight = run_curate(catalog["listings"], tmp_path / "straight", options)
+    args = ["curate", str(catalog["listings"]), "--verify", "vqa", "--verifier", "tiny-qwen2-vl", "--limit", "4",
+            "--batch-size", "4"]
+    out = tmp_path / "killed"
+    victim = subprocess.Popen([sys.executable, "-m", "ecomtune", *args, "--out", str(out)], cwd=REPO,
+                              env={**os.environ, "COLUMNS": "200"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    cache = out / "cache.jsonl"
+    deadline = time.monotonic() + 240
+    while victim.poll() is None and time.monotonic() < deadline:
+        if cache.is_file() and cache.read_bytes().count(b"\n") >= 8:  # two batches answered
+            victim.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert victim.wait(timeout=60) == -signal.SIGKILL, "killed in the middle, not after the end"
+    assert not (out / "report.json").exists()
+    cached_before = len(cache.read_bytes().splitlines())
+    resumed = run_cli(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["throughput"]["verify"]["cached"] >= min(8, cached_before - 1)  # a torn last line is asked again
+    verdicts = {x["id"]: x for x in lines(out / "steps" / "verdicts.jsonl")}
+    assert verdicts == {x["id"]: x for x in lines(tmp_path / "straight" / "steps" / "verdicts.jsonl")}
+    assert report["aspects"] == straight["aspects"] and report["truth"] == straight["truth"]

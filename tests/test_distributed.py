@@ -357,3 +357,28 @@ def test_zero3_qlora_on_two_cpu_processes_saves_a_plain_peft_adapter(tmp_path):
     model = PeftModel.from_pretrained(base, str(out))
     loaded = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
     assert loaded and all(torch.equal(v, saved[k.replace(".default", "")]) for k, v in loaded.items())
+
+
+@pytest.mark.slow
+def test_a_wrong_recipe_under_a_real_preset_launch_is_one_message_per_machine(tmp_path):
+    """`accelerate launch` of the shipped ZeRO-3 preset with align (refused under ZeRO-3): both processes meet
+    the check; the first prints the message in full, the other says in one line that it stopped. Nothing is
+    written. (torchrun then adds its own failure report, which is the launcher's.)"""
+    pytest.importorskip("deepspeed")
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "align"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(PRESETS / "deepspeed-zero3-qlora.yaml"), "--num_processes", "2",
+              "-m", "ecomtune", "align", "--recipe", str(TINY), "--output", str(out)]
+    env = {**os.environ, "COLUMNS": "200",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.count("error: align: the recipe does not fit the launch (DeepSpeed ZeRO-3") == 1, \
+        result.stderr[-3000:]
+    assert result.stderr.count("process 1: stopped: align: the recipe does not fit the launch") == 1
+    assert "launch align with recipes/accelerate/ddp.yaml" in result.stderr
+    assert not out.exists() and not (tmp_path / ".align.lock").exists()

@@ -162,3 +162,22 @@ def test_export_refuses_unfinished_runs_and_keeps_an_existing_out(tuned, tmp_pat
     assert result.returncode == 0, result.stderr
     assert "greedy-token agreement" in result.stdout and "100.0%" in result.stdout
     assert not (out / "notes.txt").exists() and (out / "model.safetensors").is_file()
+
+
+def test_export_images_go_through_the_training_image_checks(tuned, tmp_path):
+    """A truncated JPEG and a 201:1 image are refused as data errors (both at once), before any model loads."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "whole.jpg", quality=95)
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    Image.new("RGB", (402, 2), (0, 0, 255)).save(tmp_path / "wide.png")
+    out = tmp_path / "out"
+    result = run_cli("export", str(tuned("qwen2-vl")), "--out", str(out), "--samples", "1",
+                     "--image", str(tmp_path / "truncated.jpg"), "--image", str(tmp_path / "wide.png"))
+    text = result.stdout + result.stderr
+    assert result.returncode == 2 and "bug" not in text and "Traceback" not in text, text
+    assert "--image: 2 image(s) cannot be used" in text
+    assert "truncated.jpg" in text and "unreadable image" in text
+    assert "wide.png" in text and "aspect ratio 201:1 exceeds the 200:1" in text
+    assert not out.exists()

@@ -98,3 +98,23 @@ def test_report_holds_the_scores_and_every_example(catalog, tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
     inside = run_cli("bench", "report", str(after), "--out", str(after))
     assert inside.returncode == 2 and "Traceback" not in inside.stderr
+
+
+def test_thumbnails_show_the_image_as_the_model_saw_it(tmp_path):
+    """Through the one image loader: transparency on white (not black), EXIF orientation applied, and an
+    unreadable file gives no thumbnail rather than an error."""
+    from ecomtune.bench.html_report import _thumbnail
+
+    Image.new("RGBA", (40, 20), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: displayed 20 wide, 40 high
+    Image.new("RGB", (40, 20), (10, 200, 10)).save(tmp_path / "phone.jpg", exif=exif)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0not a jpeg")
+
+    def decoded(path):
+        uri = _thumbnail(str(path))
+        return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")
+
+    assert min(decoded(tmp_path / "clear.png").getpixel((5, 5))) > 240
+    assert decoded(tmp_path / "phone.jpg").size == (20, 40)
+    assert _thumbnail(str(tmp_path / "broken.jpg")) is None

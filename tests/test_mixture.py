@@ -15,12 +15,12 @@ from ecomtune.config.loading import load_recipe
 from ecomtune.config.schema import DataSource
 from ecomtune.data.mixture import parse_rule, select_rows
 from ecomtune.data.stage_samples import load_stage_samples
-from ecomtune.errors import ConfigError
+from ecomtune.errors import ConfigError, DataError
 from tests.conftest import REPO, run_cli
 
 
 def rows(rule: str, available: int, seed: int = 0, salt: str = "") -> list[int]:
-    return select_rows(parse_rule(rule), available, seed, salt)
+    return select_rows(parse_rule(rule), available, seed, salt).tolist()
 
 
 def test_rules_take_the_rows_they_name():
@@ -54,6 +54,50 @@ def test_a_recipe_with_a_typo_in_a_rule_names_its_line(tmp_path):
     recipe.write_text("sft:\n  data:\n    - path: a.jsonl\n      sampling: frist:10%\n")
     with pytest.raises(ConfigError, match=r"(?s)r\.yaml:\d.*unknown sampling rule 'frist:10%'"):
         load_recipe(recipe)
+
+
+def test_each_entry_of_a_mixture_names_its_own_line(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sft:\n  data:\n    - path: a.jsonl\n      sampling: first:10\n    - path: b.jsonl\n"
+                      "      sampling: frist:10\n    - path: c.jsonl\n      sampling: random:0\n")
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(recipe)
+    problems = {p.where: p.what for p in caught.value.problems}
+    assert "unknown sampling rule 'frist:10'" in problems[f"{recipe}:6"]
+    assert "'random:0'" in problems[f"{recipe}:8"] and len(problems) == 2
+
+
+def test_a_rule_repeats_its_source_at_most_100_times():
+    assert rows("first:10000%", 3)[-3:] == [0, 1, 2] and len(rows("first:10000%", 3)) == 300
+    with pytest.raises(ValueError, match=r"repeat the source 1,000,000 times; at most 100 \(first:10000%\)"):
+        parse_rule("first:100000000%")
+    assert rows("first:100000000", 10) == list(range(10)), "a count takes at most every row: no repeats"
+
+
+def test_a_runaway_repeat_in_a_recipe_is_refused_at_its_line(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sft:\n  data:\n    - path: a.jsonl\n    - path: b.jsonl\n      sampling: first:100000000%\n")
+    with pytest.raises(ConfigError, match=rf"(?s){recipe}:5: .*repeat the source 1,000,000 times"):
+        load_recipe(recipe)
+
+
+def test_a_billion_row_mixture_is_refused_before_any_row_is_read(tmp_path):
+    """Ten entries, each 100 passes over a million rows: refused from the row counts alone (no row is parsed:
+    they are not even valid records), in seconds and without building the billion-row order."""
+    import resource
+    import time
+
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(b"{}\n" * 1_000_000)
+    started = time.monotonic()
+    with pytest.raises(DataError) as caught:
+        load_stage_samples([DataSource(path=str(big), format="canonical", sampling="first:10000%")] * 10,
+                           title="sft.data")
+    text = caught.value.render()
+    assert "would realise 1,000,000,000 rows, more than the 100,000,000" in text and "nothing was read" in text
+    assert text.count(f"{big}: first:10000% of 1,000,000 rows takes 100,000,000") == 10
+    print(f"refused in {time.monotonic() - started:.1f}s, peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB")
 
 
 def llava_captions(catalog, folder: Path) -> Path:

@@ -199,3 +199,35 @@ def test_location_problems_by_hand(tmp_path: Path) -> None:
         assert "--out" in exc.render() and exc.problems
     else:
         raise AssertionError("check_location let --out be the image folder")
+
+
+def test_crop_boxes_keys_are_image_paths_as_the_items_file_writes_them(tmp_path: Path) -> None:
+    """The boxes file sits elsewhere (not beside the items): its keys still mean what the items file writes. A key
+    that names no image is reported with the count; a file none of whose keys names one is refused."""
+    from ecomtune.backbones.loading import load_processor
+    from ecomtune.backbones.registry import resolve_backbone
+    from ecomtune.data.item_crops import boxes_from_file, crop_file
+    from ecomtune.data.schema import load_samples
+    from ecomtune.errors import DataError
+
+    items = _multi_image_items(tmp_path / "data")
+    boxes = tmp_path / "elsewhere" / "boxes.json"
+    boxes.parent.mkdir()
+    boxes.write_text(json.dumps({"images/item0_1.png": [[20, 20, 60, 60]],
+                                 str(items.parent / "images" / "item1_0.png"): [[5, 5, 40, 40]],
+                                 "images/item9_9.png": [[1, 1, 9, 9]]}))
+    result = run_cli("crop", str(items), "--out", str(tmp_path / "cropped"), "--boxes", str(boxes))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"warning: 1 of 3 key(s) of {boxes} name no image of {items} and are ignored: 'images/item9_9.png'" \
+        in one_line(result.stderr)
+    cropped = [s.images for s in load_samples(tmp_path / "cropped" / "items.jsonl")]
+    assert any(p.endswith("_crop1.png") for p in cropped[0]) and any(p.endswith("_crop0.png") for p in cropped[1])
+
+    boxes.write_text(json.dumps({"item0_1.png": [[20, 20, 60, 60]], "../images/item1_0.png": [[5, 5, 40, 40]]}))
+    processor = load_processor(resolve_backbone("tiny-qwen2-vl"))
+    with pytest.raises(DataError) as raised:
+        crop_file(items, tmp_path / "none", boxes_from_file(boxes), processor, boxes_file=boxes)
+    text = raised.value.render()
+    assert f"none of its 2 key(s) names an image of {items}, so nothing would be cropped" in text
+    assert "'item0_1.png' is" in text and "as the items file writes it" in text
+    assert not (tmp_path / "none").exists()

@@ -78,10 +78,18 @@ def test_choice_answers_are_picked_from_the_options(catalog, tmp_path):
         assert line["prediction"] is None or line["prediction"] in record["options"]
 
 
+def test_predict_reads_a_bench_file_where_bench_reads_it(catalog, tmp_path):
+    """`bench/general.jsonl` names `../images/...`: predict takes it as bench does, without --data-root (one rule,
+    `records_root`: a records file's images may reach the folder above its own)."""
+    summary = run_predict("tiny-qwen2-vl", catalog["bench"] / "general.jsonl", "general", tmp_path / "g.jsonl",
+                          limit=2)
+    assert summary.total == 2 and len(lines(tmp_path / "g.jsonl")) == 2
+
+
 @pytest.mark.parametrize(("records", "expected"), [
     ([{"id": "a", "images": []}], "needs an 'id' and a non-empty 'images' list"),
     ([{"id": "a", "images": ["x.png"]}], "file not found"),
-    ([{"id": "a", "images": ["../x.png"]}], "relative path leaves the dataset folder"),
+    ([{"id": "a", "images": ["../../x.png"]}], "relative path leaves the dataset folder"),
 ])
 def test_bad_items_fail_before_any_model_loads(tmp_path, records, expected):
     data = tmp_path / "data"
@@ -163,3 +171,27 @@ def test_an_interrupted_overwrite_never_passes_old_answers_off_as_new(items, tmp
                           overwrite=True)
     assert (resumed.skipped, resumed.predicted) == (2, 2), "only this run's own partial answers are kept"
     assert {line["strategy"] for line in lines(out)} == {"primary"} and len(lines(out)) == 4
+
+
+def test_a_prompt_past_the_models_context_is_refused_before_generation(catalog, tmp_path):
+    """A record with a huge title (about 6,000 tokens; the tiny model's context is 4,096) is named with its
+    file:line by bench and predict alike, before anything is generated or written; not run out of memory."""
+    from ecomtune.bench.runner import run_bench
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    records = [json.loads(line) for line in (catalog["bench"] / "aspect-prediction.jsonl").read_text().splitlines()]
+    records = records[:3]
+    records[1]["title"] = "very long title " * 2000
+    for record in records:
+        record["images"] = [str((catalog["bench"] / image).resolve()) for image in record["images"]]
+    path = bench / "aspect-prediction.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(DataError) as caught:
+        run_bench("tiny-qwen2-vl", "aspect-prediction", bench, out=tmp_path / "results.json")
+    text = caught.value.render()
+    assert "1 prompt(s) do not fit the model's context of 4096 tokens" in text and f"{path}:2" in text
+    assert not (tmp_path / "results.json").exists()
+    with pytest.raises(DataError, match=rf"(?s)context of 4096.*{path}:2"):
+        run_predict("tiny-qwen2-vl", path, "aspect-prediction", tmp_path / "p.jsonl")
+    assert not (tmp_path / "p.jsonl").exists() and not partial_path(tmp_path / "p.jsonl").exists()

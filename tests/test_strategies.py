@@ -163,6 +163,35 @@ def test_absolute_paths_and_a_wider_root_are_allowed(folder):
     assert load_samples(write(folder, [record(["../outside.png"])]), root=folder.parent)[0].images == [outside]
 
 
+def test_a_linked_image_folder_is_followed_but_dotdot_may_not_climb_out_through_it(tmp_path):
+    """`images -> ../store/images` (one image store for several datasets) is the user's own link: followed. A
+    `..` that leaves the dataset, as written or past a link's target, is still refused, and says why."""
+    from ecomtune.config.schema import DataSource
+    from ecomtune.data.stage_samples import load_stage_samples
+
+    store = tmp_path / "store"
+    (store / "images").mkdir(parents=True)
+    Image.new("RGB", (40, 30), (0, 120, 0)).save(store / "images" / "a.png")
+    Image.new("RGB", (40, 30), (0, 0, 120)).save(store / "elsewhere.png")
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "images").symlink_to(Path("..") / "store" / "images")
+    path = write(dataset, [record(["images/a.png"])])
+    assert load_samples(path)[0].images == [str((store / "images" / "a.png").resolve())]
+    assert len(load_stage_samples([DataSource(path=str(path))]).samples) == 1  # the training reader too
+
+    with pytest.raises(DataError) as caught:
+        load_samples(write(dataset, [record(["images/a.png"]), record(["images/../elsewhere.png"])]))
+    (problem,) = caught.value.problems  # `..` applies to the path as written: never the store's elsewhere.png
+    assert problem.where == f"{dataset / 'data.jsonl'}:2"
+    assert f"file not found at {dataset.resolve() / 'elsewhere.png'}" in problem.what
+    with pytest.raises(DataError) as caught:
+        load_samples(write(dataset, [record(["../store/images/a.png"])]))
+    (problem,) = caught.value.problems
+    assert "leaves the dataset folder" in problem.what and "through '..'" in problem.what
+    assert "a link there to where they are, e.g. images -> /store/images, is followed" in problem.fix
+
+
 def test_single_image_family_with_all_names_the_strategies_to_use(folder):
     from ecomtune.backbones.families import LLAVA
 

@@ -64,8 +64,8 @@ class ScriptedScores(BenchProbe):
     """The guard's decisions given a known sequence of general scores (the probe's own scoring is the real one in
     the test above): the weights restored, training stopped, the run saved."""
 
-    def __init__(self, sequence: list[float]) -> None:
-        super().__init__(None, {}, every=1, general_drop_limit=0.05, on_general_drop="stop")
+    def __init__(self, sequence: list[float], every: int = 1) -> None:
+        super().__init__(None, {}, every=every, general_drop_limit=0.05, on_general_drop="stop")
         self.sequence = sequence
 
     def scores(self, model) -> dict[str, float]:
@@ -94,6 +94,27 @@ def test_general_drop_stops_training_and_keeps_the_last_weights_within_the_limit
         key = next(k for k in lora_b if name.replace(".default", "").endswith(k.removeprefix("base_model.model.")))
         assert torch.equal(lora_b[key], value), key
     assert result.manifest["stopped_early"]["weights_from_step"] == 1
+
+
+def test_the_last_step_is_always_probed_so_the_saved_weights_are_guarded(catalog, tmp_path):
+    """every: 3 on a 4-step run probes steps 0, 3 and 4: a fall at the last step puts back step 3's weights."""
+    guard = ScriptedScores([0.50, 0.49, 0.20], every=3)
+    result = run_stage("sft", recipe(catalog), tmp_path / "sft", callbacks=[guard])
+    assert [entry["step"] for entry in guard.history] == [0, 3, 4]
+    assert guard.stopped is not None and (guard.stopped["step"], guard.stopped["weights_from_step"]) == (4, 3)
+    assert result.manifest["stopped_early"]["weights_from_step"] == 3
+
+
+def test_guard_settings_that_guard_nothing_are_refused():
+    with pytest.raises(ConfigError, match="on_general_drop: 'stop', but general_drop_limit is not set"):
+        load_recipe(None, ["sft.probe.data=bench", "sft.probe.on_general_drop=stop"])
+    with pytest.raises(ConfigError, match="general_drop_limit: set, but `general` is not among"):
+        load_recipe(None, ["sft.probe.data=bench", "sft.probe.tasks=[deep-fashion]",
+                           "sft.probe.general_drop_limit=0.1"])
+    with pytest.raises(ConfigError, match="general_drop_limit"):
+        load_recipe(None, ["sft.probe.data=bench", "sft.probe.general_drop_limit=5"])  # points, not a fraction
+    chosen = load_recipe(None, ["sft.probe.data=bench", "sft.probe.general_drop_limit=0.05"])
+    assert chosen.sft.probe.on_general_drop == "warn"
 
 
 def test_missing_tracker_and_probe_task_are_refused_before_loading(catalog, tmp_path):

@@ -51,16 +51,16 @@ def example_passed(task: str, example: dict[str, Any]) -> bool:
 
 
 def _thumbnail(path: str) -> str | None:
-    """A JPEG data URI of the image at `path`, or None when it cannot be read (moved since the bench ran)."""
-    from PIL import Image, UnidentifiedImageError
+    """A JPEG data URI of the image at `path` as the model saw it (`load_rgb`: EXIF orientation, transparency on
+    white), or None when it cannot be read (moved or damaged since the bench ran)."""
+    from ecomtune.data.images import UNREADABLE, load_rgb
 
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((THUMBNAIL, THUMBNAIL))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=85)
-    except (OSError, UnidentifiedImageError):
+        image = load_rgb(path)
+        image.thumbnail((THUMBNAIL, THUMBNAIL))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+    except UNREADABLE:
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecomtune.bench.lmms_eval_tasks import scalar_metrics
-from ecomtune.bench.records import read_task_records
+from ecomtune.bench.records import read_task_records, records_root
 from ecomtune.bench.tasks import Task
 from ecomtune.config.schema import ImageSettings
 from ecomtune.errors import ConfigError, DataError, Problem
@@ -151,7 +151,7 @@ def export_lmms_eval(out: Path, data: Path, tasks: list[Task], overwrite: bool =
     if not data.is_dir():
         raise ConfigError(f"--data {data} is not a folder",
                           fix="pass the folder holding <task>.jsonl files (default: data_samples/bench)")
-    root = data.parent
+    root = records_root(data / "task.jsonl")  # the folder above the records' own, as `ecomtune bench` reads them
     items, image_files = check_data(tasks, data, root)
     guarded = Guarded(folders=[("benchmark data", data)]).add_images(image_files)
     data_files = {t.name: data / f"{t.name}.jsonl" for t in tasks}

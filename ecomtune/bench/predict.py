@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ecomtune.bench.records import check_records_fit, read_task_records
-from ecomtune.bench.runner import generate_batches, resolve_tasks
+from ecomtune.bench.runner import check_records_fit_context, generate_batches, resolve_tasks
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.strategies import ref_paths
 from ecomtune.errors import ConfigError, Problem
@@ -80,7 +80,7 @@ def run_predict(model: str, data: Path, task_name: str, out: Path, images: Image
                 on_progress=None, root: Path | None = None, overwrite: bool = False) -> PredictSummary:
     """Predict `task_name` for every item of `data` into `out` (see the module docstring). `on_progress(done,
     total)` is called when generation starts and after every batch. `root`: the folder relative image paths
-    must stay inside (default: the data file's folder)."""
+    must stay inside (default: the folder above the data file's, as for `bench`: `records_root`)."""
     tasks = resolve_tasks(task_name)
     if len(tasks) != 1:
         raise ConfigError("predict runs one task at a time", fix="pass --task NAME, e.g. --task item-intelligence")
@@ -93,6 +93,7 @@ def run_predict(model: str, data: Path, task_name: str, out: Path, images: Image
         raise ConfigError(f"{data}: item id {duplicate!r} appears more than once",
                           fix="give every item a unique id: resuming skips items by id")
     check_records_fit(records, model_backbone(model).spec)
+    check_records_fit_context(model, {task.name: records})
 
     out, partial = Path(out), partial_path(Path(out))
     inputs = [("data file", Path(data))] + [("image", Path(p)) for r in records for ref in r["images"]
@@ -134,7 +135,8 @@ def _predict_into(partial: Path, model: str, load_in_4bit: bool | None, task, to
     if on_progress is not None:
         on_progress(0, len(todo))
     with partial.open("a", encoding="utf-8") as handle:
-        batches = generate_batches(loaded, prompts, [r["images"] for r in todo], task.max_new_tokens, batch_size)
+        batches = generate_batches(loaded, prompts, [r["images"] for r in todo], task.max_new_tokens, batch_size,
+                                   [r["_source"] for r in todo])
         for batch in batches:
             lines = []
             for record, answer in zip(todo[predicted:predicted + len(batch)], batch, strict=True):

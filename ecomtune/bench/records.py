@@ -2,10 +2,10 @@
 by the multi-image strategy.
 
 A record is one JSON object per line with an `id`, its `images` (a path or a list of paths, relative to
-the file; relative paths must stay inside the dataset root; checked as training images are, see
-`ecomtune.data.schema.check_record_images`), optional `boxes` (one list per image) and the fields its
-task reads (`Task.prompt_fields`, plus `Task.reference_fields` when it is scored). Problems are
-collected for the whole file and reported together, each with its file:line.
+the file; relative paths may reach the folder above the file's, no further: `records_root`; checked as
+training images are, see `ecomtune.data.schema.check_record_images`), optional `boxes` (one list per image)
+and the fields its task reads (`Task.prompt_fields`, plus `Task.reference_fields` when it is scored). Problems
+are collected for the whole file and reported together, each with its file:line.
 """
 
 from __future__ import annotations
@@ -22,8 +22,15 @@ from ecomtune.data.strategies import apply_strategy
 from ecomtune.errors import DataError, Problem
 
 MAX_REPORTED = 20
-ESCAPE_FIX = ("keep images inside the dataset folder, give absolute paths, or name a wider dataset root "
-              "(--data-root)")
+ESCAPE_FIX = ("keep images inside the dataset folder (a link there to where they are is followed), give "
+              "absolute paths, or name a wider dataset root (--data-root)")
+
+
+def records_root(path: Path) -> Path:
+    """Where a records file's relative image paths may reach: the folder above the file's own (a catalog keeps
+    `bench/` beside `images/`, and `bench/general.jsonl` names `../images/...`), no further. The one rule for
+    `bench`, `predict`, the in-training probe and the lmms-eval package; `--data-root` names another folder."""
+    return Path(path).resolve().parent.parent
 
 
 def present_images(record: dict[str, Any], settings: ImageSettings) -> list:
@@ -36,9 +43,9 @@ def present_images(record: dict[str, Any], settings: ImageSettings) -> list:
 def read_task_records(path: Path, task: Task, images: ImageSettings | None = None, root: Path | None = None,
                       scored: bool = True, spec: BackboneSpec | None = None) -> list[dict[str, Any]]:
     """A task's records with absolute image paths (presented by `images` when given). `root`: the folder
-    relative image paths may not leave (default: the file's folder). `scored`: the reference fields are
-    required too. `spec`: the backbone that will read them, so that an image its processor refuses (aspect
-    ratio) is named with its file:line before the model loads."""
+    relative image paths may not leave (default: `records_root`, the folder above the file's). `scored`: the
+    reference fields are required too. `spec`: the backbone that will read them, so that an image its processor
+    refuses (aspect ratio) is named with its file:line before the model loads."""
     if not path.is_file():
         raise DataError(f"No data for task {task.name}: {path} does not exist",
                         fix=f"pass --data FOLDER holding {path.name} (formats in README, 'Benchmark'), or make a "
@@ -57,8 +64,8 @@ def read_task_records(path: Path, task: Task, images: ImageSettings | None = Non
         if missing:
             problems.append(Problem(f"{task.name} record lacks {missing}", where, "see README, 'Benchmark', for the "
                                     "fields each task reads"))
-        paths, sizes, image_problems = check_record_images(record["images"], path.parent, where, root, spec,
-                                                           ESCAPE_FIX)
+        paths, sizes, image_problems = check_record_images(record["images"], path.parent, where,
+                                                           root or records_root(path), spec, ESCAPE_FIX)
         problems.extend(image_problems)
         boxes, box_problems = parse_boxes(record.get("boxes"), sizes, where)
         problems.extend(box_problems)

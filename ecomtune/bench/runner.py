@@ -21,7 +21,7 @@ from ecomtune.config.schema import ImageSettings
 from ecomtune.data.collator import adds_own_specials, batch_images
 from ecomtune.data.schema import ImageRef
 from ecomtune.data.strategies import open_image, ref_paths
-from ecomtune.errors import ConfigError
+from ecomtune.errors import ConfigError, DataError, Problem
 from ecomtune.runs.loading import (
     LoadedModel,
     load_for_inference,
@@ -32,9 +32,37 @@ from ecomtune.runs.loading import (
 from ecomtune.runs.manifest import versions, write_json_atomic
 
 
+def model_context(config) -> int | None:
+    """The language model's context (`max_position_embeddings`), None when the config does not say."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "max_position_embeddings", None)
+
+
+def check_prompts_fit(tokenizer, context: int | None, prompts: list[str], max_new_tokens: int,
+                      sources: list[str] | None = None) -> None:
+    """Every prompt's text tokens plus the answer's `max_new_tokens` must fit the model's `context` (images come
+    on top). A prompt past it (a record with a huge title or description) is refused before anything is
+    generated, each named by `sources` (the records' file:line), instead of running the machine out of memory
+    or past the model's positions."""
+    if not context or not prompts:
+        return
+    counts = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    over = [i for i, count in enumerate(counts) if count + max_new_tokens > context]
+    if over:
+        where = sources or [f"prompt {i + 1}" for i in range(len(prompts))]
+        raise DataError(f"{len(over)} prompt(s) do not fit the model's context of {context} tokens with their "
+                        f"{max_new_tokens}-token answer; nothing was generated",
+                        [Problem(f"the prompt has {counts[i]:,} text tokens", where[i]) for i in over[:20]],
+                        fix="shorten the long fields of those records (a title or description of that size is "
+                        "rarely meant), or drop the records")
+
+
 def generate_batches(loaded: LoadedModel, prompts: list[str], images: list[list[ImageRef]], max_new_tokens: int,
-                     batch_size: int) -> Iterator[list[str]]:
-    """Greedy, batched, left-padded generation; yields the decoded new text of each batch's prompts, in order."""
+                     batch_size: int, sources: list[str] | None = None) -> Iterator[list[str]]:
+    """Greedy, batched, left-padded generation; yields the decoded new text of each batch's prompts, in order.
+    Every prompt is first checked to fit the model's context (`check_prompts_fit`; `sources` name them)."""
+    check_prompts_fit(loaded.processor.tokenizer, model_context(loaded.model.config), prompts, max_new_tokens,
+                      sources)
     processor = loaded.processor
     processor.tokenizer.padding_side = "left"
     device = next(loaded.model.parameters()).device
@@ -54,17 +82,31 @@ def generate_batches(loaded: LoadedModel, prompts: list[str], images: list[list[
 
 
 def generate(loaded: LoadedModel, prompts: list[str], images: list[list[ImageRef]], max_new_tokens: int,
-             batch_size: int, description: str) -> list[str]:
+             batch_size: int, description: str, sources: list[str] | None = None) -> list[str]:
     """All answers of `generate_batches`, with a progress bar."""
     from rich.progress import Progress
 
     answers: list[str] = []
     with Progress(transient=True) as progress:
         bar = progress.add_task(description, total=len(prompts))
-        for batch in generate_batches(loaded, prompts, images, max_new_tokens, batch_size):
+        for batch in generate_batches(loaded, prompts, images, max_new_tokens, batch_size, sources):
             answers.extend(batch)
             progress.advance(bar, len(batch))
     return answers
+
+
+def check_records_fit_context(model: str, task_records: dict[str, list[dict[str, Any]]]) -> None:
+    """`check_prompts_fit` for bench and predict records before any weights load: the base model's tokenizer
+    and config (a run's processor is its base's)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    backbone = model_backbone(model)
+    tokenizer = AutoTokenizer.from_pretrained(backbone.source, revision=backbone.revision)
+    context = model_context(AutoConfig.from_pretrained(backbone.source, revision=backbone.revision))
+    for name, records in task_records.items():
+        task = TASKS[name]
+        check_prompts_fit(tokenizer, context, [task.prompt(r) for r in records], task.max_new_tokens,
+                          [r["_source"] for r in records])
 
 
 def resolve_tasks(names: str) -> list[Task]:
@@ -91,12 +133,12 @@ def run_bench(model: str, tasks: str, data: Path, out: Path | None = None, limit
         inputs = [("model folder", Path(model))] if Path(model).is_dir() else []
         check_file_output(Path(out), overwrite, Guarded(folders=[*inputs, ("benchmark data", Path(data))]))
     images = images or run_images(model)
-    root = Path(data).resolve().parent
     spec = model_backbone(model).spec
-    task_records = {t.name: read_task_records(Path(data) / f"{t.name}.jsonl", t, images, root, spec=spec)[:limit]
+    task_records = {t.name: read_task_records(Path(data) / f"{t.name}.jsonl", t, images, spec=spec)[:limit]
                     for t in chosen}
     for records in task_records.values():
         check_records_fit(records, spec)
+    check_records_fit_context(model, task_records)
     the_judge: Judge = make_judge(judge, judge_plain_http)
     loaded = load_for_inference(model, load_in_4bit)
     results: dict[str, Any] = {"model": loaded.info, "created_at": datetime.now(timezone.utc).isoformat(),
@@ -108,7 +150,7 @@ def run_bench(model: str, tasks: str, data: Path, out: Path | None = None, limit
         data_files.append(Path(data) / f"{task.name}.jsonl")
         started = time.perf_counter()
         answers = generate(loaded, [task.prompt(r) for r in records], [r["images"] for r in records],
-                           task.max_new_tokens, batch_size, task.name)
+                           task.max_new_tokens, batch_size, task.name, [r["_source"] for r in records])
         seconds = time.perf_counter() - started
         scores, details = task.score(records, answers, the_judge)
         examples = [{**d, "prompt": task.prompt(r), "images": len(r["images"]), "prediction": a,

@@ -21,13 +21,22 @@ MERGE_TAG = "tag:yaml.org,2002:merge"
 
 def _scan_keys(node: yaml.Node, prefix: tuple[str, ...], lines: dict[tuple[str, ...], int],
                repeats: list[tuple[tuple[str, ...], int, int]], open_nodes: frozenset[int] = frozenset()) -> None:
-    """Record the 1-based line of each dotted key path of a YAML mapping, and every key a mapping repeats.
+    """Record the 1-based line of each dotted key path of a YAML mapping (list items by their index), and every
+    key a mapping repeats.
 
     PyYAML keeps the last of two equal keys without a word, so a second `lora:` section silently replaces the
     first; repeats are (path, first line, repeating line). Merge keys (`<<: *base`) are meant to be overridden,
     so they are neither recorded nor repeats.
     """
-    if not isinstance(node, yaml.MappingNode) or id(node) in open_nodes:  # an alias can point back up the tree
+    if id(node) in open_nodes:  # an alias can point back up the tree
+        return
+    if isinstance(node, yaml.SequenceNode):  # list items by index, so each entry of a mixture has its own line
+        for index, item in enumerate(node.value):
+            path = (*prefix, str(index))
+            lines[path] = item.start_mark.line + 1
+            _scan_keys(item, path, lines, repeats, open_nodes | {id(node)})
+        return
+    if not isinstance(node, yaml.MappingNode):
         return
     first_line: dict[str, int] = {}
     for key_node, value_node in node.value:
@@ -74,8 +83,9 @@ def find_recipe(path: Path) -> Path:
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     """Read a recipe file; returns the mapping and the line of every key.
 
-    Refuses, each with file:line: bytes that are not UTF-8, invalid YAML, and (all at once) keys repeated in
-    the same mapping at any depth.
+    Refuses, each with file:line: bytes that are not UTF-8, invalid YAML, an empty recipe (no bytes, only
+    comments, or `{}`: it would silently train with the defaults), and (all at once) keys repeated in the same
+    mapping at any depth.
     """
     path = find_recipe(path)
     if not path.is_file():
@@ -95,10 +105,20 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
         raise ConfigError("Recipe is not valid YAML", [Problem(str(exc).splitlines()[0], where)]) from None
     finally:
         loader.dispose()
-    if data is None:
-        data = {}
+    if data is None or data == {}:  # zero bytes, only comments, or `{}`: nothing the user meant to set
+        raise ConfigError(f"Recipe {path} is empty: it sets nothing, so the run would train with the built-in "
+                          "defaults", [Problem("no settings (the file is empty or holds only comments)", str(path),
+                                               "check that this is the file you meant and that it was saved; to "
+                                               "train with the defaults, leave --recipe out")])
     if not isinstance(data, dict):
         raise ConfigError("Recipe must be a YAML mapping", [Problem(f"got {type(data).__name__}", str(path))])
+    launch_keys = [key for key in ("compute_environment", "distributed_type") if key in data]
+    if launch_keys:  # one key-by-key "unknown key" list would not say what went wrong
+        raise ConfigError(f"{path} is an accelerate launch config, not a recipe (it has {', '.join(launch_keys)})",
+                          [Problem("a launch preset says how processes start; a recipe says what trains",
+                                   f"{path}:{lines.get((launch_keys[0],), 1)}",
+                                   f"accelerate launch --config_file {path} -m ecomtune <stage> --recipe RECIPE ...")],
+                          fix="give --recipe a recipe (`ecomtune recipes` lists the shipped ones)")
     if repeats:
         raise ConfigError(f"Recipe {path} repeats {len(repeats)} key(s); YAML would silently keep only the last", [
             Problem(f"key '{'.'.join(key)}' repeats {path}:{first}", f"{path}:{line}",
@@ -181,8 +201,15 @@ def _suggest(model: type[BaseModel], loc: tuple[Any, ...], key: str) -> str:
 
 
 def _line_of(loc: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> int | None:
-    """The line of the key at `loc`, or of its nearest section the file has (a default value has no line)."""
-    return next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+    """The line of the key at `loc`, or of its nearest section the file has (a default value has no line). A
+    part of `loc` the file cannot have (the tag pydantic gives a union's branch: `sft.data.sources.1.sampling`
+    is `sft.data.1.sampling` in the file) is passed over."""
+    found, path = None, ()
+    for part in loc:
+        if (*path, part) in lines:
+            path = (*path, part)
+            found = lines[path]
+    return found
 
 
 def validate_recipe_dict(

@@ -348,9 +348,15 @@ class ProbeSettings(StrictModel):
 
     @model_validator(mode="after")
     def _guard_needs_general(self) -> ProbeSettings:
+        problems = []
         if self.general_drop_limit is not None and "general" not in self.tasks:
-            refuse([RuleProblem("general_drop_limit", "set, but `general` is not among the probe's tasks",
-                                "add general to tasks, or remove general_drop_limit")])
+            problems.append(RuleProblem("general_drop_limit", "set, but `general` is not among the probe's tasks",
+                                        "add general to tasks, or remove general_drop_limit"))
+        if "on_general_drop" in self.model_fields_set and self.general_drop_limit is None:
+            problems.append(RuleProblem("on_general_drop", f"'{self.on_general_drop}', but general_drop_limit is not "
+                                        "set, so there is no guard to act", "set general_drop_limit (e.g. 0.05), or "
+                                        "remove on_general_drop"))
+        refuse(problems)
         return self
 
 

@@ -147,8 +147,9 @@ def run_curate(listings: Path, out: Path, options: CurateOptions, console: Conso
         check_location(options.cache, guarded, "--cache")
     settings = _settings(listings, options, captioner, verifier)
     bad = [{"where": p.where, "what": p.what} for p in read.bad]
-    with _output_folder(out, settings, guarded, options.overwrite) as folder, \
-            locked(options.cache, enabled=options.cache is not None):  # a shared cache has one writer at a time
+    # a shared cache has one writer at a time; its lock comes first, so a refusal leaves no trace in --out
+    with locked(options.cache, enabled=options.cache is not None, what="--cache file"), \
+            _output_folder(out, settings, guarded, options.overwrite) as folder:
         report = _curate(folder, out, read.listings, options, captioner, verifier, truth, settings, bad, console)
     return report
 

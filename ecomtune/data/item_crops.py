@@ -8,7 +8,8 @@ square); originals and crops are de-duplicated by perceptual hash; the result is
 Order (and so what the cap keeps): each original is followed by its crop, in listing order, so the
 primary image and its close-up come first.
 
-Boxes come from a file (`{"image path": [[x0, y0, x1, y1], ...]}`) or from a grounding VLM answering
+Boxes come from a file (`{"image path": [[x0, y0, x1, y1], ...]}`, keys as the items file writes its image
+paths, or absolute; see `BoxesFile.for_images`) or from a grounding VLM answering
 in the Qwen2.5-VL JSON style (`[{"bbox_2d": [x0, y0, x1, y1], "label": "..."}]`), parsed tolerantly.
 """
 
@@ -114,9 +115,56 @@ def to_image_pixels(boxes: list[list[float]], coords: str, size: tuple[int, int]
     return [[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in boxes]
 
 
-def boxes_from_file(path: Path) -> Callable[[str], list]:
-    """Boxes from a JSON file mapping an image path (as written in the items file, or absolute) to a list of
-    [x0, y0, x1, y1] boxes; images it does not name get none. Every entry is checked before any cropping."""
+KEY_RULE = ("a key is an image path as the items file writes it (relative to the items file's folder, e.g. "
+            "'images/item1_0.png') or an absolute path")
+
+
+@dataclass(frozen=True)
+class BoxesFile:
+    """A boxes file, its entries checked for shape: image path (as the items file writes it, or absolute) -> a
+    list of [x0, y0, x1, y1] boxes."""
+
+    path: Path
+    table: dict[str, list]
+
+    def for_images(self, items: Path, images: Sequence[str], warn: Callable[[str], None]) -> Callable[[str], list]:
+        """The boxes of each of `images` (the items' resolved paths). Keys are resolved as the items file's own
+        image paths are (against its folder; absolute ones as they are), so a key matches exactly the image the
+        items file names with it. A file none of whose keys names one of `images` is refused; keys that name none
+        while others do are reported through `warn`, with their count. Two keys naming one image are refused."""
+        from ecomtune.data.schema import resolve_image_path
+
+        wanted = set(images)
+        by_image: dict[str, str] = {}
+        unmatched, problems = [], []
+        for key in self.table:
+            path, _escape = resolve_image_path(key, Path(items).parent, Path("/"))
+            if path not in wanted:
+                unmatched.append((key, path))
+            elif path in by_image:
+                problems.append(Problem(f"keys {by_image[path]!r} and {key!r} both name {path}", str(self.path),
+                                        "keep one entry per image"))
+            else:
+                by_image[path] = key
+        if problems:
+            raise DataError(f"Boxes file {self.path}: {len(problems)} image(s) named twice", problems[:20])
+        if self.table and not by_image:
+            raise DataError(f"Boxes file {self.path}: none of its {len(self.table)} key(s) names an image of "
+                            f"{items}, so nothing would be cropped",
+                            [Problem(f"{key!r} is {path}, which no item names", str(self.path))
+                             for key, path in unmatched[:5]], fix=KEY_RULE)
+        if unmatched:
+            shown = ", ".join(repr(key) for key, _ in unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
+            warn(f"warning: {len(unmatched)} of {len(self.table)} key(s) of {self.path} name no image of {items} "
+                 f"and are ignored: {shown} ({KEY_RULE})")
+        boxes = {path: self.table[key] for path, key in by_image.items()}
+        return lambda image: boxes.get(image, [])
+
+
+def boxes_from_file(path: Path) -> BoxesFile:
+    """A JSON file mapping image paths (see `KEY_RULE`) to lists of [x0, y0, x1, y1] boxes; images it does not
+    name get none. Every entry is checked before any cropping; keys are matched to the items' images by
+    `BoxesFile.for_images`."""
     fix = 'write {"images/a.png": [[x0, y0, x1, y1], ...], ...}: image paths to lists of 4-number boxes'
     try:
         table = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -133,20 +181,25 @@ def boxes_from_file(path: Path) -> Callable[[str], list]:
                                     str(path), fix))
     if problems:
         raise DataError(f"Boxes file {path}: {len(problems)} entry(ies) of the wrong shape", problems[:20])
-    resolved = {str((Path(path).parent / k).resolve()): v for k, v in table.items()}
-    return lambda image: resolved.get(image, table.get(image, []))
+    return BoxesFile(Path(path), table)
 
 
-def crop_file(items: Path, out_dir: Path, boxes_for: Callable[[str], list] | None, processor,
+def crop_file(items: Path, out_dir: Path, boxes_for: BoxesFile | Callable[[str], list] | None, processor,
               margin: float = 0.1, max_images: int = 10, dedupe_threshold: int = 6, overwrite: bool = False,
-              boxes_file: Path | None = None) -> list[ItemSummary]:
+              boxes_file: Path | None = None, warn: Callable[[str], None] | None = None) -> list[ItemSummary]:
     """Crop every item of a canonical JSONL file into `out_dir` (images/ plus items.jsonl); record-level `boxes`
-    (a list per image) are used when no `boxes_for` is given. `out_dir` must be empty unless `overwrite`, and
-    may not hold or sit among the inputs (items, their images, `boxes_file`); the result is written aside and
-    swapped in whole."""
+    (a list per image) are used when no `boxes_for` is given. A `BoxesFile` is matched to the items' images
+    first (`BoxesFile.for_images`; `warn` gets what it ignores, default: stderr). `out_dir` must be empty unless
+    `overwrite`, and may not hold or sit among the inputs (items, their images, `boxes_file`); the result is
+    written aside and swapped in whole."""
+    import sys
+
     from ecomtune.runs.outputs import Guarded, replacing_folder
 
     samples = load_samples(items)  # every record checked first (boxes too); a bad file stops here with file:line
+    if isinstance(boxes_for, BoxesFile):
+        boxes_for = boxes_for.for_images(Path(items), [p for s in samples for p in s.images],
+                                         warn or (lambda text: print(text, file=sys.stderr)))
     empty = [s.source for s in samples if not s.images]
     if empty:
         raise DataError(f"{len(empty)} item(s) have no images: nothing to crop",

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from ecomtune.errors import Problem
+from ecomtune.runs.file_modes import write_text_atomic
 
 
 def is_blank(raw: bytes) -> bool:
@@ -48,8 +49,4 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, Any, Problem | None]]:
 def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
     """Write one JSON object per line through a temporary file renamed into place, so a reader never
     sees a half-written file (and a crash leaves the previous file, or none)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))

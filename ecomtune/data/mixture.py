@@ -7,6 +7,10 @@ Rules (pure functions of the row count and the seed, so every process of a distr
   takes them all (as OneVision does); a percentage above 100% repeats the source: `first:250%` is every row
   twice and then the first half.
 An unknown rule is an error: OneVision silently reads a typo as `all`.
+
+Bounds, so that a typo cannot start unbounded work: a rule repeats its source at most MAX_PASSES times (a
+percentage up to MAX_PASSES * 100%), and a stage's realised mixture holds at most MAX_MIXTURE_ROWS rows. Both are
+known from the rules and the sources' row counts alone (`check_mixture_size`), before a single row is read.
 """
 
 from __future__ import annotations
@@ -17,7 +21,14 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
+
+MAX_PASSES = 100  # a rule may take its source this many times over (first:10000%)
+MAX_MIXTURE_ROWS = 100_000_000  # rows of one stage's realised mixture; each costs ~100 bytes of memory, far more
+# while the rows are selected, and no published recipe comes near it (the paper's largest stage: ~4M rows)
 
 RULE = re.compile(r"^(first|end|random):(\d+(?:\.\d+)?)(%?)$")
 RULES_HELP = "all, first:N, end:N or random:N, with N a count (first:1000) or a percentage (first:10%)"
@@ -58,28 +69,48 @@ def parse_rule(text: str) -> SamplingRule:
         value = float(number)
         if value <= 0:
             raise ValueError(f"sampling rule {text!r} takes no rows: the percentage must be above 0")
+        if value > MAX_PASSES * 100:
+            raise ValueError(f"sampling rule {text!r} would repeat the source {math.ceil(value / 100):,} times; at "
+                             f"most {MAX_PASSES} ({kind}:{MAX_PASSES * 100}%) are allowed")
         return SamplingRule(kind, percent=value)  # type: ignore[arg-type]
     if "." in number or int(number) <= 0:
         raise ValueError(f"sampling rule {text!r}: a count must be a whole number above 0 (or write a percentage)")
     return SamplingRule(kind, count=int(number))  # type: ignore[arg-type]
 
 
-def select_rows(rule: SamplingRule, available: int, seed: int = 0, salt: str = "") -> list[int]:
-    """The row indices `rule` takes from `available` rows, in training order. `random` draws with a generator
-    seeded by `seed` and `salt` (the stage loader passes the source's place in the mixture and its path), so
-    sources of one mixture draw independently and every process draws the same rows."""
+def select_rows(rule: SamplingRule, available: int, seed: int = 0, salt: str = "") -> np.ndarray:
+    """The row indices `rule` takes from `available` rows, in training order (int64). `random` draws with a
+    generator seeded by `seed` and `salt` (the stage loader passes the source's place in the mixture and its
+    path), so sources of one mixture draw independently and every process draws the same rows."""
+    import numpy as np
+
     wanted = rule.rows_taken(available)
     if available == 0 or wanted == 0:
-        return []
+        return np.zeros(0, dtype=np.int64)
     whole, rest = divmod(wanted, available)
-    rows = list(range(available)) * whole
     if rule.kind in ("all", "first"):
-        rows += list(range(rest))
+        tail = np.arange(rest, dtype=np.int64)
     elif rule.kind == "end":
-        rows += list(range(available - rest, available))
+        tail = np.arange(available - rest, available, dtype=np.int64)
     else:
-        rows += sorted(random.Random(f"{seed}:{salt}").sample(range(available), rest))
-    return rows
+        tail = np.asarray(sorted(random.Random(f"{seed}:{salt}").sample(range(available), rest)), dtype=np.int64)
+    return np.concatenate([np.tile(np.arange(available, dtype=np.int64), whole), tail])
+
+
+def check_mixture_size(planned: list[tuple[str, SamplingRule, int]], title: str) -> None:
+    """Refuse a mixture whose rules realise more than MAX_MIXTURE_ROWS rows; `planned` is (source, rule, rows
+    available) per source. It needs the row counts only, so it runs before any row is read or selected."""
+    from ecomtune.errors import DataError, Problem
+
+    taken = [rule.rows_taken(rows) for _, rule, rows in planned]
+    if sum(taken) <= MAX_MIXTURE_ROWS:
+        return
+    raise DataError(
+        f"{title}: the mixture would realise {sum(taken):,} rows, more than the {MAX_MIXTURE_ROWS:,} a stage "
+        "takes (each row is kept, ordered and measured in memory); nothing was read",
+        [Problem(f"{rule} of {rows:,} rows takes {n:,}", source) for (source, rule, rows), n
+         in zip(planned, taken, strict=True)],
+        fix="take fewer rows (first:N, random:N, or a smaller percentage), or split the data over several runs")
 
 
 ONEVISION_KEYS = {"json_path": "path", "sampling_strategy": "sampling", "image_root": "image_root",

@@ -31,7 +31,8 @@ from ecomtune.data.jsonl import read_jsonl
 from ecomtune.errors import DataError, Problem
 
 IMAGE_MARKER = "<image>"
-ESCAPE_FIX = "keep images inside the dataset folder, or give absolute paths"
+ESCAPE_FIX = ("keep images inside the dataset folder (a link there to where they are, e.g. images -> "
+              "/store/images, is followed), or give absolute paths")
 ROLES = {"system", "user", "assistant"}
 MAX_REPORTED = 20
 
@@ -141,19 +142,33 @@ def _as_messages(value: Any, default_role: str) -> list[dict[str, Any]] | None:
 
 def resolve_image_path(image: str, base_dir: Path, root: Path | None = None) -> tuple[str, str | None]:
     """An image path from a data file, made absolute against the file's folder and resolved (symbolic links
-    followed); the second value says what is wrong when a relative path climbs out of the dataset folder `root`
-    (default: the file's folder). Absolute paths are the user's explicit choice and are taken as they are. The
-    path is a string: a million `Path` objects cost seconds, and every caller wants the string."""
+    followed); the second value says what is wrong when a relative path leaves the dataset folder `root`
+    (default: the file's folder). The path is a string: a million `Path` objects cost seconds, and every caller
+    wants the string.
+
+    The rule for where images may live, shared by every reader (training sources, bench, predict, the probe):
+    - absolute paths are the user's explicit choice and are taken as they are;
+    - a relative path is read as written: its `..` are applied to the path itself, before any link is followed
+      (`images/../x.png` is `x.png` in the file's folder, whatever `images` is), and it may not climb out of
+      `root` that way;
+    - links are then followed wherever they point: a link inside the dataset (`images -> ../store/images`, the
+      usual layout for LLaVA data kept in one image store) is the user's own choice, like an absolute path."""
     return _resolved(image, str(base_dir), str(root or base_dir))
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 @functools.lru_cache(maxsize=65536)
 def _resolved(image: str, base_dir: str, root: str) -> tuple[str, str | None]:
     if os.path.isabs(image):
         return real_path(image), None
-    resolved, real_root = real_path(os.path.join(base_dir, image)), _real_folder(root)
-    if not (resolved == real_root or resolved.startswith(real_root.rstrip(os.sep) + os.sep)):
-        return resolved, f"relative path leaves the dataset folder {real_root}"
+    real_root, real_base = _real_folder(root), _real_folder(base_dir)
+    as_written = os.path.normpath(os.path.join(real_base, image))  # `..` applied, links in `image` not followed
+    resolved = real_path(as_written)
+    if not _inside(as_written, real_root):
+        return resolved, f"relative path leaves the dataset folder {real_root} through '..'"
     return resolved, None
 
 
@@ -209,6 +224,17 @@ def check_record_images(value: Any, base_dir: Path, where: str, root: Path | Non
         paths.append(path)
         sizes.append(size)
     return paths, sizes, problems
+
+
+def checked_image_files(paths: Sequence[str | Path], where: str, spec: BackboneSpec | None = None) -> list[str]:
+    """Image files named outside any record (`export --image`), checked as record images are (`check_record_images`:
+    decoded in full, the family's aspect-ratio limit): their absolute paths, or one DataError listing every
+    problem at `where` (the option that named them)."""
+    given = [str(Path(p).absolute()) for p in paths]  # a command-line path is the user's own, from the cwd
+    resolved, _sizes, problems = check_record_images(given, Path.cwd(), where, spec=spec)
+    if problems:
+        raise DataError(f"{where}: {len(problems)} image(s) cannot be used", problems)
+    return resolved
 
 
 def parse_boxes(value: Any, sizes: list[tuple[int, int] | None], where: str) -> tuple[list | None, list[Problem]]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ecomtune.config.schema import DataSource
 from ecomtune.data.image_checks import check_files
-from ecomtune.data.mixture import parse_rule, read_onevision_yaml, select_rows
+from ecomtune.data.mixture import check_mixture_size, parse_rule, read_onevision_yaml, select_rows
 from ecomtune.data.parallel import progress, worker_count, worker_pool
 from ecomtune.data.prep_cache import PrepCache, opened_cache
 from ecomtune.data.sample_store import SampleStore, SampleWriter
@@ -161,7 +161,9 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
     sources = mixture_sources(data)
     opened_sources = open_all(sources)
     rules = [parse_rule(s.sampling) for s in sources]
-    taken = [np.asarray(select_rows(rule, o.rows, seed, f"{i}:{s.path}"), dtype=np.int64)
+    check_mixture_size([(s.path, rule, o.rows) for s, o, rule in zip(sources, opened_sources, rules, strict=True)],
+                       title)
+    taken = [select_rows(rule, o.rows, seed, f"{i}:{s.path}")
              for i, (s, o, rule) in enumerate(zip(sources, opened_sources, rules, strict=True))]
     distincts = [_first_occurrences(rows) for rows in taken]
     records = sum(len(distinct) for distinct in distincts)

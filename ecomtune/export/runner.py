@@ -146,7 +146,7 @@ def run_export(run_folder: Path, out: Path, fmt: ExportFormat = "merged", merge_
     guarded = Guarded(folders=[("run", run.folder)]).add_images(images or [])
     if source.backbone.is_local:
         guarded.folders.append(("base model", Path(source.backbone.source)))
-    chosen = verification_samples(samples, images)
+    chosen = verification_samples(samples, images, source.backbone.spec)
     final = real_path(Path(out))
     with replacing_folder(Path(out), overwrite, guarded, "--out") as staging:
         model_folder, adapter_folder = _write_model(source, fmt, staging, final)

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ecomtune.data.collator import adds_own_specials
 from ecomtune.data.images import load_rgb
+from ecomtune.data.schema import checked_image_files
+
+if TYPE_CHECKING:
+    from ecomtune.backbones.spec import BackboneSpec
 
 # The largest logit difference allowed, as a share of the largest logit magnitude: what rounding every weight
 # to the export dtype can cost over a forward pass (float32 differs only by the order of additions).
@@ -75,14 +79,16 @@ class Verification:
         return {**asdict(self), "relative_diff": self.relative_diff, "ok": self.ok}
 
 
-def verification_samples(count: int, images: list[Path] | None = None) -> list[tuple[Any, str]]:
-    """(image, prompt) pairs: the given images, or rendered catalog products, each with a benchmark prompt."""
+def verification_samples(count: int, images: list[Path] | None = None, spec: BackboneSpec | None = None
+                         ) -> list[tuple[Any, str]]:
+    """(image, prompt) pairs: the given images (checked as training images are, for the run's family `spec`),
+    or rendered catalog products, each with a benchmark prompt."""
     from ecomtune.bench import prompts
 
     questions = [prompts.caption_prompt(), prompts.extraction_prompt(), prompts.listing_prompt(),
                  prompts.choice_prompt("colour", ["red", "blue", "green", "black"])]
     if images:
-        pictures = [load_rgb(path) for path in images]
+        pictures = [load_rgb(path) for path in checked_image_files(images, "--image", spec)]
     else:
         from ecomtune.synth.items import make_item
         from ecomtune.synth.render import render_view

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from ecomtune.runs.file_modes import write_text_atomic
+
 
 def complete_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(line, object) for every complete JSON-object line of `path`, in order; a torn or foreign line is left
@@ -42,9 +44,7 @@ def lines_by_key(path: Path, field: str = "id") -> dict[str, str]:
 def rewrite(path: Path, lines: Iterable[str]) -> None:
     """Replace `path` with exactly `lines` (a torn tail is thus dropped), through a temporary file renamed into
     place: a kill leaves the old file or the new one, never half of either."""
-    staged = path.with_name(path.name + ".tmp")
-    staged.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    staged.replace(path)
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def append_synced(handle: IO[str], records: Iterable[dict[str, Any]]) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ecomtune.errors import ConfigError
+from ecomtune.runs.file_modes import write_text_atomic
 
 MANIFEST = "manifest.json"
 PACKAGES = ("ecomtune", "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
@@ -41,22 +40,6 @@ def fingerprint_file(path: Path, images: list[str] | None = None) -> str:
     for image in sorted(set(images or [])):
         digest.update(Path(image).read_bytes())
     return digest.hexdigest()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text through a synced temp file renamed into place: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

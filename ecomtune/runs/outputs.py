@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ecomtune.errors import ConfigError, Problem
+from ecomtune.runs.file_modes import keep_plain_modes_in_safetensors
 
 MIN_FREE_BYTES = 64 << 20  # below this nothing useful can be written: refuse before any work starts
 
@@ -178,9 +179,10 @@ class OutputLock:
     """An exclusive lock on an output folder, beside it (`.NAME.lock`): a second command writing there is
     refused at once. It is an `flock`, so the kernel drops it when the holder exits, however it exits."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, what: str = "output folder") -> None:
         from filelock import FileLock
 
+        self.what = what
         output = real_path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         self.output = output
@@ -194,7 +196,7 @@ class OutputLock:
             self._lock.acquire()
         except Timeout:
             raise ConfigError(f"Another ecomtune command is writing to {self.output} right now",
-                              fix="wait for it to finish, or choose another output folder (a command that "
+                              fix=f"wait for it to finish, or choose another {self.what} (a command that "
                               f"crashed has already released its lock, {self.path})") from None
         return self
 
@@ -203,9 +205,12 @@ class OutputLock:
 
 
 @contextmanager
-def locked(output: Path, enabled: bool = True) -> Iterator[None]:
-    """Hold the output's lock for the block (no-op when `enabled` is false, e.g. on non-main processes)."""
-    lock = OutputLock(output).acquire() if enabled else None
+def locked(output: Path, enabled: bool = True, what: str = "output folder") -> Iterator[None]:
+    """Hold the output's lock for the block (no-op when `enabled` is false, e.g. on non-main processes); `what`
+    the output is, for the refusal's fix. Every command that writes an output passes here, so this is where files
+    written through safetensors are given the mode a plain `open()` gives (`keep_plain_modes_in_safetensors`)."""
+    keep_plain_modes_in_safetensors()
+    lock = OutputLock(output, what).acquire() if enabled else None
     try:
         yield
     finally:

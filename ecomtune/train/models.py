@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ecomtune.backbones.discovery import linear_layer_names
 from ecomtune.backbones.loading import load_model, role_overrides
 from ecomtune.backbones.registry import ResolvedBackbone
-from ecomtune.backbones.spec import ResolvedRoles, lora_target_regex, resolve_roles
+from ecomtune.backbones.spec import ResolvedRoles, resolve_roles
 from ecomtune.config.schema import Recipe
 from ecomtune.errors import ConfigError, Problem
 from ecomtune.runs.loading import load_aligned_projector
 from ecomtune.runs.manifest import FinishedRun
 from ecomtune.runtime import is_main_process
 from ecomtune.train.components import apply_plan, parameter_table, print_parameter_table
+from ecomtune.train.lora_targets import checked_lora_targets
 
 PROJECTOR_FILE = "projector.safetensors"
 
@@ -70,18 +70,8 @@ def lora_model(recipe: Recipe, stage_name: str, backbone: ResolvedBackbone, star
     if stage.quant.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=stage.train.gradient_checkpointing)
 
-    lm_targets = stage.lora.targets or list(backbone.spec.lora_targets) or \
-        linear_layer_names(model, roles.language_model)
-    target = lora_target_regex(roles.language_model, lm_targets)
-    if stage.vision == "lora":
-        vision_targets = stage.lora.vision_targets or list(backbone.spec.vision_lora_targets)
-        if not vision_targets:
-            raise ConfigError(
-                f"{stage_name}.vision is 'lora' but no vision LoRA targets are known for this backbone",
-                [Problem(f"Linear layers in the vision tower: {linear_layer_names(model, roles.vision_tower)}",
-                         f"{stage_name}.lora.vision_targets")],
-                fix=f"name some in {stage_name}.lora.vision_targets, or set {stage_name}.vision: frozen")
-        target = f"({target})|({lora_target_regex(roles.vision_tower, vision_targets)})"
+    targets = checked_lora_targets(model, roles, backbone.spec, stage, stage_name)
+    target = targets.regex(roles)
     # The projector travels in the adapter whenever it differs from the base's: trained now, or aligned before.
     # A continued adapter keeps what it carries (`continue_adapter`).
     save_projector = stage.projector == "full" or (start is not None and start.projector is not None)
@@ -99,7 +89,8 @@ def lora_model(recipe: Recipe, stage_name: str, backbone: ResolvedBackbone, star
     rows = parameter_table(model, roles, plan)
     if not any(r.component == "lora" and r.trainable for r in rows):
         raise ConfigError("LoRA matched no layer of the language model",
-                          [Problem(f"targets {lm_targets} under {roles.language_model}", f"{stage_name}.lora.targets")],
+                          [Problem(f"targets {targets.language_model} under {roles.language_model}",
+                                   f"{stage_name}.lora.targets")],
                           fix="name Linear layers that exist (`ecomtune backbones` lists the defaults)")
     if show and is_main_process():
         title = f"{stage_name}: {backbone.spec.family} ({backbone.source}), 4-bit={stage.quant.load_in_4bit}"

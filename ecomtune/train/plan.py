@@ -26,6 +26,7 @@ from ecomtune.backbones.spec import ResolvedRoles, lora_target_regex, resolve_ro
 from ecomtune.config.schema import LoraStage, Recipe, StageSettings
 from ecomtune.data.lengths import prepare_store
 from ecomtune.data.packing import packing_stats, plan_packs
+from ecomtune.train.lora_targets import checked_lora_targets
 from ecomtune.train.memory import GIB, ModelShape, TrainShape, advice, estimate, optimizer_kind
 
 
@@ -94,8 +95,6 @@ def lora_parameters(model: nn.Module, pattern: str, rank: int) -> int:
 
 def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
     """The plan of one stage of a recipe (see the module docstring)."""
-    from ecomtune.backbones.discovery import linear_layer_names
-
     stage: StageSettings = getattr(recipe, stage_name)
     from ecomtune.data.stage_samples import mixture_table
     from ecomtune.train.stages import read_stage
@@ -127,12 +126,10 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
     lora = 0
     projector_trainable = True
     if isinstance(stage, LoraStage):
-        targets = stage.lora.targets or list(backbone.spec.lora_targets) or linear_layer_names(model,
-                                                                                             roles.language_model)
-        lora = lora_parameters(model, lora_target_regex(roles.language_model, targets), stage.lora.r)
-        if stage.vision == "lora":
-            vision_targets = stage.lora.vision_targets or list(backbone.spec.vision_lora_targets)
-            lora += lora_parameters(model, lora_target_regex(roles.vision_tower, vision_targets), stage.lora.r)
+        targets = checked_lora_targets(model, roles, backbone.spec, stage, stage_name)
+        lora = lora_parameters(model, lora_target_regex(roles.language_model, targets.language_model), stage.lora.r)
+        if targets.vision_tower is not None:
+            lora += lora_parameters(model, lora_target_regex(roles.vision_tower, targets.vision_tower), stage.lora.r)
         projector_trainable = stage.projector == "full"
     step = TrainShape(
         batch_size=batch, seq_len=seq_len, image_tokens=round(image_tokens), lora_params=lora,

@@ -21,7 +21,7 @@ from typing import Any
 from ecomtune.backbones.loading import load_processor, pick_compute_dtype, role_overrides
 from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
 from ecomtune.backbones.spec import ResolvedRoles
-from ecomtune.config.schema import Recipe, StageSettings, end_checkpoint_note
+from ecomtune.config.schema import LoraStage, Recipe, StageSettings, end_checkpoint_note
 from ecomtune.config.stages import STAGE_INFO, StageInfo
 from ecomtune.data.lengths import prepare_store
 from ecomtune.data.packing import check_packable, packing_stats, plan_packs
@@ -44,6 +44,7 @@ from ecomtune.train.distributed import (
     recipe_for_engine,
     uniform_frozen_dtype,
 )
+from ecomtune.train.lora_targets import check_lora_targets_early
 from ecomtune.train.models import (
     PROJECTOR_FILE,
     align_model,
@@ -149,6 +150,8 @@ def read_stage(recipe: Recipe, stage: StageSettings, stage_name: str) -> StageIn
                               stage.prepare_workers)
     for note in read.notes:
         _console().print(f"[yellow]{stage_name}.data: {note}[/yellow]")
+    if isinstance(stage, LoraStage):  # after the data check (which never contacts the hub), before measuring
+        check_lora_targets_early(recipe, stage, stage_name, backbone)
     return StageInput(backbone, load_processor(backbone, recipe.backbone), read)
 
 

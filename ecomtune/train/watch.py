@@ -4,13 +4,13 @@ probe of chosen benchmark tasks with a guard on general skill.
 - `LiveProgress` replaces the Trainer's progress bar and printed metric dicts with one rich line per stage
   (step / total, loss, learning rate, tokens/s, ETA); every logged dict goes to `metrics.jsonl` in the run
   folder instead of the terminal.
-- `BenchProbe` runs the chosen `ecomtune bench` tasks on a few items at step 0 and every `every` steps, on the
-  model as it trains (greedy, batched, the bench's own prompts and scorers), and logs `probe/<task>` to the
-  Trainer (so to every tracker). With `general_drop_limit`, a general score more than the limit below its
-  step-0 value warns, or (`on_general_drop: stop`) ends training with the weights of the last probe that was
-  within the limit put back, so the run's outputs are the last weights that kept general skill. Under DDP the
-  main process's scores go to every process, so all reach the same decision (sharded engines refuse the probe:
-  `ecomtune.train.distributed`).
+- `BenchProbe` runs the chosen `ecomtune bench` tasks on a few items at step 0, every `every` steps and at the
+  last step, on the model as it trains (greedy, batched, the bench's own prompts and scorers), and logs
+  `probe/<task>` to the Trainer (so to every tracker). With `general_drop_limit`, a general score more than the
+  limit below its step-0 value warns, or (`on_general_drop: stop`) ends training with the weights of the last
+  probe that was within the limit put back, so the run's outputs are the last weights that kept general skill.
+  Under DDP the main process's scores go to every process, so all reach the same decision (sharded engines refuse
+  the probe: `ecomtune.train.distributed`).
 """
 
 from __future__ import annotations
@@ -137,7 +137,8 @@ class BenchProbe(TrainerCallback):
                 task = TASKS[name]
                 answers = [a for batch in generate_batches(loaded, [task.prompt(r) for r in records],
                                                            [r["images"] for r in records], task.max_new_tokens,
-                                                           self.batch_size) for a in batch]
+                                                           self.batch_size, [r["_source"] for r in records])
+                           for a in batch]
                 found[name] = float(task.score(records, answers, FieldMatchJudge())[0][HEADLINE[name]])
             return found
         finally:
@@ -198,7 +199,9 @@ class BenchProbe(TrainerCallback):
         self._probe(state, control, model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every == 0 and not self.stopped:
+        """Probe every `every` steps, and at the last step whatever `every` is: the weights that will be saved are
+        always checked by the guard (with every: 50 and 120 steps, steps 101-120 would otherwise go unchecked)."""
+        if (state.global_step % self.every == 0 or state.global_step >= state.max_steps) and not self.stopped:
             self._probe(state, control, model)
 
     def summary(self) -> dict[str, Any]:
@@ -271,9 +274,8 @@ def probe_records(probe, spec, images) -> dict[str, list[dict[str, Any]]]:
     from ecomtune.bench.runner import resolve_tasks
 
     records = {}
-    root = Path(probe.data).resolve().parent
     for task in resolve_tasks(",".join(probe.tasks)):
-        found = read_task_records(Path(probe.data) / f"{task.name}.jsonl", task, images, root, spec=spec)
+        found = read_task_records(Path(probe.data) / f"{task.name}.jsonl", task, images, spec=spec)
         check_records_fit(found[:probe.items], spec)
         records[task.name] = found[:probe.items]
     return records
