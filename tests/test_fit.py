@@ -44,7 +44,8 @@ def qlora_step(hub_id: str, **changes) -> TrainShape:
     _, lora = sized_shape(hub_id)
     step = TrainShape(batch_size=1, seq_len=2048, image_tokens=0, lora_params=lora, projector_trainable=True,
                       load_in_4bit=True, double_quant=True, quantize_vision=False, dtype_bytes=2,
-                      gradient_checkpointing=True, optimizer="adamw", full_logits=False)
+                      gradient_checkpointing=True, optimizer="adamw", full_logits=False,
+                      upcast_frozen=True, projector_copy=True)
     return replace(step, **changes)
 
 

@@ -192,7 +192,9 @@ def _planned_step(recipe: Recipe, stage: StageSettings, backbone: ResolvedBackbo
         projector_trainable=projector_trainable, load_in_4bit=stage.quant.load_in_4bit,
         double_quant=stage.quant.double_quant, quantize_vision=stage.quant.quantize_vision,
         dtype_bytes=_dtype_bytes(stage.quant.compute_dtype), gradient_checkpointing=stage.train.gradient_checkpointing,
-        optimizer=optimizer_kind(stage.train.optimizer), full_logits=stage.train.loss_average == "sample")
+        optimizer=optimizer_kind(stage.train.optimizer), full_logits=stage.train.loss_average == "sample",
+        upcast_frozen=isinstance(stage, LoraStage) and stage.quant.load_in_4bit,
+        projector_copy=isinstance(stage, LoraStage) and projector_trainable)
     return shape, step
 
 
