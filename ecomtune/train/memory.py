@@ -92,8 +92,9 @@ def optimizer_kind(name: str) -> str:
     return "adamw"
 
 
-def estimate(model: ModelShape, step: TrainShape) -> dict[str, float]:
-    """Bytes per term (see the module docstring) plus `total`."""
+def weight_parts(model: ModelShape, step: TrainShape) -> dict[str, float]:
+    """The `weights` term by part (see the module docstring): what `benchmarks/planner_check.py` compares with
+    the bytes of a loaded model's tensors."""
     d = step.dtype_bytes
     w4 = (0.5 + (0.0159 if step.double_quant else 0.0625)) if step.load_in_4bit else d
     frozen = 4 if step.upcast_frozen else d
@@ -102,6 +103,13 @@ def estimate(model: ModelShape, step: TrainShape) -> dict[str, float]:
         projector_bytes = frozen + 4 if step.projector_copy else 4
     else:
         projector_bytes = frozen
+    return {"lm_linear": model.lm_linear * w4, "lm_rest": model.lm_rest * frozen, "vision": model.vision * vision_bytes,
+            "projector": model.projector * projector_bytes, "lora": step.lora_params * 4.0}
+
+
+def estimate(model: ModelShape, step: TrainShape) -> dict[str, float]:
+    """Bytes per term (see the module docstring) plus `total`."""
+    d = step.dtype_bytes
     trainable = step.lora_params + (model.projector if step.projector_trainable else 0)
     tokens = step.batch_size * step.seq_len
     per_layer = (6 * model.hidden + 2 * model.kv_width + 5 * model.intermediate) * d
@@ -110,8 +118,7 @@ def estimate(model: ModelShape, step: TrainShape) -> dict[str, float]:
     else:
         activations = tokens * model.layers * per_layer
     terms = {
-        "weights": model.lm_linear * w4 + model.lm_rest * frozen + model.vision * vision_bytes
-        + model.projector * projector_bytes + step.lora_params * 4,
+        "weights": sum(weight_parts(model, step).values()),
         "gradients": trainable * 4.0,
         "optimizer": trainable * OPTIMIZER_BYTES[step.optimizer],
         "activations": float(activations),
