@@ -74,3 +74,33 @@ def test_an_unknown_sized_alias_names_the_ones_that_exist():
     with pytest.raises(BackboneError) as error:
         resolve_backbone("sized:qwen2.5-vl-7")
     assert "sized:qwen2.5-vl-7b" in str(error.value) + str(error.value.fix)
+
+
+def test_random_weights_load_like_a_checkpoint(tmp_path):
+    """`ensure_weights` on a small config of the same layout: every parameter comes from the written shards
+    (none missing, none unexpected), seeded, and a second call writes nothing."""
+    import shutil
+
+    from transformers import AutoModelForImageTextToText
+
+    from ecomtune.backbones.sized import ensure_weights
+
+    tiny = Path(resolve_backbone("tiny-qwen2-vl").source)
+    folder = tmp_path / "twin"
+    folder.mkdir()
+    for name in ("config.json", "generation_config.json"):
+        shutil.copy(tiny / name, folder / name)
+    (folder / MARKER).write_text("{}")
+    ensure_weights(folder, seed=1)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shards = {folder / f for f in index["weight_map"].values()}
+    stamps = {p: p.stat().st_mtime_ns for p in shards}
+    ensure_weights(folder, seed=1)
+    assert {p: p.stat().st_mtime_ns for p in shards} == stamps, "written once"
+    model, info = AutoModelForImageTextToText.from_pretrained(folder, output_loading_info=True)
+    assert not any(info.values()), info
+    names = {n for n, _ in model.named_parameters()}
+    assert set(index["weight_map"]) == names
+    norm = next(p for n, p in model.named_parameters() if n.endswith("input_layernorm.weight"))
+    matrix = next(p for n, p in model.named_parameters() if n.endswith("q_proj.weight"))
+    assert bool((norm == 1).all()) and 0.01 < float(matrix.float().std()) < 0.03
