@@ -11,8 +11,9 @@ and `ecomtune plan`'s estimate of the same run (packed rows for the packed run),
 estimate within 10% of the measured peak.
 
 Without a GPU it runs the same on a CPU at 2B size (`sized:qwen2-vl-2b`, recipes/qwen2-vl.yaml) with 2 steps of
-1 sample and 512 x 28 x 28 pixels kept, float32: the peak is then the process's resident set (it holds the
-model), shown beside the estimate for reference only.
+1 sample (or packed row), float32, and, to keep it near half an hour on two cores, photos at 256 x 28 x 28 pixels
+at most (256 image tokens) and rows of 1024 tokens: the peak is then the process's resident set (it holds the
+model and the data), shown beside the estimate for reference only.
 
 On a machine with no network, ecomtune's own dependencies and the wheels of trl, datasets and bitsandbytes must be
 installed first, e.g.:
@@ -35,8 +36,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
-GPU = {"backbone": "sized:qwen2.5-vl-7b", "recipe": "qwen2.5-vl.yaml", "steps": 20, "batch": 2, "items": 24}
-CPU = {"backbone": "sized:qwen2-vl-2b", "recipe": "qwen2-vl.yaml", "steps": 2, "batch": 1, "items": 8}
+GPU = {"backbone": "sized:qwen2.5-vl-7b", "recipe": "qwen2.5-vl.yaml", "steps": 20, "batch": 2, "items": 24,
+       "max_images": 2, "sets": []}
+# A CPU step of the 2B at 512 image tokens takes minutes: 256 per photo and rows of 1024 keep the run near half an hour.
+CPU = {"backbone": "sized:qwen2-vl-2b", "recipe": "qwen2-vl.yaml", "steps": 2, "batch": 1, "items": 8,
+       "max_images": 1, "sets": ["sft.max_length=1024", "backbone.resolution.max_pixels=200704",
+                                 "backbone.resolution.min_pixels=100352"]}
 
 
 def main() -> None:
@@ -50,7 +55,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=defaults["steps"])
     parser.add_argument("--batch", type=int, default=defaults["batch"])
     parser.add_argument("--items", type=int, default=defaults["items"])
-    parser.add_argument("--max-images", type=int, default=2, help="photos per sample at most")
+    parser.add_argument("--max-images", type=int, default=defaults["max_images"], help="photos per sample at most")
     parser.add_argument("--photo", default="1200x1600")
     parser.add_argument("--modes", default="trl,rows,packed")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "ecomtune-realsize"))
@@ -70,7 +75,7 @@ def main() -> None:
     data = full_size_data(Path(args.work), photo, items=args.items, max_images=args.max_images)
     sets = [f"backbone.name={args.backbone}", f"sft.data={data}", "sft.train.grad_accum=1",
             f"sft.train.batch_size={args.batch}", "sft.train.dataloader_workers=0", "sft.on_overlong=drop",
-            *([] if on_gpu else ["sft.quant.compute_dtype=float32"]), *args.set]
+            *([] if on_gpu else ["sft.quant.compute_dtype=float32"]), *defaults["sets"], *args.set]
     recipe = load_recipe(Path(args.recipe), sets)
     plans = {packed: plan_stage(load_recipe(Path(args.recipe), [*sets, f"sft.packing={str(packed).lower()}"]))
              for packed in (False, True)}
