@@ -19,7 +19,8 @@ On a machine with no network, ecomtune's own dependencies and the wheels of trl,
 installed first, e.g.:
 
     pip install --no-index --find-links wheels/ trl datasets bitsandbytes
-    python benchmarks/gpu_check.py            # about 6-8 minutes on one H100/H200-class GPU
+    python benchmarks/gpu_check.py            # not yet timed on a GPU: 16.6 GB of weights written once, three
+                                              # 4-bit loads of the 7B, 3 x 20 steps
 
     nice -n 10 flock /tmp/ecomtune-heavy.lock .venv/bin/python benchmarks/gpu_check.py   # CPU, minutes
 """
