@@ -1,14 +1,17 @@
 """The published dimensions of real checkpoints, as data: what a real-size twin (`sized.py`) is built from.
 
-Each entry copies, from the checkpoint's own files on the Hugging Face hub, the numbers that decide its size
-and speed: `config.json` (text and vision towers, projector), `preprocessor_config.json` (the image
+Each entry holds the numbers, as the checkpoint's own files on the Hugging Face hub publish them, that decide
+its size and speed: `config.json` (text and vision towers, projector), `preprocessor_config.json` (the image
 processor's defaults, which decide image token counts) and the processor's own settings. The model's
 published parameter count (the hub's safetensors metadata, shown on the model page as "Model size") is kept
 beside them, so a test can check that the dimensions really are that checkpoint's: the twin built from them
 must have exactly that many parameters (tests/test_sized.py, on the meta device).
 
 Only numbers are kept; token ids are not (a twin's tokenizer is trained locally, so its ids differ) and
-neither are the weights. Sources are the files named in `config_source`, at the repository's main revision.
+neither are the weights. Sources are the files named in `config_source`, at the repository's main revision; they
+were transcribed, not downloaded here, and the exact parameter-count match is what vouches for them (a wrong
+width, depth or vocabulary changes the count). LLaVA-OneVision-0.5B's text vocabulary is 151936 (Qwen2's); with
+152000 the count is 57,344 (64 rows of 896) over the published one.
 """
 
 from __future__ import annotations
