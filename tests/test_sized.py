@@ -104,3 +104,19 @@ def test_random_weights_load_like_a_checkpoint(tmp_path):
     norm = next(p for n, p in model.named_parameters() if n.endswith("input_layernorm.weight"))
     matrix = next(p for n, p in model.named_parameters() if n.endswith("q_proj.weight"))
     assert bool((norm == 1).all()) and 0.01 < float(matrix.float().std()) < 0.03
+
+
+@pytest.mark.slow
+def test_plan_runs_at_real_size_offline(catalog):
+    """`ecomtune plan` on a real-size twin: the model it measures is the published checkpoint, and image tokens
+    come from the real processor's settings (the recipe's max_pixels caps them)."""
+    from ecomtune.config.loading import load_recipe
+    from ecomtune.train.plan import plan_stage
+
+    recipe = load_recipe(None, [f"sft.data={catalog['instruct']}", "backbone.name=sized:qwen2-vl-2b",
+                                "backbone.resolution.max_pixels=401408", "sft.on_overlong=drop"])
+    report = plan_stage(recipe, "sft")
+    model = report["memory"]["model"]
+    assert model["lm_linear"] + model["lm_rest"] + model["vision"] + model["projector"] == 2_208_985_600
+    assert (model["layers"], model["hidden"], model["vocab"]) == (28, 1536, 151936)
+    assert 0 < report["image_tokens"]["max"] and report["memory"]["fits"]
