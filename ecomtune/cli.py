@@ -161,25 +161,47 @@ for _stage in STAGE_INFO.values():
 
 
 @app.command()
-def plan(recipe: Path = typer.Argument(..., help="Recipe YAML."),
+def plan(recipe: Path = typer.Argument(None, help="Recipe YAML (default: the built-in recipe)."),
          stage: str = typer.Option("sft", "--stage", help=f"Which stage to plan: {', '.join(STAGE_INFO)}."),
          backbone: str = BackboneOpt, data: Path = DataOpt, sets: list[str] = SetOpt, images: str = ImagesOpt,
+         gpu_memory: float = typer.Option(None, "--gpu-memory", min=1, help="GPU memory in GB (the stage's "
+                                          "gpu_memory_gb, 24 by default)."),
+         photo: str = typer.Option("1200x1600", "--photo", help="Without data: the photo size (WxH) planned."),
+         images_per_sample: int = typer.Option(1, "--images-per-sample", min=0, help="Without data: photos per "
+                                               "sample."),
+         text_tokens: int = typer.Option(256, "--text-tokens", min=1, help="Without data: text tokens per sample."),
          out: Path = typer.Option(None, "--out", "-o", help="Also write the plan as JSON."),
          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file.")) -> None:
-    """Measure every sample with the real processor and estimate peak GPU memory, before training."""
+    """Measure every sample with the real processor and estimate peak GPU memory, before training. Without data,
+    plan a sample of --text-tokens and --images-per-sample photos of --photo pixels: what fits, the largest
+    max_length / images / batch that fit, and the setting to change."""
     _quiet_libraries()
     from ecomtune.runs.manifest import write_json_atomic
-    from ecomtune.train.plan import plan_stage
-    from ecomtune.train.report import print_plan
+    from ecomtune.train.plan import plan_stage, plan_without_data
+    from ecomtune.train.report import print_fit_plan, print_plan
 
     _check_stage(stage)
-    chosen = _recipe(recipe, sets, stage, backbone, data, images)
+    extra = [f"{stage}.gpu_memory_gb={gpu_memory}"] if gpu_memory else []
+    chosen = _recipe(recipe, [*(sets or []), *extra], stage, backbone, data, images)
     _check_results_file(out, overwrite, recipe, getattr(chosen, stage).data)
-    report = plan_stage(chosen, stage)
-    print_plan(report, stdout)
+    if getattr(chosen, stage).data is None:
+        report = plan_without_data(chosen, stage, _photo_size(photo), images_per_sample, text_tokens)
+        print_fit_plan(report, stdout)
+    else:
+        report = plan_stage(chosen, stage)
+        print_plan(report, stdout)
     if out:
         write_json_atomic(out, report)
         stdout.print(f"plan: {out}")
+
+
+def _photo_size(text: str) -> tuple[int, int]:
+    from ecomtune.errors import ConfigError
+
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise ConfigError(f"--photo {text}: not a size", fix="give width x height in pixels, e.g. --photo 1200x1600")
+    return int(width), int(height)
 
 
 @app.command()

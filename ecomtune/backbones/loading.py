@@ -187,6 +187,11 @@ def load_model(backbone: ResolvedBackbone, quant: QuantSettings, overrides: Role
         roles = resolve_roles(weightless_skeleton(backbone), backbone.spec, overrides)
         skip = [*roles.projector, roles.lm_head] + ([] if quant.quantize_vision else [roles.vision_tower])
         kwargs["quantization_config"] = quantization_config(quant, skip)
+    if backbone.is_local:
+        from ecomtune.backbones.sized import ensure_weights, is_sized_folder
+
+        if is_sized_folder(backbone.source):  # a real-size twin gets its random weights when it must first run
+            ensure_weights(Path(backbone.source))
     try:
         model = auto_class.from_pretrained(backbone.source, **kwargs)
     except ValueError as exc:  # a config class the auto class has no model for

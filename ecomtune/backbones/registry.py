@@ -1,7 +1,8 @@
 """The backbone registry: the lookup from a user's `--backbone` value to a family spec and a source.
 
-A backbone is a `tiny-` alias (built locally), a registry alias (-> hub id), a local folder, or any
-hub id. A folder or hub id whose `model_type` is in no family gets the generic spec: its roles are
+A backbone is a `tiny-` alias (built locally), a registry alias (-> hub id), a `sized:` alias (the
+alias's checkpoint at its published dimensions with random weights, built locally), a local folder, or
+any hub id. A folder or hub id whose `model_type` is in no family gets the generic spec: its roles are
 found by inspection when the model loads. Lookups that match nothing list the valid aliases and
 the closest one.
 """
@@ -44,6 +45,29 @@ def tiny_aliases() -> list[str]:
     return [a for a, (_, hub) in aliases().items() if hub is None]
 
 
+def sized_aliases() -> list[str]:
+    """`sized:<alias>` for every registry alias whose checkpoint's dimensions are on record (`published.py`)."""
+    from ecomtune.backbones.sized import SIZED_PREFIX, checkpoint_of
+
+    return [SIZED_PREFIX + a for a, (_, hub) in aliases().items() if checkpoint_of(hub) is not None]
+
+
+def _resolve_sized(name: str) -> ResolvedBackbone:
+    from ecomtune.backbones.sized import SIZED_PREFIX, checkpoint_of, ensure_sized
+
+    alias = name.removeprefix(SIZED_PREFIX)
+    spec, hub_id = aliases().get(alias, (None, None))
+    checkpoint = checkpoint_of(hub_id)
+    if spec is None or checkpoint is None or spec.tiny is None:
+        names = sized_aliases()
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        raise BackboneError(f"No real-size twin '{name}': " + (f"'{alias}' is not a registry alias" if spec is None
+                            else f"the dimensions of {hub_id} are not on record"),
+                            fix=(f"did you mean '{close[0]}'? " if close else "") + f"use one of {', '.join(names)}")
+    folder = ensure_sized(alias, checkpoint, spec.tiny)
+    return ResolvedBackbone(spec, str(folder), is_local=True)
+
+
 def spec_for_model_type(model_type: str, source: str = "") -> BackboneSpec:
     """The family of a config's `model_type`, or the generic spec for any other vision-language model type that
     transformers' image-text-to-text auto class knows. A text-only (or any other) model is refused here, before
@@ -67,8 +91,8 @@ def _unknown(name: str) -> BackboneError:
     hint = f"did you mean '{close[0]}'? " if close else ""
     return BackboneError(
         f"Unknown backbone '{name}'",
-        fix=f"{hint}use an alias ({', '.join(names)}), a hub id such as Qwen/Qwen2-VL-2B-Instruct, "
-        "or a local model folder; `ecomtune backbones` shows the registry",
+        fix=f"{hint}use an alias ({', '.join(names)}), a real-size twin (sized:<alias>), a hub id such as "
+        "Qwen/Qwen2-VL-2B-Instruct, or a local model folder; `ecomtune backbones` shows the registry",
     )
 
 
@@ -88,6 +112,10 @@ def _hub_model_type(repo_id: str, revision: str | None) -> str:
 
 def resolve_backbone(name: str, seed: int = 0, revision: str | None = None) -> ResolvedBackbone:
     """Turn a `--backbone` value into a spec and a loadable source. Builds tiny twins on first use."""
+    from ecomtune.backbones.sized import SIZED_PREFIX
+
+    if name.startswith(SIZED_PREFIX):
+        return _resolve_sized(name)
     table = aliases()
     if name in table:
         spec, hub_id = table[name]

@@ -25,7 +25,10 @@ def capability_rows() -> list[dict[str, str]]:
     """One row per family. `4-bit tested` means the family's tiny twin trains 4-bit + LoRA in the test suite."""
     rows = []
     for spec in FAMILIES:
-        aliases = [f"{alias} -> {hub}" for alias, hub in spec.hub_ids.items()]
+        from ecomtune.backbones.sized import checkpoint_of
+
+        aliases = [f"{alias} -> {hub}" + (" (also sized:)" if checkpoint_of(hub) else "")
+                   for alias, hub in spec.hub_ids.items()]
         if spec.tiny is not None:
             aliases.append(f"tiny-{spec.family} (built locally)")
         rows.append({

@@ -2,12 +2,17 @@
 
 Terms, in bytes (d = bytes per value of the compute dtype: 2 for bfloat16/float16, 4 for float32):
 
-    weights      = P_lin * w4 + (P_lm_rest + P_vision) * d + P_proj * 4 + P_lora * 4
+    weights      = P_lin * w4 + (P_lm_rest + P_vision) * f + P_proj * (f + t) + P_lora * 4
                    w4 = 0.5 + c (4-bit, c = quantization constants: 0.0159 with double quantization,
                    0.0625 without) or d (no quantization); with quantize_vision the vision tower counts
-                   at w4 too. Trainable weights (projector, LoRA) stay in float32.
+                   at w4 too. f = bytes of a frozen weight: d, but 4 in a LoRA stage on a 4-bit base,
+                   where PEFT's prepare_model_for_kbit_training upcasts every weight that is not 4-bit
+                   (embeddings, norms, the vision tower, lm_head) to float32. t = 4 when the projector
+                   is trained: PEFT's modules_to_save trains a float32 copy beside the frozen original
+                   (0 when frozen; an align stage trains the projector itself: f = 4, t = 0).
     gradients    = P_train * 4
-    optimizer    = P_train * o            o = 8 (AdamW: two float32 moments), 2 (8-bit AdamW), 4 (SGD
+    optimizer    = P_train * o            o = 8 (AdamW: two float32 moments), 2.03 (8-bit AdamW: two uint8
+                                          moments and a float32 scale per block of 256), 4 (SGD
                                           with momentum), 0 (plain SGD)
     activations  = T * L * 2H * d + T * a          with gradient checkpointing (layer inputs kept,
                    T * L * a                       one layer recomputed), or without it
@@ -36,7 +41,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GIB = 1024**3
-OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0, "sgd_momentum": 4.0, "sgd": 0.0}
+# bitsandbytes' 8-bit optimizers quantize each moment blockwise: one uint8 per value, one float32 scale per 256
+OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0 + 2 * 4 / 256, "sgd_momentum": 4.0, "sgd": 0.0}
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,8 @@ class TrainShape:
     gradient_checkpointing: bool
     optimizer: str  # a key of OPTIMIZER_BYTES
     full_logits: bool = True  # loss_average: sample builds them; token goes through TRL's fused, tiled LM head
+    upcast_frozen: bool = False  # a LoRA stage on a 4-bit base: PEFT keeps every non-4-bit weight in float32
+    projector_copy: bool = False  # the projector trained through PEFT's modules_to_save (a copy beside the original)
 
 
 def optimizer_kind(name: str) -> str:
@@ -84,12 +92,24 @@ def optimizer_kind(name: str) -> str:
     return "adamw"
 
 
+def weight_parts(model: ModelShape, step: TrainShape) -> dict[str, float]:
+    """The `weights` term by part (see the module docstring): what `benchmarks/planner_check.py` compares with
+    the bytes of a loaded model's tensors."""
+    d = step.dtype_bytes
+    w4 = (0.5 + (0.0159 if step.double_quant else 0.0625)) if step.load_in_4bit else d
+    frozen = 4 if step.upcast_frozen else d
+    vision_bytes = w4 if (step.load_in_4bit and step.quantize_vision) else frozen
+    if step.projector_trainable:
+        projector_bytes = frozen + 4 if step.projector_copy else 4
+    else:
+        projector_bytes = frozen
+    return {"lm_linear": model.lm_linear * w4, "lm_rest": model.lm_rest * frozen, "vision": model.vision * vision_bytes,
+            "projector": model.projector * projector_bytes, "lora": step.lora_params * 4.0}
+
+
 def estimate(model: ModelShape, step: TrainShape) -> dict[str, float]:
     """Bytes per term (see the module docstring) plus `total`."""
     d = step.dtype_bytes
-    w4 = (0.5 + (0.0159 if step.double_quant else 0.0625)) if step.load_in_4bit else d
-    vision_bytes = w4 if (step.load_in_4bit and step.quantize_vision) else d
-    projector_bytes = 4 if step.projector_trainable else d
     trainable = step.lora_params + (model.projector if step.projector_trainable else 0)
     tokens = step.batch_size * step.seq_len
     per_layer = (6 * model.hidden + 2 * model.kv_width + 5 * model.intermediate) * d
@@ -98,8 +118,7 @@ def estimate(model: ModelShape, step: TrainShape) -> dict[str, float]:
     else:
         activations = tokens * model.layers * per_layer
     terms = {
-        "weights": model.lm_linear * w4 + model.lm_rest * d + model.vision * vision_bytes
-        + model.projector * projector_bytes + step.lora_params * 4,
+        "weights": sum(weight_parts(model, step).values()),
         "gradients": trainable * 4.0,
         "optimizer": trainable * OPTIMIZER_BYTES[step.optimizer],
         "activations": float(activations),

@@ -10,6 +10,7 @@ on the meta device.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import re
@@ -22,7 +23,7 @@ from torch import nn
 
 from ecomtune.backbones.loading import check_available, pick_compute_dtype, role_overrides
 from ecomtune.backbones.registry import ResolvedBackbone
-from ecomtune.backbones.spec import ResolvedRoles, lora_target_regex, resolve_roles
+from ecomtune.backbones.spec import BackboneSpec, ResolvedRoles, lora_target_regex, resolve_roles
 from ecomtune.config.schema import LoraStage, Recipe, StageSettings
 from ecomtune.data.lengths import prepare_store
 from ecomtune.data.packing import packing_stats, plan_packs
@@ -93,8 +94,31 @@ def lora_parameters(model: nn.Module, pattern: str, rank: int) -> int:
                if isinstance(m, nn.Linear) and regex.fullmatch(n))
 
 
+def offline_stand_in(recipe: Recipe) -> tuple[Recipe, str | None]:
+    """The recipe a plan measures: the same, except that a hub backbone this machine can neither reach nor find
+    in its cache is replaced by its real-size twin (`sized:<alias>`: the checkpoint's published dimensions and
+    processor settings) when its dimensions are on record. A plan needs shapes and the processor, not weights."""
+    from ecomtune.backbones.loading import _hub_reachable, _in_hub_cache
+    from ecomtune.backbones.registry import aliases, resolve_backbone
+    from ecomtune.backbones.sized import SIZED_PREFIX, checkpoint_of
+
+    name = recipe.backbone.name
+    if name.startswith(SIZED_PREFIX):
+        return recipe, None
+    backbone = resolve_backbone(name, recipe.backbone.seed, recipe.backbone.revision)
+    if backbone.is_local or checkpoint_of(backbone.source) is None or \
+            _in_hub_cache(backbone.source, backbone.revision) or _hub_reachable():
+        return recipe, None
+    alias = next(a for a, (_, hub) in aliases().items() if hub == backbone.source)
+    stand_in = recipe.model_copy(update={"backbone": recipe.backbone.model_copy(update={"name": SIZED_PREFIX + alias})})
+    return stand_in, (f"{backbone.source} is not on this machine and the hub is not reachable: planned from its "
+                      f"published dimensions and processor settings ({SIZED_PREFIX}{alias})")
+
+
 def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
     """The plan of one stage of a recipe (see the module docstring)."""
+    asked = recipe.backbone.name
+    recipe, stand_in = offline_stand_in(recipe)
     stage: StageSettings = getattr(recipe, stage_name)
     from ecomtune.data.stage_samples import mixture_table
     from ecomtune.train.stages import read_stage
@@ -120,28 +144,12 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
         seq_len = limit
         image_tokens = batch * max((sum(images[fits[i]] for i in pack) for pack in packs), default=0)
 
-    model, config = _weightless(backbone)
-    roles = resolve_roles(model, backbone.spec, role_overrides(recipe.backbone))
-    shape = model_shape(model, config, roles)
-    lora = 0
-    projector_trainable = True
-    if isinstance(stage, LoraStage):
-        targets = checked_lora_targets(model, roles, backbone.spec, stage, stage_name)
-        lora = lora_parameters(model, lora_target_regex(roles.language_model, targets.language_model), stage.lora.r)
-        if targets.vision_tower is not None:
-            lora += lora_parameters(model, lora_target_regex(roles.vision_tower, targets.vision_tower), stage.lora.r)
-        projector_trainable = stage.projector == "full"
-    step = TrainShape(
-        batch_size=batch, seq_len=seq_len, image_tokens=round(image_tokens), lora_params=lora,
-        projector_trainable=projector_trainable, load_in_4bit=stage.quant.load_in_4bit,
-        double_quant=stage.quant.double_quant, quantize_vision=stage.quant.quantize_vision,
-        dtype_bytes=_dtype_bytes(stage.quant.compute_dtype), gradient_checkpointing=stage.train.gradient_checkpointing,
-        optimizer=optimizer_kind(stage.train.optimizer), full_logits=stage.train.loss_average == "sample")
+    shape, step = _planned_step(recipe, stage, stage_name, backbone, batch, seq_len, image_tokens)
     terms = estimate(shape, step)
     budget = stage.gpu_memory_gb * GIB
     cap = stage.images.max_images
     return {
-        "stage": stage_name, "backbone": {"name": recipe.backbone.name, "family": backbone.spec.family},
+        "stage": stage_name, "backbone": {"name": asked, "family": backbone.spec.family, "measured_as": stand_in},
         "data": str(stage.data) if not isinstance(stage.data, list) else "mixture",
         "mixture": mixture_table(given.read.sources), "images": stage.images.model_dump(),
         "samples": len(samples),
@@ -162,8 +170,109 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
     }
 
 
+def _planned_step(recipe: Recipe, stage: StageSettings, stage_name: str, backbone: ResolvedBackbone, batch: int,
+                  seq_len: int, image_tokens: int | float) -> tuple[ModelShape, TrainShape]:
+    """The backbone's shape (counted on the meta device) and the step the stage's settings make of it. LoRA
+    targets are checked as training checks them (`checked_lora_targets`): a misspelt one is refused, not planned."""
+    model, config = _weightless(backbone)
+    roles = resolve_roles(model, backbone.spec, role_overrides(recipe.backbone))
+    shape = model_shape(model, config, roles)
+    lora = 0
+    projector_trainable = True
+    if isinstance(stage, LoraStage):
+        targets = checked_lora_targets(model, roles, backbone.spec, stage, stage_name)
+        lora = lora_parameters(model, lora_target_regex(roles.language_model, targets.language_model), stage.lora.r)
+        if targets.vision_tower is not None:
+            lora += lora_parameters(model, lora_target_regex(roles.vision_tower, targets.vision_tower), stage.lora.r)
+        projector_trainable = stage.projector == "full"
+    step = TrainShape(
+        batch_size=batch, seq_len=seq_len, image_tokens=round(image_tokens), lora_params=lora,
+        projector_trainable=projector_trainable, load_in_4bit=stage.quant.load_in_4bit,
+        double_quant=stage.quant.double_quant, quantize_vision=stage.quant.quantize_vision,
+        dtype_bytes=_dtype_bytes(stage.quant.compute_dtype), gradient_checkpointing=stage.train.gradient_checkpointing,
+        optimizer=optimizer_kind(stage.train.optimizer), full_logits=stage.train.loss_average == "sample",
+        upcast_frozen=isinstance(stage, LoraStage) and stage.quant.load_in_4bit,
+        projector_copy=isinstance(stage, LoraStage) and projector_trainable)
+    return shape, step
+
+
 def _dtype_bytes(compute_dtype: str) -> int:
     """Bytes per value of the compute dtype on the planned GPU (auto: bfloat16, what a 24 GB GPU runs)."""
     if compute_dtype == "auto":
         return 2 if not torch.cuda.is_available() else torch.finfo(pick_compute_dtype("auto")).bits // 8
     return torch.finfo(getattr(torch, compute_dtype)).bits // 8
+
+
+def photo_image_tokens(processor, photo: tuple[int, int], spec: BackboneSpec | None = None,
+                       max_pixels: int | None = None) -> int:
+    """Image tokens of one photo of `photo` = (width, height) pixels through the real processor, at its settings or,
+    given `max_pixels`, at that cap, set through the family's own knob (`apply_resolution`) and then undone."""
+    from PIL import Image
+
+    from ecomtune.backbones.loading import apply_resolution
+    from ecomtune.config.schema import ResolutionSettings
+    from ecomtune.data.collator import count_image_tokens
+
+    image = Image.new("RGB", photo, (128, 128, 128))
+    if max_pixels is None or spec is None:
+        return count_image_tokens(processor, [image])
+    image_processor = processor.image_processor
+    names = {attribute.partition(".")[0] for attribute in spec.image_knobs.get("max_pixels", ())}
+    saved = {name: copy.deepcopy(getattr(image_processor, name, None)) for name in names}
+    saved_defaults = copy.deepcopy(getattr(processor, "images_kwargs", None))
+    try:
+        apply_resolution(processor, spec, ResolutionSettings(max_pixels=max_pixels))
+        return count_image_tokens(processor, [image])
+    finally:
+        for name, value in saved.items():
+            setattr(image_processor, name, value)
+        if saved_defaults is not None:
+            processor.images_kwargs = saved_defaults
+
+
+def plan_without_data(recipe: Recipe, stage_name: str = "sft", photo: tuple[int, int] = (1200, 1600),
+                      images_per_sample: int = 1, text_tokens: int = 256) -> dict[str, Any]:
+    """A plan from the recipe alone, for a sample of `text_tokens` text tokens and `images_per_sample` photos of
+    `photo` pixels (image tokens from the real processor at the recipe's resolution): the estimate, whether it
+    fits, the largest max_length / images per sample / batch that fit, and the knob to turn
+    (`ecomtune.train.fit`)."""
+    from ecomtune.backbones.loading import load_processor
+    from ecomtune.backbones.registry import resolve_backbone
+    from ecomtune.train.fit import PlannedSample, RecipeKnobs, knobs, largest_settings, step_for, turn_first
+
+    asked = recipe.backbone.name
+    recipe, stand_in = offline_stand_in(recipe)
+    stage: StageSettings = getattr(recipe, stage_name)
+    backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.seed, recipe.backbone.revision)
+    processor = load_processor(backbone, recipe.backbone)
+    per_image = photo_image_tokens(processor, photo) if images_per_sample else 0
+    sample = PlannedSample(text_tokens, images_per_sample, per_image)
+    batch = stage.train.batch_size
+    shape, step = _planned_step(recipe, stage, stage_name, backbone, batch, sample.tokens,
+                                batch * images_per_sample * per_image)
+    step = step_for(step, sample)
+    terms = estimate(shape, step)
+    budget = stage.gpu_memory_gb * GIB
+    has_pixels = "max_pixels" in backbone.spec.image_knobs
+    def image_tokens_at(pixels: int) -> int:
+        return photo_image_tokens(processor, photo, backbone.spec, pixels)
+
+    recipe_knobs = RecipeKnobs(
+        stage=stage_name, grad_accum=stage.train.grad_accum,
+        lora_rank=stage.lora.r if isinstance(stage, LoraStage) else 0, max_length=stage.max_length,
+        max_pixels_knob=has_pixels, image_tokens_at=image_tokens_at if has_pixels else None)
+    found = knobs(shape, step, sample, budget, recipe_knobs)
+    fits = terms["total"] <= budget
+    return {
+        "stage": stage_name, "backbone": {"name": asked, "family": backbone.spec.family, "measured_as": stand_in},
+        "sample": {"photo": list(photo), "images": images_per_sample, "image_tokens_per_image": per_image,
+                   "text_tokens": text_tokens, "tokens": sample.tokens},
+        "max_length": stage.max_length,
+        "over_max_length": stage.max_length is not None and sample.tokens > stage.max_length,
+        "memory": {"terms_gib": {k: v / GIB for k, v in terms.items()}, "budget_gib": stage.gpu_memory_gb,
+                   "fits": fits, "advice": [] if fits else advice(terms), "model": asdict(shape), "step": asdict(step)},
+        "largest": largest_settings(shape, step, sample, budget),
+        "knobs": [asdict(k) for k in found],
+        "turn": [k.setting for k in turn_first(found)] if not fits or sample.tokens > (stage.max_length or
+                                                                                        sample.tokens) else [],
+    }

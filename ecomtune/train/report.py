@@ -96,6 +96,58 @@ def print_plan(report: dict, stdout: Console) -> None:
             stdout.print(f"  - {line}")
 
 
+
+def _print_memory(memory: dict, stdout: Console) -> None:
+    terms = Table(title=f"estimated peak GPU memory (GiB), budget {memory['budget_gib']:g}")
+    for name in memory["terms_gib"]:
+        terms.add_column(name, justify="right")
+    terms.add_row(*(f"{v:.2f}" for v in memory["terms_gib"].values()))
+    stdout.print(terms)
+
+
+def print_fit_plan(report: dict, stdout: Console) -> None:
+    """What `ecomtune plan` without data says: the planned sample, the estimate, what fits, and what to change."""
+    sample, memory, largest = report["sample"], report["memory"], report["largest"]
+    backbone = report["backbone"]
+    stdout.print(f"[bold]{report['stage']}[/bold] on {backbone['name']} ({backbone['family']}), no data: a sample of "
+                 f"{sample['text_tokens']} text tokens and {sample['images']} photo(s) of "
+                 f"{sample['photo'][0]}x{sample['photo'][1]} px")
+    if backbone.get("measured_as"):
+        stdout.print(f"[dim]{backbone['measured_as']}[/dim]")
+    step = memory["step"]
+    stdout.print(f"one photo = {sample['image_tokens_per_image']} image tokens (the real processor at the recipe's "
+                 f"resolution); a sample = {sample['tokens']} tokens; batch {step['batch_size']}, gradient "
+                 f"checkpointing {'on' if step['gradient_checkpointing'] else 'off'}")
+    if report["over_max_length"]:
+        stdout.print(f"[yellow]the sample is longer than max_length={report['max_length']}: it would be dropped "
+                     "(or stop the run); raise max_length or lower the resolution[/yellow]")
+    _print_memory(memory, stdout)
+    total, budget = memory["terms_gib"]["total"], memory["budget_gib"]
+    if memory["fits"]:
+        stdout.print(f"[green]fits: {total:.1f} of {budget:g} GiB[/green]")
+    else:
+        stdout.print(f"[red]does not fit: {total:.1f} of {budget:g} GiB[/red]")
+
+    def shown(value) -> str:
+        return "nothing fits" if value is None else f"{value:,}"
+
+    stdout.print(f"largest that fits, the rest as planned: max_length {shown(largest['max_length'])}, "
+                 f"photos per sample {shown(largest['images_per_sample'])}, batch_size {shown(largest['batch_size'])}")
+    if report["knobs"] and report["turn"]:
+        table = Table(title="each setting changed alone (cheapest first)")
+        for column in ("setting", "estimate (GiB)", "fits", "costs"):
+            table.add_column(column, justify="right" if column == "estimate (GiB)" else "left")
+        for knob in report["knobs"]:
+            table.add_row(knob["setting"], f"{knob['total_gib']:.1f}", "yes" if knob["fits"] else "no", knob["cost"])
+        stdout.print(table)
+    if report["turn"]:
+        if len(report["turn"]) == 1:
+            stdout.print(f"turn first: --set {report['turn'][0].replace(' ', ' --set ')}")
+        else:
+            stdout.print("no single setting fits: combine, in this order, and plan again: "
+                         + "; ".join(report["turn"]))
+
+
 def print_mixture(sources: list[dict], stdout: Console) -> None:
     """The realised mixture: per source its format, rows available, rule, rows taken, tokens and share."""
     table = Table(title="mixture (rows taken by each source's sampling rule)")
