@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -209,6 +210,22 @@ def test_hf_image_bytes_are_cached_as_they_were(tmp_path, tiny_cache):
     assert [Path(p).read_bytes() for p in paths] == originals
     assert [Path(p).suffix for p in paths] == [".png", ".jpg"]
     assert all(Path(p).parent == tiny_cache / "images" for p in paths)
+
+
+def test_hf_cached_images_are_readable_as_a_plain_open_leaves_them(tmp_path, tiny_cache):
+    """A cached image is read by every process of a run (and by a colleague sharing the cache): under umask 0022
+    it is 0644 like any file the user writes, not the temp file's owner-only 0600."""
+    dataset = datasets.Dataset.from_dict(
+        {"image": [{"bytes": image_bytes("blue"), "path": None}], "conversations": conversations(1)},
+        features=datasets.Features({"image": datasets.Image(), "conversations": datasets.List(
+            {"from": datasets.Value("string"), "value": datasets.Value("string")})}))
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    old = os.umask(0o022)
+    try:
+        [(_, record, _)] = open_source(tmp_path / "saved").records([0])
+    finally:
+        os.umask(old)
+    assert Path(record["images"][0]).stat().st_mode & 0o777 == 0o644
 
 
 def test_hf_lists_of_images_and_text_only_rows(tmp_path):

@@ -36,6 +36,7 @@ from ecomtune.data.sources.hf_layout import (
 )
 from ecomtune.data.sources.turns import conversation_record
 from ecomtune.errors import DataError, Problem
+from ecomtune.runs.file_modes import plain_file_mode
 
 if TYPE_CHECKING:
     from datasets import Dataset, Features
@@ -292,6 +293,7 @@ def cache_image(data: bytes, original: str | None, folder: Path) -> Path:
         try:
             with os.fdopen(handle, "wb") as out:
                 out.write(data)
+                os.fchmod(out.fileno(), plain_file_mode(target))  # readable as a plain open() leaves it, not 0600
             os.replace(temporary, target)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
