@@ -521,11 +521,14 @@ def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="
 def synth(out_dir: Path = typer.Option(..., "--out", help="Folder to write images and JSONL files to."),
           items: int = typer.Option(48, "--items", min=1, help="Number of products."),
           seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
+          general: int = typer.Option(180, "--general", min=6, help="General-world probe items (bench/general.jsonl)."),
+          general_train: int = typer.Option(1200, "--general-train", min=0,
+                                            help="General-world training items for replay (general-train.jsonl)."),
           overwrite: bool = OverwriteOpt) -> None:
     """Generate a deterministic synthetic catalog (rendered products + captions + instructions)."""
     from ecomtune.synth.catalog import write_catalog
 
-    written = write_catalog(out_dir, items, seed, overwrite=overwrite)
+    written = write_catalog(out_dir, items, seed, general=general, general_train=general_train, overwrite=overwrite)
     for name, path in written.items():
         stdout.print(f"{name}: {path}")
 
