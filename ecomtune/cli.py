@@ -325,11 +325,14 @@ def bench_report(
     examples: int = typer.Option(50, "--examples", min=0, help="Example cards per task (from the last file)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
-    """One self-contained HTML page: scores per task and attribute as bars, example cards filterable to failures."""
-    from ecomtune.bench.html_report import write_report
+    """One self-contained HTML page: scores per task and attribute as bars, example cards filterable to failures.
+    The terminal gets the same files side by side: headline per task, the general suite per skill."""
+    from ecomtune.bench.html_report import labels, write_report
+    from ecomtune.bench.report import columns_table, load_results
     from ecomtune.runs.outputs import Guarded, check_file_output
 
     check_file_output(out, overwrite, Guarded(files=[("results file", p) for p in results]))
+    stdout.print(columns_table([(label, load_results(p)) for label, p in zip(labels(results), results, strict=True)]))
     stdout.print(f"report: {write_report(results, out, examples)}")
 
 
