@@ -14,6 +14,7 @@ so a second process waits for the first one's build and then uses it instead of 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import shutil
@@ -21,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,6 +45,9 @@ class Pretraining:
     learning_rate: float = 3e-3
     warmup: int = 30
     weight_decay: float = 0.0
+    # Sizes beyond the random twin's (text_config / vision_config keys); empty: the random twin itself.
+    text: dict = field(default_factory=dict)
+    vision: dict = field(default_factory=dict)
 
 
 PRETRAINED_DEFAULT = Pretraining()
@@ -63,17 +67,26 @@ def build_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def cache_name(alias: str, seed: int, plan: Pretraining = PRETRAINED_DEFAULT) -> str:
-    """The cache folder's name: alias, both builders' versions, seed, and the plan when it is not the default."""
+def cache_name(alias: str, seed: int, plan: Pretraining) -> str:
+    """The cache folder's name: alias, both builders' versions, seed, and a digest of the plan when it is not the
+    default one."""
     name = f"{alias}-v{TINY_VERSION}.p{PRETRAINED_VERSION}-seed{seed}"
     if plan != PRETRAINED_DEFAULT:
-        name += "-" + "-".join(f"{k}{v}" for k, v in asdict(plan).items())
+        name += "-" + hashlib.sha256(json.dumps(asdict(plan), sort_keys=True).encode()).hexdigest()[:12]
     return name
 
 
+def starting_twin(twin: TinyTwin, plan: Pretraining) -> TinyTwin:
+    """The random twin the pretraining starts from: the family's, at the plan's sizes."""
+    if not plan.text and not plan.vision:
+        return twin
+    return replace(twin, text={**twin.text, **plan.text}, vision={**twin.vision, **plan.vision})
+
+
 def ensure_pretrained(alias: str, twin_alias: str, twin: TinyTwin, seed: int, cache_dir: Path | None = None,
-                      plan: Pretraining = PRETRAINED_DEFAULT, on_build=None) -> Path:
+                      plan: Pretraining | None = None, on_build=None) -> Path:
     """The general base's folder, built on first use. `on_build(message)` is told when a build starts."""
+    plan = plan or PRETRAINED_DEFAULT
     root = cache_dir or default_cache_dir()
     target = root / cache_name(alias, seed, plan)
     if (target / DONE_FILE).is_file():
@@ -81,7 +94,9 @@ def ensure_pretrained(alias: str, twin_alias: str, twin: TinyTwin, seed: int, ca
     with build_lock(root / f".{target.name}.lock"):
         if (target / DONE_FILE).is_file():  # another process built it while this one waited
             return target
-        start = ensure_tiny(twin_alias, twin, seed, root)
+        sized = starting_twin(twin, plan)
+        sizes = hashlib.sha256(json.dumps([plan.text, plan.vision], sort_keys=True).encode()).hexdigest()[:8]
+        start = ensure_tiny(twin_alias if sized is twin else f"{alias}-start-{sizes}", sized, seed, root)
         if on_build is not None:
             on_build(f"building {alias} (seed {seed}): {plan.steps} steps of general-world training on {start.name}, "
                      "once; later runs use the cache")
@@ -138,7 +153,7 @@ def pretrain(start: Path, out: Path, seed: int, plan: Pretraining) -> dict:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
