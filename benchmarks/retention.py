@@ -39,9 +39,10 @@ def variant_recipe(variant: str, data: dict[str, Path], overrides: list[str]):
     recipe = demo_recipe(data, overrides)
     if variant == "c":
         return recipe
-    values = {"backbone.name": recipe.backbone.name, "align.data": data["captions"]}
-    for stage in ("mid", "sft"):
-        sources = [s.model_dump(mode="json") for s in getattr(recipe, stage).data]
+    values = {"backbone.name": recipe.backbone.name}
+    for stage in ("align", "mid", "sft"):
+        data_of = getattr(recipe, stage).data
+        sources = [s.model_dump(mode="json") for s in data_of] if isinstance(data_of, list) else [{"path": data_of}]
         values[f"{stage}.data"] = sources[:1] if variant == "a" else sources
     return load_recipe(DEMO_RECIPE, overrides, values=values)
 

@@ -45,19 +45,25 @@ def run_demo(output: Path, seed: int = 0, items: int = 480, overwrite: bool = Fa
 
 def demo_recipe(data: dict[str, Path], overrides: list[str]):
     """The shipped tiny recipe on the demo's catalog: its mixtures keep their sampling rules, their paths become the
-    catalog's (catalog data first, general replay second), the general base is the backbone, and the retention
-    probe with its guard watches mid and sft. `overrides` (`--set`) come last."""
+    catalog's (`catalog_sources`), the general base is the backbone, and the retention probe with its guard watches
+    mid and sft. `overrides` (`--set`) come last."""
     shipped = load_recipe(DEMO_RECIPE)
     probe = [f"{stage}.probe={{data: {data['bench']}, tasks: [general], items: {PROBE_ITEMS}, every: {PROBE_EVERY}, "
              f"general_drop_limit: {DROP_LIMIT}, on_general_drop: stop}}" for stage in ("mid", "sft")]
-    values = {"align.data": data["captions"], "backbone.name": GENERAL_BASE}
-    for stage, own in (("mid", data["mid"]), ("sft", data["instruct"])):
-        sources = getattr(shipped, stage).data
-        assert isinstance(sources, list) and len(sources) == 2, f"the tiny recipe's {stage} is catalog + replay"
-        values[f"{stage}.data"] = [{**sources[0].model_dump(mode="json"), "path": str(own)},
-                                   {**sources[1].model_dump(mode="json"), "path": str(data["general_train"])}]
+    values: dict = {"backbone.name": GENERAL_BASE}
+    for stage, own in (("align", data["captions"]), ("mid", data["mid"]), ("sft", data["instruct"])):
+        values[f"{stage}.data"] = catalog_sources(getattr(shipped, stage).data, own, data["general_train"])
     recipe = load_recipe(DEMO_RECIPE, [*probe, *overrides], values=values)
     return recipe
+
+
+def catalog_sources(sources, own: Path, replay: Path):
+    """A stage's data pointed at the catalog: one path becomes `own`; a mixture keeps its sampling rules, its first
+    source becomes `own` (the catalog's data) and the others `replay` (the general world's training split)."""
+    if not isinstance(sources, list):
+        return own
+    return [{**source.model_dump(mode="json"), "path": str(own if i == 0 else replay)}
+            for i, source in enumerate(sources)]
 
 
 def print_verdicts(console: Console, found: list[Verdict]) -> bool:
