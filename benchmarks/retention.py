@@ -63,6 +63,7 @@ def main() -> None:
     columns = {"base": run_bench(recipe.backbone.name, "all", data["bench"], load_in_4bit=False),
                "base 4-bit": run_bench(recipe.backbone.name, "all", data["bench"], load_in_4bit=True)}
     aligned = run_stage("align", recipe, out / "align", overwrite=True)
+    columns["after align (shared)"] = run_bench(str(aligned.output), "all", data["bench"])
     shares, seconds, stopped = {}, {}, {}
     for variant in args.variants:
         started = time.perf_counter()
@@ -82,7 +83,7 @@ def main() -> None:
     for task in ("general", *IN_DOMAIN):
         table.add_row(f"{task} ({HEADLINE[task]})", *(f"{r['tasks'][task]['scores'][HEADLINE[task]]:.3f}"
                                                     for r in columns.values()))
-    blank = [""] * 2
+    blank = [""] * 3
 
     def general(results: dict) -> float:
         return results["tasks"]["general"]["scores"]["accuracy"]
