@@ -46,14 +46,14 @@ def run_demo(output: Path, seed: int = 0, items: int = 480, overwrite: bool = Fa
 def demo_recipe(data: dict[str, Path], overrides: list[str]):
     """The shipped tiny recipe on the demo's catalog: its mixtures keep their sampling rules, their paths become the
     catalog's (`catalog_sources`), the general base is the backbone, and the retention probe with its guard watches
-    mid and sft. `overrides` (`--set`) come last."""
+    mid and sft. `overrides` (`--set`) come last: `--set backbone.name=tiny-qwen2-vl` runs it on the random twin."""
     shipped = load_recipe(DEMO_RECIPE)
-    probe = [f"{stage}.probe={{data: {data['bench']}, tasks: [general], items: {PROBE_ITEMS}, every: {PROBE_EVERY}, "
+    probe = [f"{stage}.probe={{tasks: [general], items: {PROBE_ITEMS}, every: {PROBE_EVERY}, "
              f"general_drop_limit: {DROP_LIMIT}, on_general_drop: stop}}" for stage in ("mid", "sft")]
-    values: dict = {"backbone.name": GENERAL_BASE}
+    values: dict = {f"{stage}.probe.data": data["bench"] for stage in ("mid", "sft")}  # a path, never read as YAML
     for stage, own in (("align", data["captions"]), ("mid", data["mid"]), ("sft", data["instruct"])):
         values[f"{stage}.data"] = catalog_sources(getattr(shipped, stage).data, own, data["general_train"])
-    recipe = load_recipe(DEMO_RECIPE, [*probe, *overrides], values=values)
+    recipe = load_recipe(DEMO_RECIPE, [f"backbone.name={GENERAL_BASE}", *probe, *overrides], values=values)
     return recipe
 
 

@@ -2,8 +2,9 @@
 
 The paper adapts a pretrained VLM and checks that it keeps its broad skills. A random-weight twin has none to keep,
 so ecomtune builds, once per seed, a tiny Qwen2-VL trained on the general world (`ecomtune/synth/general_world.py`,
-training split only): full fine-tuning of every weight of the random twin of the same seed, with a plain PyTorch
-loop (the fastest way at this size: no Trainer, no data files, scenes drawn in memory).
+training split only): full fine-tuning of every weight of a random twin of the same seed, built at the sizes the plan
+names (wider and deeper than `tiny-qwen2-vl`, see `GENERAL_SIZES`), with a plain PyTorch loop (the fastest way at
+this size: no Trainer, no data files, scenes drawn in memory).
 
 Cached like the tiny twins (`ECOMTUNE_CACHE`, `~/.cache/ecomtune/tiny`): the key holds the twin's and the
 pretraining's versions and the seed, so a change to either builder rebuilds. The build is deterministic (the same
