@@ -348,11 +348,14 @@ def bench_report(
     examples: int = typer.Option(50, "--examples", min=0, help="Example cards per task (from the last file)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
-    """One self-contained HTML page: scores per task and attribute as bars, example cards filterable to failures."""
-    from ecomtune.bench.html_report import write_report
+    """One self-contained HTML page: scores per task and attribute as bars, example cards filterable to failures.
+    The terminal gets the same files side by side: headline per task, the general suite per skill."""
+    from ecomtune.bench.html_report import labels, write_report
+    from ecomtune.bench.report import columns_table, load_results
     from ecomtune.runs.outputs import Guarded, check_file_output
 
     check_file_output(out, overwrite, Guarded(files=[("results file", p) for p in results]))
+    stdout.print(columns_table([(label, load_results(p)) for label, p in zip(labels(results), results, strict=True)]))
     stdout.print(f"report: {write_report(results, out, examples)}")
 
 
@@ -546,11 +549,14 @@ def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="
 def synth(out_dir: Path = typer.Option(..., "--out", help="Folder to write images and JSONL files to."),
           items: int = typer.Option(48, "--items", min=1, help="Number of products."),
           seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
+          general: int = typer.Option(180, "--general", min=6, help="General-world probe items (bench/general.jsonl)."),
+          general_train: int = typer.Option(1200, "--general-train", min=0,
+                                            help="General-world training items for replay (general-train.jsonl)."),
           overwrite: bool = OverwriteOpt) -> None:
     """Generate a deterministic synthetic catalog (rendered products + captions + instructions)."""
     from ecomtune.synth.catalog import write_catalog
 
-    written = write_catalog(out_dir, items, seed, overwrite=overwrite)
+    written = write_catalog(out_dir, items, seed, general=general, general_train=general_train, overwrite=overwrite)
     for name, path in written.items():
         stdout.print(f"{name}: {path}")
 

@@ -39,7 +39,9 @@ def test_align_then_sft_with_the_shipped_sample_data(align_run):
     assert "trained projector" in result.stdout and "lora" in result.stdout and str(out) in result.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["init_from"] == str(align_run)
-    assert manifest["data"]["path"] == "data_samples/instruct.jsonl"
+    sources = manifest["data"]["sources"]  # the shipped mixture: the catalog's instructions + general replay
+    assert [s["path"] for s in sources] == ["data_samples/instruct.jsonl", "data_samples/general-train.jsonl"]
+    assert sources[1]["sampling"] == "random:900" and sources[1]["taken"] == 120, "a rule above the rows takes them all"
     assert (out / "adapter_model.safetensors").is_file()
 
 
@@ -51,6 +53,7 @@ def test_three_stages_through_the_command_line(align_run):
     assert "mid on tiny-qwen2-vl" in result.stdout
     manifest = json.loads((mid / "manifest.json").read_text())
     assert manifest["stage"] == "mid" and manifest["data"]["sources"][0]["path"] == "data_samples/mid.jsonl"
+    assert manifest["data"]["sources"][1]["path"] == "data_samples/general-train.jsonl"
     sft = align_run.parent / "sft-from-mid"
     result = run_cli("sft", "--recipe", TINY, "--init-from", str(mid), "--output", str(sft), *short("sft", steps=2))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -20,6 +20,8 @@ from tests.conftest import REPO, run_cli
 pytestmark = pytest.mark.slow
 
 FEW_STEPS = [f"--set={stage}.train.{key}=2" for stage in ("align", "sft") for key in ("max_steps", "save_steps")]
+# The demo's own base is trained for minutes on first use; the wheel test runs the same path on the random twin.
+RANDOM_TWIN = ["--set=backbone.name=tiny-qwen2-vl", "--set=mid.train.max_steps=2", "--set=mid.train.save_steps=2"]
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +55,20 @@ def test_the_demo_runs_from_an_installed_wheel(installed, tmp_path):
     listed = run_installed(installed, tmp_path, "recipes")
     assert listed.returncode == 0 and "tiny-qwen2-vl.yaml" in listed.stdout
 
-    result = run_installed(installed, tmp_path, "demo", "--output", "demo", "--items", "12", *FEW_STEPS)
+    result = run_installed(installed, tmp_path, "demo", "--output", "demo", "--items", "12", *FEW_STEPS, *RANDOM_TWIN)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "beat" in result.stdout and "deep-fashion colour" in result.stdout
+    assert "base 4-bit" in result.stdout and "general probe" in result.stdout and "general skill kept" in result.stdout
     after = json.loads((tmp_path / "demo" / "bench-after.json").read_text())
     assert after["model"]["kind"] == "adapter" and set(after["tasks"]) >= {"deep-fashion", "item-intelligence"}
-    for stage in ("align", "sft"):
+    for stage in ("align", "mid", "sft"):
         manifest = json.loads((tmp_path / "demo" / stage / "manifest.json").read_text())
         assert manifest["status"] == "complete" and manifest["metrics"]["global_step"] == 2
     exported = json.loads((tmp_path / "demo" / "export" / "manifest.json").read_text())
     assert exported["kind"] == "export" and exported["verification"]["ok"] and "verified against" in result.stdout
     assert "<h1>ecomtune bench report</h1>" in (tmp_path / "demo" / "report.html").read_text()
 
-    again = run_installed(installed, tmp_path, "demo", "--output", "demo", "--items", "12", *FEW_STEPS)
+    again = run_installed(installed, tmp_path, "demo", "--output", "demo", "--items", "12", *FEW_STEPS, *RANDOM_TWIN)
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
 
 

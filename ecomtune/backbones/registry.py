@@ -1,10 +1,10 @@
 """The backbone registry: the lookup from a user's `--backbone` value to a family spec and a source.
 
-A backbone is a `tiny-` alias (built locally), a registry alias (-> hub id), a `sized:` alias (the
-alias's checkpoint at its published dimensions with random weights, built locally), a local folder, or
-any hub id. A folder or hub id whose `model_type` is in no family gets the generic spec: its roles are
-found by inspection when the model loads. Lookups that match nothing list the valid aliases and
-the closest one.
+A backbone is a `tiny-` alias (built locally; `tiny-qwen2-vl-general` is also trained on the general world), a
+registry alias (-> hub id), a `sized:` alias (the alias's checkpoint at its published dimensions with random
+weights, built locally), a local folder, or any hub id. A folder or hub id whose `model_type` is in no family gets
+the generic spec: its roles are found by inspection when the model loads. Lookups that match nothing list the
+valid aliases and the closest one.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecomtune.backbones.families import FAMILIES
+from ecomtune.backbones.pretrained import PRETRAINED_ALIASES, ensure_pretrained
 from ecomtune.backbones.spec import GENERIC, BackboneSpec
 from ecomtune.backbones.tiny import ensure_tiny
 from ecomtune.errors import BackboneError
@@ -38,6 +39,8 @@ def aliases() -> dict[str, tuple[BackboneSpec, str | None]]:
             table[alias] = (spec, hub_id)
         if spec.tiny is not None:
             table[f"tiny-{spec.family}"] = (spec, None)
+    for alias, twin_alias in PRETRAINED_ALIASES.items():
+        table[alias] = (table[twin_alias][0], None)
     return table
 
 
@@ -110,6 +113,13 @@ def _hub_model_type(repo_id: str, revision: str | None) -> str:
                             fix="check the hub id (owner/name) and revision, or pass a local folder") from None
 
 
+def _tell_building(message: str) -> None:
+    """A build of minutes is announced, so a first run that pauses says why."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[dim]{message}[/dim]")
+
+
 def resolve_backbone(name: str, seed: int = 0, revision: str | None = None) -> ResolvedBackbone:
     """Turn a `--backbone` value into a spec and a loadable source. Builds tiny twins on first use."""
     from ecomtune.backbones.sized import SIZED_PREFIX
@@ -117,6 +127,12 @@ def resolve_backbone(name: str, seed: int = 0, revision: str | None = None) -> R
     if name.startswith(SIZED_PREFIX):
         return _resolve_sized(name)
     table = aliases()
+    if name in PRETRAINED_ALIASES:
+        twin_alias = PRETRAINED_ALIASES[name]
+        spec = table[twin_alias][0]
+        assert spec.tiny is not None
+        folder = ensure_pretrained(name, twin_alias, spec.tiny, seed, on_build=_tell_building)
+        return ResolvedBackbone(spec, str(folder), is_local=True)
     if name in table:
         spec, hub_id = table[name]
         if hub_id is None:

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ecomtune.backbones.families import FAMILIES
+from ecomtune.backbones.pretrained import PRETRAINED_ALIASES
 from ecomtune.backbones.spec import BackboneSpec, ResolvedRoles, RoleOverrides, resolve_roles
 
 
@@ -31,6 +32,8 @@ def capability_rows() -> list[dict[str, str]]:
                    for alias, hub in spec.hub_ids.items()]
         if spec.tiny is not None:
             aliases.append(f"tiny-{spec.family} (built locally)")
+            aliases += [f"{alias} (built locally, trained on the general world)"
+                        for alias, twin in PRETRAINED_ALIASES.items() if twin == f"tiny-{spec.family}"]
         rows.append({
             "family": f"{spec.title} ({spec.family})",
             "aliases -> hub ids": "\n".join(aliases),

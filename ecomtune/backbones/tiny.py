@@ -163,7 +163,7 @@ def build_tiny(twin: TinyTwin, out: Path, seed: int) -> None:
 
     ids = {"eos_token_id": token_id(twin.eos), "pad_token_id": token_id(twin.pad),
            "bos_token_id": token_id(twin.bos) if twin.bos else None}
-    text = dict(**TINY_TEXT, vocab_size=len(tokenizer), **twin.text, **(ids if twin.text_token_ids else {}))
+    text = {**TINY_TEXT, "vocab_size": len(tokenizer), **twin.text, **(ids if twin.text_token_ids else {})}
     config = _transformers_class(twin.config_class)(
         text_config=text, vision_config=dict(twin.vision),
         **{key: token_id(token) for key, token in twin.config_token_ids.items()},

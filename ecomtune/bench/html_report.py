@@ -100,7 +100,8 @@ def _group_rows(label_results: list[tuple[str, dict]]) -> str:
             for index, (_, results) in enumerate(label_results):
                 row = results["tasks"].get(task, {}).get("scores", {}).get(group, {}).get(name)
                 value = row.get("accuracy") if isinstance(row, dict) else row
-                extra = (f' <span class="muted">(majority {row["majority_baseline"]:.3f})</span>'
+                extra = (f' <span class="muted">(majority {row["majority_baseline"]:.3f}, random '
+                         f'{row.get("random_baseline", 0.0):.3f})</span>'
                          if isinstance(row, dict) and "majority_baseline" in row else "")
                 cells.append(f"<td>{_bar(value, index)}{extra}</td>" if isinstance(value, (int, float)) else
                              '<td class="muted">-</td>')

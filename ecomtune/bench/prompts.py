@@ -60,9 +60,15 @@ def caption_prompt() -> str:
     return "Describe the product in the image."
 
 
-def general_prompt(attribute: str, options: list[str]) -> str:
-    """General-skill probe: generic scenes, not products."""
-    return f"Look at the shapes in the picture. What is their {attribute}? Choose one of: {', '.join(options)}."
+def general_prompt(question: str, options: list[str]) -> str:
+    """General-skill probe and general replay: a question on a generic scene (not a product), one of the options."""
+    return f"{question} Choose one of: {', '.join(options)}."
+
+
+def general_question(record: dict) -> str:
+    """The question of a `general` bench record; records written before questions were stored ask about an
+    attribute of the shapes."""
+    return record.get("question") or f"Look at the shapes in the picture. What is their {record['attribute']}?"
 
 
 def chat_record(images: list[str], question: str, answer: str, boxes: list | None = None) -> dict:

@@ -53,6 +53,40 @@ def attribute_table(results: dict[str, Any], task: str = "deep-fashion") -> Tabl
     return table
 
 
+def columns_table(columns: list[tuple[str, dict[str, Any]]], title: str = "ecomtune bench") -> Table:
+    """Several results files side by side (e.g. the base in full precision, in 4-bit, after the recipe): each
+    task's headline metric, then the general suite per skill beside its majority and random baselines."""
+    from ecomtune.bench.tasks import HEADLINE
+
+    table = Table(title=title)
+    table.add_column("task", justify="left")
+    table.add_column("metric", justify="left")
+    for label, _ in columns:
+        table.add_column(label, justify="right")
+    table.add_column("majority / random", justify="right")
+    tasks = list(dict.fromkeys(t for _, results in columns for t in results["tasks"]))
+
+    def cell(results: dict[str, Any], *path: str) -> str:
+        value: Any = results["tasks"]
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+    for task in tasks:
+        metric = HEADLINE.get(task, "accuracy")
+        table.add_row(task, metric, *(cell(r, task, "scores", metric) for _, r in columns), "")
+    skills = list(dict.fromkeys(s for _, r in columns
+                                for s in r["tasks"].get("general", {}).get("scores", {}).get("by_attribute", {})))
+    for skill in skills:
+        rows = [r["tasks"].get("general", {}).get("scores", {}).get("by_attribute", {}).get(skill) for _, r in columns]
+        known = next((row for row in rows if row), {})
+        baselines = (f"{known['majority_baseline']:.3f} / {known['random_baseline']:.3f}"
+                     if "majority_baseline" in known else "")
+        table.add_row(f"  general: {skill}", f"accuracy (n={known.get('n', '-')})",
+                      *(cell(r, "general", "scores", "by_attribute", skill, "accuracy") for _, r in columns), baselines)
+    return table
+
+
 def load_results(path: Path) -> dict[str, Any]:
     """A results file written by `ecomtune bench --out`, checked for the parts the tables read."""
     fix = "pass files written by `ecomtune bench --out`"

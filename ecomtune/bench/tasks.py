@@ -5,7 +5,7 @@ Record formats (one JSON object per line in `<data>/<task>.jsonl`; image paths r
 - deep-fashion: `{"id", "images", "subset", "attribute", "options": [...], "answer"}`
 - attribute-extraction: `{"id", "images", "attributes": {name: value}}`
 - item-intelligence: `{"id", "images", "category", "fields": {section: {name: value}}}`
-- general: `{"id", "images", "attribute", "options": [...], "answer"}`
+- general: `{"id", "images", "attribute" (the skill), "question"?, "options": [...], "answer"}`
 Scoring never raises on a bad answer: it scores 0 and is counted (parse rates are reported).
 """
 
@@ -147,8 +147,9 @@ TASKS: dict[str, Task] = {
         lambda r: prompts.compliance_prompt(len(r["images"])), score_compliance, parse_json,
         reference_fields=("fields",)),
     "general": Task(
-        "general", "out-of-domain probe (shapes, counts, colours) for retained general skill", 6,
-        lambda r: prompts.general_prompt(r["attribute"], r["options"]), score_choices, parse_choice,
+        "general", "general skills on generic scenes (count, colour, shape, spatial, existence, reading); accuracy "
+        "per skill vs baselines", 6,
+        lambda r: prompts.general_prompt(prompts.general_question(r), r["options"]), score_choices, parse_choice,
         prompt_fields=("attribute", "options"), reference_fields=("answer",)),
 }
 

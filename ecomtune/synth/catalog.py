@@ -8,7 +8,10 @@ Output folder:
 - `instruct.jsonl`: stage-3 instructions in the paper's families: VQA (choice, yes/no, with and
   without title & category), attribute extraction, precise instruction following, listings, and
   multi-image item intelligence;
-- `bench/<task>.jsonl`: benchmark records for held-out items (disjoint from training by item);
+- `bench/<task>.jsonl`: benchmark records for held-out items (disjoint from training by item); `bench/general.jsonl`
+  is the general world's probe split (`ecomtune/synth/general_world.py`);
+- `general-train.jsonl`: the general world's training split, general replay to mix into mid and sft (its scenes
+  are never probe scenes);
 - `items.jsonl`: the ground truth, with the noisy seller aspects and each item's split;
 - `listings.jsonl`: every item as a seller lists it (id, title, category, aspects as typed, images), the input
   of `ecomtune curate`; `listings-truth.jsonl`, kept apart: per written aspect, what the pictures show and
@@ -30,10 +33,11 @@ from ecomtune.bench import prompts
 from ecomtune.bench.prompts import chat_record as chat
 from ecomtune.bench.prompts import compact
 from ecomtune.data.jsonl import write_jsonl_atomic
+from ecomtune.synth.general_world import write_general
 from ecomtune.synth.items import APPAREL, BRANDS, COLOURS, PATTERNS, Item, make_items
 from ecomtune.synth.listings import seller_listing
 from ecomtune.synth.mid import view_pairs
-from ecomtune.synth.render import SCENE_COLOURS, SHAPES, render_scene, render_view_with_marks
+from ecomtune.synth.render import render_view_with_marks
 
 # Deep Fashion options per attribute (the choices a benchmark question offers).
 OPTIONS: dict[str, tuple[str, ...]] = {
@@ -41,6 +45,10 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "sleeve length": ("short sleeve", "long sleeve", "sleeveless"),
     "neckline": tuple(sorted({n for spec in APPAREL.values() for n in spec["necklines"]})),
 }
+# The general world (ecomtune/synth/general_world.py): probe items (30 per skill, so a fall of 0.05 is about 9
+# answers) and training items for general replay.
+GENERAL_PROBE_ITEMS = 180
+GENERAL_TRAIN_ITEMS = 1200
 FASHION_ATTRIBUTES = {"shirts": ("sleeve length", "neckline", "pattern", "colour"),
                       "tops": ("sleeve length", "neckline", "pattern", "colour"),
                       "handbags": ("colour", "brand"), "sneakers": ("colour", "brand")}
@@ -88,20 +96,8 @@ def bench_records(item: Item, boxes: list) -> dict[str, list[dict]]:
     return out
 
 
-def general_records(count: int, seed: int, out_dir: Path) -> list[dict]:
-    """Out-of-domain probe: shapes, counts and colours of generic scenes."""
-    records = []
-    for i in range(count):
-        image, facts = render_scene(seed * 100_000 + i)
-        path = f"images/scene{i:04d}.png"
-        image.save(out_dir / path, format="PNG")
-        question, options = [("shape", SHAPES), ("colour", SCENE_COLOURS), ("count", ("1", "2", "3", "4"))][i % 3]
-        records.append({"id": f"scene{i:04d}:{question}", "images": [path], "attribute": question,
-                        "options": list(options), "answer": facts[question]})
-    return records
-
-
-def write_catalog(out_dir: Path, count: int, seed: int, general: int = 24, overwrite: bool = False) -> dict[str, Path]:
+def write_catalog(out_dir: Path, count: int, seed: int, general: int = GENERAL_PROBE_ITEMS,
+                  general_train: int = GENERAL_TRAIN_ITEMS, overwrite: bool = False) -> dict[str, Path]:
     """Render `count` items and write the training files, the benchmark splits and the ground truth into
     `out_dir`, which must be empty unless `overwrite`. The catalog is written aside and swapped in whole, so an
     interrupted run leaves no half catalog and a replaced one no stale files."""
@@ -109,11 +105,11 @@ def write_catalog(out_dir: Path, count: int, seed: int, general: int = 24, overw
 
     out_dir = Path(out_dir)
     with replacing_folder(out_dir, overwrite, Guarded()) as staging:
-        written = _write_catalog_files(staging, count, seed, general)
+        written = _write_catalog_files(staging, count, seed, general, general_train)
     return {name: out_dir / path.relative_to(staging) for name, path in written.items()}
 
 
-def _write_catalog_files(out_dir: Path, count: int, seed: int, general: int) -> dict[str, Path]:
+def _write_catalog_files(out_dir: Path, count: int, seed: int, general: int, general_train: int) -> dict[str, Path]:
     from rich.progress import track
 
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -137,13 +133,15 @@ def _write_catalog_files(out_dir: Path, count: int, seed: int, general: int) -> 
         else:
             for task, records in bench_records(item, boxes).items():
                 bench.setdefault(task, []).extend(records)
-    bench["general"] = general_records(general, seed, out_dir)
+    bench["general"] = write_general(out_dir, "probe", general, seed)
     paths = {"captions": out_dir / "captions.jsonl", "mid": out_dir / "mid.jsonl",
+             "general_train": out_dir / "general-train.jsonl",
              "instruct": out_dir / "instruct.jsonl", "items": out_dir / "items.jsonl", "bench": out_dir / "bench",
              "listings": out_dir / "listings.jsonl", "listings_truth": out_dir / "listings-truth.jsonl"}
     write_jsonl_atomic(paths["captions"], captions)
     write_jsonl_atomic(paths["mid"], mid)
     write_jsonl_atomic(paths["instruct"], instruct)
+    write_jsonl_atomic(paths["general_train"], write_general(out_dir, "train", general_train, seed))
     write_jsonl_atomic(paths["items"], [asdict(i) for i in items])
     listings = [seller_listing(item, image_paths(item), seed) for item in items]
     write_jsonl_atomic(paths["listings"], [listing for listing, _ in listings])
