@@ -18,8 +18,6 @@ import fcntl
 import hashlib
 import json
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +27,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ecomtune.backbones.tiny import TINY_VERSION, TinyTwin, default_cache_dir, ensure_tiny
+from ecomtune.backbones.tiny import TINY_VERSION, TinyTwin, build_into, default_cache_dir, ensure_tiny
 
 # Part of the cache key: bump it whenever the pretraining (data, schedule, sizes) changes.
 PRETRAINED_VERSION = 1
@@ -108,15 +106,8 @@ def ensure_pretrained(alias: str, twin_alias: str, twin: TinyTwin, seed: int, ca
         if on_build is not None:
             on_build(f"building {alias} (seed {seed}): {plan.steps} steps of general-world training on {start.name}, "
                      "once; later runs use the cache")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=root))
-        try:
-            pretrain(start, tmp, seed, plan)
-            if target.exists():  # an unfinished folder of an older layout: never complete, safe to replace
-                shutil.rmtree(target)
-            tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        # A folder at `target` without DONE_FILE is unfinished (an older layout): never complete, safe to replace.
+        build_into(target, lambda folder: pretrain(start, folder, seed, plan), replace_unfinished=True)
     return target
 
 

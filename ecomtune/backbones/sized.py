@@ -16,8 +16,6 @@ no download. `--backbone sized:<alias>` resolves to a folder holding:
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from ecomtune.backbones.published import CHECKPOINTS, PublishedCheckpoint
 from ecomtune.backbones.tiny import (
     TinyTwin,
     _transformers_class,
+    build_into,
     chat_template_text,
     default_cache_dir,
     train_tokenizer,
@@ -112,17 +111,7 @@ def ensure_sized(alias: str, checkpoint: PublishedCheckpoint, twin: TinyTwin, ca
     target = root / f"{alias}-v{SIZED_VERSION}"
     if (target / MARKER).is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=root))
-    try:
-        build_sized(checkpoint, twin, tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    build_into(target, lambda folder: build_sized(checkpoint, twin, folder))
     return target
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -195,10 +196,21 @@ def ensure_tiny(alias: str, twin: TinyTwin, seed: int, cache_dir: Path | None = 
     target = root / f"{alias}-v{TINY_VERSION}-seed{seed}"
     if (target / "config.json").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=root))
+    build_into(target, lambda folder: build_tiny(twin, folder, seed))
+    return target
+
+
+def build_into(target: Path, build: Callable[[Path], object], replace_unfinished: bool = False) -> None:
+    """Run `build(folder)` in a temporary folder beside `target`, then rename it into place, so an interrupted
+    build never leaves a folder that looks complete. When another process renamed its own build first, this one's
+    is dropped. `replace_unfinished`: a folder already at `target` is known to be incomplete (its caller checks a
+    completion marker under a lock) and is replaced."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        build_tiny(twin, tmp, seed)
+        build(tmp)
+        if replace_unfinished and target.exists():
+            shutil.rmtree(target)
         try:
             tmp.rename(target)
         except OSError:  # another process finished first
@@ -206,4 +218,3 @@ def ensure_tiny(alias: str, twin: TinyTwin, seed: int, cache_dir: Path | None = 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
