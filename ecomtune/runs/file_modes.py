@@ -43,9 +43,10 @@ def plain_file_mode(path: Path | str) -> int:
         return 0o666 & ~current_umask()
 
 
-def write_bytes_atomic(path: Path | str, data: bytes) -> None:
-    """Write `data` through a synced temp file renamed into place: readers see the old file or the new one,
-    never half of either, and the file has the mode a plain `open()` would give it."""
+def write_bytes_atomic(path: Path | str, data: bytes, sync: bool = True) -> None:
+    """Write `data` through a temp file renamed into place: readers see the old file or the new one, never half
+    of either, and the file has the mode a plain `open()` would give it. `sync`: fsync before the rename (off for
+    caches that can be rebuilt, where a sync per file would cost more than a lost file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = plain_file_mode(path)
@@ -55,7 +56,8 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

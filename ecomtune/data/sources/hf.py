@@ -13,8 +13,6 @@ from bytes exactly as it checks one from disk.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from io import BytesIO
 from itertools import islice
@@ -36,7 +34,7 @@ from ecomtune.data.sources.hf_layout import (
 )
 from ecomtune.data.sources.turns import conversation_record
 from ecomtune.errors import DataError, Problem
-from ecomtune.runs.file_modes import plain_file_mode
+from ecomtune.runs.file_modes import write_bytes_atomic
 
 if TYPE_CHECKING:
     from datasets import Dataset, Features
@@ -288,16 +286,7 @@ def cache_image(data: bytes, original: str | None, folder: Path) -> Path:
     """The content-addressed cache file holding `data` (`<sha256>.<suffix>`), written once, atomically."""
     target = folder / f"{hashlib.sha256(data).hexdigest()}.{image_suffix(data, original)}"
     if not target.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-                os.fchmod(out.fileno(), plain_file_mode(target))  # readable as a plain open() leaves it, not 0600
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(target, data, sync=False)
     return target
 
 
