@@ -25,6 +25,7 @@ from ecomtune.data.sources.hf import (
     HF_SUFFIXES,
     HfConverter,
     HfReader,
+    config_data,
     ecomtune_cache,
     folder_digest,
     hub_digest,
@@ -62,7 +63,7 @@ def _open_hf(path: Path | None, name: str, image_root: Path | None, split: str, 
     else:
         dataset, notes = load_local(path, name, split, config)
         base = _image_root(image_root, path if path.is_dir() else path.parent)
-        digest = folder_digest(path / config if config and (path / config).is_dir() else path)
+        digest = folder_digest(config_data(path, config))
     shown = f"{name} (config {config})" if config else name
     mapped = [next((ours for ours, theirs in (columns or {}).items() if theirs == c), c) for c in dataset.column_names]
     missing = [theirs for theirs in (columns or {}).values() if theirs not in dataset.column_names]
@@ -82,19 +83,24 @@ def renamed(convert: Converter, columns: dict[str, str] | None, tags: dict[str, 
     place a source's `columns:` and `tags:` act, for every format."""
     if not columns and not tags:
         return convert
-    columns = columns or {}
-    theirs = set(columns.values())
-
     def convert_renamed(row: Any, where: str) -> tuple[Any, Problem | None]:
         if isinstance(row, dict):
-            row = {**{k: v for k, v in row.items() if k not in theirs},
-                   **{ours: row[column] for ours, column in columns.items() if column in row}}
+            row = with_our_columns(row, columns)
             if tags:
                 row = {**row, **{key: retagged_turns(row[key], {**TAG_DEFAULTS, **tags})
                                  for key in ("conversations", "messages") if key in row}}
         return convert(row, where)
 
     return convert_renamed
+
+
+def with_our_columns(row: dict[str, Any], columns: dict[str, str] | None) -> dict[str, Any]:
+    """`row` with the data's columns renamed to ecomtune's (`columns`: ecomtune name -> the data's column)."""
+    if not columns:
+        return row
+    theirs = set(columns.values())
+    return {**{k: v for k, v in row.items() if k not in theirs},
+            **{ours: row[column] for ours, column in columns.items() if column in row}}
 
 
 def open_source(path: str | Path, format: str = "auto", image_root: Path | None = None,
@@ -138,8 +144,8 @@ def open_source(path: str | Path, format: str = "auto", image_root: Path | None 
                         fix="remove `config:` (configs are subsets of Hugging Face datasets)")
     reader = JsonLinesReader(location, name) if suffix == ".jsonl" else JsonArrayReader(location, name)
     first = reader.first()
-    if columns and isinstance(first, dict):
-        first = {**first, **{ours: first[theirs] for ours, theirs in columns.items() if theirs in first}}
+    if isinstance(first, dict):  # the format is told from the row the converter will get
+        first = with_our_columns(first, columns)
     resolved = detect_rows(first, name) if format == "auto" else format
     base = _image_root(image_root, location.parent)
     return OpenedSource(name, resolved, reader.rows, base, base, reader, renamed(CONVERTERS[resolved], columns, tags))

@@ -122,7 +122,7 @@ def load_local(path: Path, name: str, split: str, config: str | None = None) -> 
                             fix="point the data at a .jsonl / .json file, a save_to_disk folder, or a folder of "
                             ".parquet / .arrow files")
         target, args = _config_folder(path, name, config)
-        missing, shards = missing_shards(_config_data(path, config), split, path)
+        missing, shards = missing_shards(config_data(path, config), split, path)
         dataset = datasets.load_dataset(str(target), *args, split=split, cache_dir=cache_dir,
                                         verification_mode="no_checks" if missing else None)
         return dataset, _shard_notes(path, name, config, split, missing, shards, len(dataset))
@@ -213,7 +213,7 @@ def _config_folder(path: Path, name: str, config: str | None) -> tuple[Path, tup
     return path, ()
 
 
-def _config_data(path: Path, config: str | None) -> Path:
+def config_data(path: Path, config: str | None) -> Path:
     """Where a config's files lie: its own folder in the multi-config layout, else the whole folder."""
     return path / config if config and (path / config).is_dir() else path
 
