@@ -14,18 +14,16 @@ so a second process waits for the first one's build and then uses it instead of 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from filelock import FileLock
 
 from ecomtune.backbones.tiny import TINY_VERSION, TinyTwin, build_into, default_cache_dir, ensure_tiny
 
@@ -61,18 +59,6 @@ PRETRAINED_DEFAULT = Pretraining(**GENERAL_SIZES)
 PRETRAINED_ALIASES = {"tiny-qwen2-vl-general": "tiny-qwen2-vl"}
 
 
-@contextmanager
-def build_lock(path: Path) -> Iterator[None]:
-    """Wait for, then hold, an exclusive kernel lock on `path` (the kernel drops it however the holder ends)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def cache_name(alias: str, seed: int, plan: Pretraining) -> str:
     """The cache folder's name: alias, both builders' versions, seed, and a digest of the plan when it is not the
     default one."""
@@ -97,7 +83,8 @@ def ensure_pretrained(alias: str, twin_alias: str, twin: TinyTwin, seed: int, ca
     target = root / cache_name(alias, seed, plan)
     if (target / DONE_FILE).is_file():
         return target
-    with build_lock(root / f".{target.name}.lock"):
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(root / f".{target.name}.lock"):  # flock: the kernel drops it however the holder ends
         if (target / DONE_FILE).is_file():  # another process built it while this one waited
             return target
         sized = starting_twin(twin, plan)
