@@ -22,6 +22,7 @@ README_LIMIT = 12 * 1024  # bytes: README is the front page; the rest belongs in
 PENDING_FILES = {"tests/test_layers.py"}
 NAMED_FILE = re.compile(r"(?<![\w/.-])((?:ecomtune|tests|benchmarks|recipes|data_samples)/[\w./-]*?"
                         r"\.(?:py|yaml|yml|jsonl|json|txt|jinja|md|png))(?![\w/])")
+NAMED_MODULE = re.compile(r"`(ecomtune(?:\.\w+)+)`")  # a module, or a name in one: `ecomtune.runs.outputs`
 CITATION = re.compile(r"docs/([\w./-]+\.md)#([\w-]+)")
 MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
 
@@ -102,6 +103,34 @@ def test_pages_name_existing_files() -> None:
                       for name in NAMED_FILE.findall(page.read_text(encoding="utf-8"))
                       if not (REPO / name).exists() and name not in PENDING_FILES})
     assert not missing, "pages name files that do not exist (moved or renamed?):\n" + "\n".join(missing)
+
+
+def _module_file(dotted: str) -> Path | None:
+    path = REPO.joinpath(*dotted.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _names_something(dotted: str) -> bool:
+    """A module that exists, or a name its parent module defines or imports."""
+    if _module_file(dotted) is not None:
+        return True
+    parent, _, name = dotted.rpartition(".")
+    source = _module_file(parent)
+    return source is not None and re.search(
+        rf"^\s*(?:def|class)\s+{name}\b|^{name}\s*[:=]|^\s*from\s.+\bimport\b.*\b{name}\b|^\s+{name},?\s*$",
+        source.read_text(encoding="utf-8"), re.M) is not None
+
+
+def test_pages_name_existing_modules() -> None:
+    """Pages name code by its dotted path, as imports do, so a module that moves is found here."""
+    missing = sorted({f"{page.relative_to(REPO)}: {name}"
+                      for page in [README, *DOCS.rglob("*.md")]
+                      for name in NAMED_MODULE.findall(page.read_text(encoding="utf-8"))
+                      if not _names_something(name)})
+    assert not missing, "pages name modules that do not exist (moved or renamed?):\n" + "\n".join(missing)
 
 
 def test_cited_pages_and_anchors_exist(site: Path) -> None:
