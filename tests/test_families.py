@@ -122,7 +122,7 @@ def test_sft_4bit_lora_trains_reloads_and_generates(spec, aligned, datasets, pic
     from transformers import AutoModelForImageTextToText
 
     from ecomtune.bench.runner import generate
-    from ecomtune.runs.loading import load_for_inference
+    from ecomtune.infer.load import load_for_inference
     from ecomtune.train.stages import run_sft
 
     snapshot = Snapshot()

@@ -16,7 +16,7 @@ from ecomtune.bench.runner import generate
 from ecomtune.data.images import load_rgb
 from ecomtune.data.item_crops import GROUNDING_PROMPT, parse_grounding_boxes, to_image_pixels
 from ecomtune.errors import ConfigError
-from ecomtune.runs.loading import load_for_inference
+from ecomtune.infer.load import load_for_inference
 
 GROUNDING_COORDS = {"qwen2.5-vl": "resized", "qwen2-vl": "norm1000", "qwen3-vl": "norm1000"}
 

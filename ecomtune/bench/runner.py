@@ -22,7 +22,7 @@ from ecomtune.data.collator import adds_own_specials, batch_images
 from ecomtune.data.schema import ImageRef
 from ecomtune.data.strategies import open_image, ref_paths
 from ecomtune.errors import ConfigError, DataError, Problem
-from ecomtune.runs.loading import (
+from ecomtune.infer.load import (
     LoadedModel,
     load_for_inference,
     model_backbone,

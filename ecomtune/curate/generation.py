@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ecomtune.errors import ConfigError
+from ecomtune.infer.client import ChatEndpoint, is_endpoint
 from ecomtune.runs.appendlog import AppendOnlyFile, append_synced, complete_records
-from ecomtune.runs.endpoint import ChatEndpoint, is_endpoint
 
 Progress = Callable[[int], None]  # called with the number of answers just produced
 
@@ -39,7 +39,7 @@ class Generator(Protocol):
 
 @dataclass
 class LocalGenerator:
-    """A model ecomtune loads (`runs.loading.load_for_inference`), answering greedily in left-padded batches
+    """A model ecomtune loads (`infer.load.load_for_inference`), answering greedily in left-padded batches
     (`bench.runner.generate_batches`). Loaded on first use, so a run whose answers are all cached loads nothing."""
 
     spec: str
@@ -48,13 +48,13 @@ class LocalGenerator:
     _loaded: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from ecomtune.runs.loading import model_fingerprint
+        from ecomtune.infer.load import model_fingerprint
 
         self.fingerprint = self.fingerprint or model_fingerprint(self.spec)
 
     def batches(self, requests: list[Request], max_new_tokens: int, batch_size: int) -> Iterator[list[str]]:
         from ecomtune.bench.runner import generate_batches
-        from ecomtune.runs.loading import load_for_inference
+        from ecomtune.infer.load import load_for_inference
 
         if self._loaded is None:
             self._loaded = load_for_inference(self.spec, self.load_in_4bit)

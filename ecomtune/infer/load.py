@@ -44,11 +44,6 @@ def _fingerprint_model_folder(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def trained_in_4bit(run: FinishedRun | None) -> bool:
-    """Whether an ecomtune run trained on a 4-bit base (its adapter is then evaluated on one too)."""
-    return bool(run and run.stage_settings().get("quant", {}).get("load_in_4bit", False))
-
-
 def quant_as_trained(run: FinishedRun | None, load_in_4bit: bool | None = None,
                      compute_dtype: str | None = None) -> QuantSettings:
     """The run's own quantization settings (nf4 or fp4, double quant, compute dtype, vision quantized or not),
