@@ -62,7 +62,7 @@ def _image_settings(model: str, strategy: str | None, max_images: int | None):
 
     from ecomtune.config.schema import ImageSettings
     from ecomtune.errors import ConfigError
-    from ecomtune.runs.loading import run_images
+    from ecomtune.infer.load import run_images
 
     if strategy is None and max_images is None:
         return None

@@ -173,7 +173,7 @@ def test_a_run_with_truncated_weights_is_damaged(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     from ecomtune.errors import ConfigError
-    from ecomtune.runs.loading import run_of
+    from ecomtune.infer.load import run_of
 
     run = tmp_path / "align-run"
     run.mkdir()

@@ -132,7 +132,7 @@ def test_verification_fails_on_a_model_that_is_not_the_run(tuned, tmp_path):
     """The check can fail: the untouched base scored against the trained run."""
     from ecomtune.backbones.registry import resolve_backbone
     from ecomtune.export.verify import compare, load_exported, reference, verification_samples
-    from ecomtune.runs.loading import load_for_inference
+    from ecomtune.infer.load import load_for_inference
 
     run = tuned("qwen2-vl")
     samples = verification_samples(2)

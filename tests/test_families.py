@@ -121,8 +121,8 @@ def test_sft_4bit_lora_trains_reloads_and_generates(spec, aligned, datasets, pic
     from peft import PeftModel, get_peft_model_state_dict
     from transformers import AutoModelForImageTextToText
 
-    from ecomtune.bench.runner import generate
-    from ecomtune.runs.loading import load_for_inference
+    from ecomtune.infer.generate import generate
+    from ecomtune.infer.load import load_for_inference
     from ecomtune.train.stages import run_sft
 
     snapshot = Snapshot()

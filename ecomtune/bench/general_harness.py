@@ -74,7 +74,7 @@ def require_lmms_eval() -> None:
 def harness_model(model: str) -> tuple[str, str]:
     """(what lmms-eval loads, its model class). lmms-eval loads a model folder or hub id and has no adapter
     option, so a run folder or an adapter is refused with the command that turns it into a folder."""
-    from ecomtune.runs.loading import model_backbone, run_of
+    from ecomtune.infer.load import model_backbone, run_of
 
     folder = Path(model)
     if run_of(model) is not None or (folder / "adapter_config.json").is_file():

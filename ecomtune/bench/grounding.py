@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from ecomtune.bench.runner import generate
 from ecomtune.data.images import load_rgb
 from ecomtune.data.item_crops import GROUNDING_PROMPT, parse_grounding_boxes, to_image_pixels
 from ecomtune.errors import ConfigError
-from ecomtune.runs.loading import load_for_inference
+from ecomtune.infer.generate import generate
+from ecomtune.infer.load import load_for_inference
 
 GROUNDING_COORDS = {"qwen2.5-vl": "resized", "qwen2-vl": "norm1000", "qwen3-vl": "norm1000"}
 

@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 
 from ecomtune.bench.metrics import flatten, normalise, values_match
 from ecomtune.errors import ConfigError, EcomtuneError
-from ecomtune.runs.endpoint import key_exposed
+from ecomtune.infer.client import key_exposed
 
 Verdict = Literal["correct", "incorrect", "unverifiable"]
 VERDICTS: tuple[Verdict, ...] = ("correct", "incorrect", "unverifiable")

@@ -19,6 +19,7 @@ from ecomtune.config.schema import ImageSettings
 from ecomtune.data.jsonl import read_jsonl
 from ecomtune.data.schema import Sample, check_record_images, parse_boxes
 from ecomtune.data.strategies import apply_strategy
+from ecomtune.data.turns import image_turn
 from ecomtune.errors import DataError, Problem
 
 MAX_REPORTED = 20
@@ -35,7 +36,7 @@ def records_root(path: Path) -> Path:
 
 def present_images(record: dict[str, Any], settings: ImageSettings) -> list:
     """The record's images as the strategy presents them (all, primary, a grid, or the primary plus crops)."""
-    user = {"role": "user", "content": [{"type": "image"} for _ in record["images"]]}
+    user = image_turn(record["images"])
     sample = Sample(list(record["images"]), [user], record.get("_source", ""), record.get("boxes"))
     return apply_strategy(sample, settings).images
 

@@ -7,92 +7,19 @@ projector) or an `ecomtune sft` run / any PEFT adapter folder (base + adapter, t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from ecomtune.bench.judges import Judge, make_judge
 from ecomtune.bench.records import check_records_fit, read_task_records
 from ecomtune.bench.tasks import TASKS, Task
 from ecomtune.config.schema import ImageSettings
-from ecomtune.data.collator import adds_own_specials, batch_images
-from ecomtune.data.schema import ImageRef
-from ecomtune.data.strategies import open_image, ref_paths
-from ecomtune.errors import ConfigError, DataError, Problem
-from ecomtune.runs.loading import (
-    LoadedModel,
-    load_for_inference,
-    model_backbone,
-    run_images,
-    sha256_files,
-)
+from ecomtune.data.strategies import ref_paths
+from ecomtune.errors import ConfigError
+from ecomtune.infer.generate import check_prompts_fit, generate, model_context
+from ecomtune.infer.load import load_for_inference, model_backbone, run_images, sha256_files
 from ecomtune.runs.manifest import versions, write_json_atomic
-
-
-def model_context(config) -> int | None:
-    """The language model's context (`max_position_embeddings`), None when the config does not say."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return getattr(text, "max_position_embeddings", None)
-
-
-def check_prompts_fit(tokenizer, context: int | None, prompts: list[str], max_new_tokens: int,
-                      sources: list[str] | None = None) -> None:
-    """Every prompt's text tokens plus the answer's `max_new_tokens` must fit the model's `context` (images come
-    on top). A prompt past it (a record with a huge title or description) is refused before anything is
-    generated, each named by `sources` (the records' file:line), instead of running the machine out of memory
-    or past the model's positions."""
-    if not context or not prompts:
-        return
-    counts = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    over = [i for i, count in enumerate(counts) if count + max_new_tokens > context]
-    if over:
-        where = sources or [f"prompt {i + 1}" for i in range(len(prompts))]
-        raise DataError(f"{len(over)} prompt(s) do not fit the model's context of {context} tokens with their "
-                        f"{max_new_tokens}-token answer; nothing was generated",
-                        [Problem(f"the prompt has {counts[i]:,} text tokens", where[i]) for i in over[:20]],
-                        fix="shorten the long fields of those records (a title or description of that size is "
-                        "rarely meant), or drop the records")
-
-
-def generate_batches(loaded: LoadedModel, prompts: list[str], images: list[list[ImageRef]], max_new_tokens: int,
-                     batch_size: int, sources: list[str] | None = None) -> Iterator[list[str]]:
-    """Greedy, batched, left-padded generation; yields the decoded new text of each batch's prompts, in order.
-    Every prompt is first checked to fit the model's context (`check_prompts_fit`; `sources` name them)."""
-    check_prompts_fit(loaded.processor.tokenizer, model_context(loaded.model.config), prompts, max_new_tokens,
-                      sources)
-    processor = loaded.processor
-    processor.tokenizer.padding_side = "left"
-    device = next(loaded.model.parameters()).device
-    for start in range(0, len(prompts), batch_size):
-        texts, pixels = [], []
-        for prompt, refs in zip(prompts[start:start + batch_size], images[start:start + batch_size], strict=True):
-            content = [{"type": "image"} for _ in refs] + [{"type": "text", "text": prompt}]
-            texts.append(processor.apply_chat_template([{"role": "user", "content": content}],
-                                                       add_generation_prompt=True))
-            pixels.append([open_image(ref) for ref in refs])
-        inputs = processor(text=texts, images=batch_images(pixels), padding=True, return_tensors="pt",
-                           add_special_tokens=adds_own_specials(processor, texts[0])).to(device)
-        with torch.no_grad():
-            out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        yield [a.strip() for a in processor.batch_decode(out[:, inputs["input_ids"].shape[1]:],
-                                                          skip_special_tokens=True)]
-
-
-def generate(loaded: LoadedModel, prompts: list[str], images: list[list[ImageRef]], max_new_tokens: int,
-             batch_size: int, description: str, sources: list[str] | None = None) -> list[str]:
-    """All answers of `generate_batches`, with a progress bar."""
-    from rich.progress import Progress
-
-    answers: list[str] = []
-    with Progress(transient=True) as progress:
-        bar = progress.add_task(description, total=len(prompts))
-        for batch in generate_batches(loaded, prompts, images, max_new_tokens, batch_size, sources):
-            answers.extend(batch)
-            progress.advance(bar, len(batch))
-    return answers
 
 
 def check_records_fit_context(model: str, task_records: dict[str, list[dict[str, Any]]]) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ecomtune.errors import ConfigError
+from ecomtune.infer.client import ChatEndpoint, is_endpoint
 from ecomtune.runs.appendlog import AppendOnlyFile, append_synced, complete_records
-from ecomtune.runs.endpoint import ChatEndpoint, is_endpoint
 
 Progress = Callable[[int], None]  # called with the number of answers just produced
 
@@ -39,8 +39,8 @@ class Generator(Protocol):
 
 @dataclass
 class LocalGenerator:
-    """A model ecomtune loads (`runs.loading.load_for_inference`), answering greedily in left-padded batches
-    (`bench.runner.generate_batches`). Loaded on first use, so a run whose answers are all cached loads nothing."""
+    """A model ecomtune loads (`infer.load.load_for_inference`), answering greedily in left-padded batches
+    (`infer.generate.generate_batches`). Loaded on first use, so a run whose answers are all cached loads nothing."""
 
     spec: str
     load_in_4bit: bool | None = None
@@ -48,13 +48,13 @@ class LocalGenerator:
     _loaded: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from ecomtune.runs.loading import model_fingerprint
+        from ecomtune.infer.load import model_fingerprint
 
         self.fingerprint = self.fingerprint or model_fingerprint(self.spec)
 
     def batches(self, requests: list[Request], max_new_tokens: int, batch_size: int) -> Iterator[list[str]]:
-        from ecomtune.bench.runner import generate_batches
-        from ecomtune.runs.loading import load_for_inference
+        from ecomtune.infer.generate import generate_batches
+        from ecomtune.infer.load import load_for_inference
 
         if self._loaded is None:
             self._loaded = load_for_inference(self.spec, self.load_in_4bit)
@@ -100,8 +100,8 @@ def _causal_lm_architectures(spec: str) -> list[str] | None:
 
 @dataclass
 class TextLLMGenerator:
-    """A text-only LLM (the paper's verifier reads captions with one): `AutoModelForCausalLM`, the tokenizer's
-    chat template when it has one, greedy left-padded batches. It cannot see images."""
+    """A text-only LLM (the paper's verifier reads captions with one): `AutoModelForCausalLM` (`load_text_llm`),
+    the tokenizer's chat template when it has one, greedy left-padded batches. It cannot see images."""
 
     spec: str
     fingerprint: str = ""
@@ -115,42 +115,14 @@ class TextLLMGenerator:
             parts += [f"{w.name}:{w.stat().st_size}" for w in weights]
             self.fingerprint = "text-llm:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
-    def _load(self) -> tuple[Any, Any]:
-        if self._loaded is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(self.spec)
-            tokenizer.padding_side = "left"
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            import torch
-
-            from ecomtune.backbones.loading import pick_compute_dtype
-
-            kwargs: dict[str, Any] = {"dtype": pick_compute_dtype("auto")}
-            if torch.cuda.is_available():
-                kwargs["device_map"] = {"": 0}
-            self._loaded = (AutoModelForCausalLM.from_pretrained(self.spec, **kwargs).eval(), tokenizer)
-        return self._loaded
-
-    def _text(self, tokenizer: Any, prompt: str) -> str:
-        if not tokenizer.chat_template:
-            return prompt
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=False)
-
     def batches(self, requests: list[Request], max_new_tokens: int, batch_size: int) -> Iterator[list[str]]:
-        import torch
+        from ecomtune.infer.generate import generate_batches
+        from ecomtune.infer.load import load_text_llm
 
-        model, tokenizer = self._load()
-        for start in range(0, len(requests), batch_size):
-            texts = [self._text(tokenizer, r.prompt) for r in requests[start:start + batch_size]]
-            inputs = tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
-            with torch.no_grad():
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            yield [a.strip() for a in tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:],
-                                                             skip_special_tokens=True)]
+        if self._loaded is None:
+            self._loaded = load_text_llm(self.spec)
+        yield from generate_batches(self._loaded, [r.prompt for r in requests], [list(r.images) for r in requests],
+                                    max_new_tokens, batch_size)
 
 
 def make_generator(spec: str, option: str, load_in_4bit: bool | None = None, endpoint_model: str = "default",

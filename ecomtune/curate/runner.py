@@ -36,8 +36,8 @@ from ecomtune.curate.truth import read_truth, score_against_truth
 from ecomtune.curate.verify import MODES, caption_verdicts, verify_prompt, vqa_requests, vqa_verdicts
 from ecomtune.data.jsonl import write_jsonl_atomic
 from ecomtune.errors import ConfigError, Problem
+from ecomtune.infer.client import is_endpoint
 from ecomtune.runs.appendlog import recorded_settings, settings_differences
-from ecomtune.runs.endpoint import is_endpoint
 from ecomtune.runs.manifest import write_json_atomic
 from ecomtune.runs.outputs import Guarded, check_location, check_writable, is_empty, locked, replacing_folder
 

@@ -21,6 +21,7 @@ import torch
 
 from ecomtune.data.schema import Sample
 from ecomtune.data.strategies import DecodedImages
+from ecomtune.data.turns import image_turn
 from ecomtune.errors import DataError, Problem
 
 IGNORE_INDEX = -100
@@ -209,7 +210,6 @@ def count_image_tokens(processor, images: list) -> int:
     the real processor's output, so it holds for any family's resizing and merging rules."""
     if not images:
         return 0
-    content = [{"type": "image"} for _ in images]
-    text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False)
+    text = processor.apply_chat_template([image_turn(images)], tokenize=False)
     ids = processor(text=[text], images=list(images), return_tensors="pt")["input_ids"]
     return int((ids == processor.image_token_id).sum())

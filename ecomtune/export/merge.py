@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 
 from ecomtune.errors import ConfigError, Problem
-from ecomtune.runs.loading import load_aligned_projector, quant_as_trained, reapply_resolution, run_roles
+from ecomtune.infer.load import load_aligned_projector, quant_as_trained, reapply_resolution, run_roles
 from ecomtune.runs.manifest import FinishedRun
 
 MergeBase = Literal["dequantized", "pristine"]

@@ -35,7 +35,7 @@ from ecomtune.export.merge import (
     split_for_vllm,
 )
 from ecomtune.export.verify import Verification, compare, load_exported, reference, verification_samples
-from ecomtune.runs.loading import load_for_inference
+from ecomtune.infer.load import load_for_inference
 from ecomtune.runs.manifest import finished_run, versions, write_json_atomic
 from ecomtune.runs.outputs import Guarded, check_writable, real_path, replacing_folder
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ecomtune.data.collator import adds_own_specials
 from ecomtune.data.images import load_rgb
 from ecomtune.data.schema import checked_image_files
+from ecomtune.infer.generate import encode_turns, greedy_ids
 
 if TYPE_CHECKING:
     from ecomtune.backbones.spec import BackboneSpec
@@ -99,11 +99,9 @@ def verification_samples(count: int, images: list[Path] | None = None, spec: Bac
 
 
 def _encode(processor, image, prompt: str, device) -> dict[str, torch.Tensor]:
-    content = [{"type": "image"}, {"type": "text", "text": prompt}]
-    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-    inputs = processor(text=[text], images=[[image]], return_tensors="pt",
-                       add_special_tokens=adds_own_specials(processor, text))
-    return {key: value.to(device) for key, value in inputs.items() if isinstance(value, torch.Tensor)}
+    """One image and its prompt as a user turn, encoded the way generation encodes it (`encode_turns`)."""
+    inputs = encode_turns(processor, [prompt], [[image]], device)
+    return {key: value for key, value in inputs.items() if isinstance(value, torch.Tensor)}
 
 
 def _extend(inputs: dict[str, torch.Tensor], sequence: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -158,8 +156,7 @@ def reference(model, processor, samples) -> list[dict[str, Any]]:
     found = []
     for image, prompt in samples:
         inputs = _encode(processor, image, prompt, device)
-        with torch.no_grad():
-            sequence = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+        sequence = greedy_ids(model, inputs, NEW_TOKENS)
         start = inputs["input_ids"].shape[1]
         sequence = _cut(sequence, start, stop)
         logits = _scored_logits(model, _extend(inputs, sequence), start)

@@ -15,7 +15,7 @@ from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import ResolvedRoles, resolve_roles
 from ecomtune.config.schema import Recipe
 from ecomtune.errors import ConfigError, Problem
-from ecomtune.runs.loading import load_aligned_projector
+from ecomtune.infer.load import load_aligned_projector
 from ecomtune.runs.manifest import FinishedRun
 from ecomtune.runtime import is_main_process
 from ecomtune.train.components import apply_plan, parameter_table, print_parameter_table

@@ -125,10 +125,11 @@ class BenchProbe(TrainerCallback):
     def scores(self, model) -> dict[str, float]:
         """Each task's headline score on its probe items, with the model as it is now."""
         from ecomtune.bench.judges import FieldMatchJudge
-        from ecomtune.bench.runner import LoadedModel, generate_batches
         from ecomtune.bench.tasks import HEADLINE, TASKS
+        from ecomtune.infer.generate import generate_batches
+        from ecomtune.infer.load import LoadedModel
 
-        was_training, side = model.training, self.processor.tokenizer.padding_side
+        was_training = model.training
         model.eval()
         try:
             loaded = LoadedModel(model, self.processor, {})
@@ -142,7 +143,6 @@ class BenchProbe(TrainerCallback):
                 found[name] = float(task.score(records, answers, FieldMatchJudge())[0][HEADLINE[name]])
             return found
         finally:
-            self.processor.tokenizer.padding_side = side  # the training collator pads its own way
             model.train(was_training)
 
     def _probe(self, state, control, model) -> None:

@@ -17,6 +17,8 @@ from ecomtune.config.schema import ImageSettings, QuantSettings
 from ecomtune.errors import ConfigError, Problem
 from ecomtune.runs.manifest import FinishedRun, finished_run, is_run_folder, weights_problem
 
+TEXT_LLM = "text-llm"  # the `kind` of a text-only LLM (`load_text_llm`): its processor is its tokenizer
+
 
 @dataclass
 class LoadedModel:
@@ -42,11 +44,6 @@ def _fingerprint_model_folder(folder: Path) -> str:
         with weights.open("rb") as handle:
             digest.update(handle.read(1 << 20))
     return digest.hexdigest()
-
-
-def trained_in_4bit(run: FinishedRun | None) -> bool:
-    """Whether an ecomtune run trained on a 4-bit base (its adapter is then evaluated on one too)."""
-    return bool(run and run.stage_settings().get("quant", {}).get("load_in_4bit", False))
 
 
 def quant_as_trained(run: FinishedRun | None, load_in_4bit: bool | None = None,
@@ -214,3 +211,21 @@ def load_for_inference(spec: str, load_in_4bit: bool | None = None, compute_dtyp
     return LoadedModel(model, processor, {"spec": spec, "kind": kind, "base": backbone.source,
                                           "family": backbone.spec.family, "fingerprint": model_fingerprint(spec),
                                           "load_in_4bit": quant.load_in_4bit})
+
+
+def load_text_llm(spec: str) -> LoadedModel:
+    """A text-only LLM (a folder or hub id of `AutoModelForCausalLM`, e.g. curation's caption verifier), in eval
+    mode, with its tokenizer as the processor (padding with its eos token when it names no pad token)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ecomtune.backbones.loading import pick_compute_dtype
+
+    tokenizer = AutoTokenizer.from_pretrained(spec)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs: dict[str, Any] = {"dtype": pick_compute_dtype("auto")}
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": 0}
+    return LoadedModel(AutoModelForCausalLM.from_pretrained(spec, **kwargs).eval(), tokenizer,
+                       {"spec": spec, "kind": TEXT_LLM})

@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecomtune.data.turns import image_turn
 from ecomtune.errors import ConfigError, EcomtuneError
 
 
@@ -71,9 +72,8 @@ class ChatEndpoint:
 
     def complete(self, text: str, images: list[str] | None = None, max_tokens: int = 64) -> str:
         """The reply to one user turn (`images` first, then `text`), greedy."""
-        content = [image_part(p) for p in images or []] + [{"type": "text", "text": text}]
         body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": max_tokens,
-                           "messages": [{"role": "user", "content": content}]}).encode()
+                           "messages": [image_turn(images or [], text, image_part)]}).encode()
         headers = {"Content-Type": "application/json"}
         if os.environ.get(self.key_env):
             headers["Authorization"] = f"Bearer {os.environ[self.key_env]}"
