@@ -14,14 +14,13 @@ from typing import Any
 
 import torch
 
-from ecomtune.bench.judges import Judge, make_judge
+from ecomtune.bench.judges import make_judge
 from ecomtune.bench.records import check_records_fit, read_task_records
-from ecomtune.bench.tasks import TASKS, Task
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.collator import adds_own_specials, batch_images
 from ecomtune.data.schema import ImageRef
 from ecomtune.data.strategies import open_image, ref_paths
-from ecomtune.errors import ConfigError, DataError, Problem
+from ecomtune.errors import DataError, Problem
 from ecomtune.runs.loading import (
     LoadedModel,
     load_for_inference,
@@ -30,6 +29,8 @@ from ecomtune.runs.loading import (
     sha256_files,
 )
 from ecomtune.runs.manifest import versions, write_json_atomic
+from ecomtune.tasks.judging import Judge
+from ecomtune.tasks.registry import TASKS, resolve_tasks
 
 
 def model_context(config) -> int | None:
@@ -107,16 +108,6 @@ def check_records_fit_context(model: str, task_records: dict[str, list[dict[str,
         task = TASKS[name]
         check_prompts_fit(tokenizer, context, [task.prompt(r) for r in records], task.max_new_tokens,
                           [r["_source"] for r in records])
-
-
-def resolve_tasks(names: str) -> list[Task]:
-    if names.strip() == "all":
-        return list(TASKS.values())
-    chosen = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in chosen if n not in TASKS]
-    if unknown:
-        raise ConfigError(f"Unknown task(s): {', '.join(unknown)}", fix=f"choose from all, {', '.join(TASKS)}")
-    return [TASKS[n] for n in chosen]
 
 
 def run_bench(model: str, tasks: str, data: Path, out: Path | None = None, limit: int | None = None,
