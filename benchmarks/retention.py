@@ -23,11 +23,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ecomtune.bench.runner import run_bench
-from ecomtune.bench.tasks import HEADLINE
-from ecomtune.bench.verdicts import IN_DOMAIN
 from ecomtune.config.loading import load_recipe
 from ecomtune.demo import DEMO_RECIPE, demo_recipe, replay_share
 from ecomtune.synth.catalog import write_catalog
+from ecomtune.tasks.registry import TASKS
 from ecomtune.train.stages import run_stage
 
 VARIANTS = {"a": "catalog only", "b": "catalog + general replay", "c": "catalog + replay + guard (stop)"}
@@ -80,9 +79,10 @@ def main() -> None:
     table.add_column("task")
     for label in columns:
         table.add_column(label, justify="right")
-    for task in ("general", *IN_DOMAIN):
-        table.add_row(f"{task} ({HEADLINE[task]})", *(f"{r['tasks'][task]['scores'][HEADLINE[task]]:.3f}"
-                                                    for r in columns.values()))
+    in_domain = [t.name for t in TASKS.values() if not t.retention]
+    for task in ("general", *in_domain):
+        metric = TASKS[task].headline
+        table.add_row(f"{task} ({metric})", *(f"{r['tasks'][task]['scores'][metric]:.3f}" for r in columns.values()))
     blank = [""] * 3
 
     def general(results: dict) -> float:
@@ -98,7 +98,7 @@ def main() -> None:
     table.add_row("guard stopped", *blank, *(stops(found) for found in stopped.values()))
     table.add_row("minutes (mid + sft + bench)", *blank, *(f"{s / 60:.1f}" for s in seconds.values()))
     console.print(table)
-    (out / "retention.json").write_text(json.dumps({"scores": {k: {t: v["tasks"][t]["scores"][HEADLINE[t]]
+    (out / "retention.json").write_text(json.dumps({"scores": {k: {t: v["tasks"][t]["scores"][TASKS[t].headline]
                                                                    for t in v["tasks"]} for k, v in columns.items()},
                                                    "replay_share": shares, "stopped": stopped, "seconds": seconds},
                                                   indent=2), encoding="utf-8")

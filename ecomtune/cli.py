@@ -321,7 +321,7 @@ def bench_export(
 ) -> None:
     """Write the benchmark as an lmms-eval task package: `lmms-eval --include_path OUT --tasks ecomtune`."""
     from ecomtune.bench.lmms_eval_export import check_format, export_lmms_eval
-    from ecomtune.bench.runner import resolve_tasks
+    from ecomtune.tasks.registry import resolve_tasks
 
     check_format(fmt)
     package = export_lmms_eval(out, data or Path("data_samples/bench"), resolve_tasks(tasks), overwrite)

@@ -8,11 +8,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from ecomtune.bench.judges import EndpointJudge, judge_item
+from ecomtune.bench.judges import EndpointJudge
 from ecomtune.bench.runner import run_bench
-from ecomtune.bench.tasks import TASKS
 from ecomtune.config.loading import load_recipe
 from ecomtune.errors import ConfigError, DataError
+from ecomtune.tasks.judging import judge_item
+from ecomtune.tasks.registry import TASKS
 from ecomtune.train.stages import run_sft
 from tests.conftest import quick_overrides, run_cli
 
@@ -105,7 +106,8 @@ def test_local_model_judge_runs_a_real_causal_lm(tmp_path):
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from ecomtune.backbones.registry import resolve_backbone
-    from ecomtune.bench.judges import VERDICTS, make_judge
+    from ecomtune.bench.judges import make_judge
+    from ecomtune.tasks.judging import VERDICTS
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("tiny-qwen2-vl").source)
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ecomtune.synth import general_world as gw
+from ecomtune.tasks import general_world as gw
 
 
 def components(image) -> list[dict]:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from ecomtune.bench.runner import run_bench
-from ecomtune.bench.tasks import HEADLINE
+from ecomtune.tasks.registry import TASKS
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -75,8 +75,8 @@ def test_report_holds_the_scores_and_every_example(catalog, tmp_path):
     page.feed(out.read_text(encoding="utf-8"))
 
     for task, entry in results["tasks"].items():
-        value = f"{entry['scores'][HEADLINE[task]]:.3f}"
-        assert page.rows[task] == [task, HEADLINE[task], value, value]
+        value = f"{entry['scores'][TASKS[task].headline]:.3f}"
+        assert page.rows[task] == [task, TASKS[task].headline, value, value]
         cards = [c for c in page.cards if c["task"] == task]
         assert sorted(c["id"] for c in cards) == sorted(str(e["id"]) for e in entry["examples"])
         passed = [c["passed"] for c in cards]

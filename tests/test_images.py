@@ -12,10 +12,10 @@ from PIL import Image
 
 from ecomtune.backbones.registry import aliases
 from ecomtune.bench.records import read_task_records
-from ecomtune.bench.tasks import TASKS
 from ecomtune.data.images import image_size, load_rgb
 from ecomtune.data.schema import load_samples
 from ecomtune.errors import DataError
+from ecomtune.tasks.registry import TASKS
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from ecomtune.bench.lmms_eval_export import export_lmms_eval, harness_name
-from ecomtune.bench.runner import resolve_tasks
 from ecomtune.errors import ConfigError, DataError
+from ecomtune.tasks.registry import resolve_tasks
 from tests.conftest import run_cli
 
 TASKS = "deep-fashion,attribute-extraction"
@@ -84,8 +84,8 @@ def test_package_uses_ecomtune_prompts_and_scores(bench_data: Path, tmp_path: Pa
     as PIL images, and scores over the whole list through Task.score."""
     import yaml
 
-    from ecomtune.bench.judges import FieldMatchJudge
-    from ecomtune.bench.tasks import TASKS as ECOMTUNE_TASKS
+    from ecomtune.tasks.judging import FieldMatchJudge
+    from ecomtune.tasks.registry import TASKS as ECOMTUNE_TASKS
 
     package = export_lmms_eval(tmp_path / "pkg", bench_data, resolve_tasks(TASKS))
     assert package.items == {"deep-fashion": 4, "attribute-extraction": 2}

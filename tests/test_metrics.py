@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ecomtune.bench import metrics
-from ecomtune.bench.judges import FieldMatchJudge, judge_item, parse_verdict
-from ecomtune.bench.tasks import TASKS
+from ecomtune.tasks import metrics
+from ecomtune.tasks.judging import FieldMatchJudge, judge_item, parse_verdict
+from ecomtune.tasks.registry import TASKS
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

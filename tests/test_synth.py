@@ -118,7 +118,7 @@ def test_seller_listings_keep_their_truth_apart_and_it_matches_the_pictures(cata
     aspects no picture shows, boilerplate); `listings-truth.jsonl` says which is which, exactly."""
     from collections import Counter
 
-    from ecomtune.bench.metrics import normalise
+    from ecomtune.tasks.metrics import normalise
 
     items = {d["item_id"]: d for d in map(json.loads, catalog["items"].read_text().splitlines())}
     listings = [json.loads(line) for line in catalog["listings"].read_text().splitlines()]

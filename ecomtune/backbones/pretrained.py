@@ -1,7 +1,7 @@
 """A tiny twin that already has general skills: the stand-in for "a general-purpose VLM" the recipe starts from.
 
 The paper adapts a pretrained VLM and checks that it keeps its broad skills. A random-weight twin has none to keep,
-so ecomtune builds, once per seed, a tiny Qwen2-VL trained on the general world (`ecomtune/synth/general_world.py`,
+so ecomtune builds, once per seed, a tiny Qwen2-VL trained on the general world (`ecomtune/tasks/general_world.py`,
 training split only): full fine-tuning of every weight of a random twin of the same seed, built at the sizes the plan
 names (wider and deeper than `tiny-qwen2-vl`, see `GENERAL_SIZES`), with a plain PyTorch loop (the fastest way at
 this size: no Trainer, no data files, scenes drawn in memory).
@@ -20,12 +20,12 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from filelock import FileLock
 
 from ecomtune.backbones.tiny import TINY_VERSION, TinyTwin, build_into, default_cache_dir, ensure_tiny
+from ecomtune.errors import DataError
 
 # Part of the cache key: bump it whenever the pretraining (data, schedule, sizes) changes.
 PRETRAINED_VERSION = 1
@@ -98,15 +98,38 @@ def ensure_pretrained(alias: str, twin_alias: str, twin: TinyTwin, seed: int, ca
     return target
 
 
-def _general_batch(collator, first: int, size: int, seed: int) -> dict[str, torch.Tensor]:
-    from ecomtune.bench.prompts import chat_record
-    from ecomtune.synth.general_world import general_prompt, general_questions, render_general
+def encode_answered(processor, conversations: list[list[dict]], images: list[list]) -> dict[str, torch.Tensor]:
+    """A training batch of single-answer conversations: the processor's chat template, right padding, and labels on
+    the answer's tokens only (the answer and the end of its turn, so the model learns to stop), -100 elsewhere.
+    The answer is the rendered text after the prompt with its generation prompt; its tokens are the last ones of
+    each row, since the template's rendering of the prompt is a prefix of the whole and the answer holds no image.
+    The same tokens and labels as the training collator gives these conversations."""
+    processor.tokenizer.padding_side = "right"
+    texts, answer_tokens = [], []
+    for messages in conversations:
+        text = processor.apply_chat_template(messages, tokenize=False)
+        prompt = processor.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        if not text.startswith(prompt):
+            raise DataError("The chat template is not prefix-preserving, so the answer's tokens cannot be located",
+                            fix="use the family's standard chat template (processor.chat_template)")
+        texts.append(text)
+        answer_tokens.append(len(processor.tokenizer(text[len(prompt):], add_special_tokens=False)["input_ids"]))
+    batch = dict(processor(text=texts, images=images, padding=True, return_tensors="pt"))
+    labels = torch.full_like(batch["input_ids"], -100)
+    for row, count in enumerate(answer_tokens):
+        end = int(batch["attention_mask"][row].sum())
+        labels[row, end - count:end] = batch["input_ids"][row, end - count:end]
+    batch["labels"] = labels
+    return batch
+
+
+def _general_batch(processor, first: int, size: int, seed: int) -> dict[str, torch.Tensor]:
+    from ecomtune.tasks.general_world import general_prompt, general_questions, render_general
+    from ecomtune.tasks.prompts import chat_record
 
     items = general_questions("train", size, seed, first=first)
-    samples = [SimpleNamespace(messages=chat_record(["x"], general_prompt(q), q.answer)["messages"]) for _, q in items]
-    batch = collator._encode_chat(samples, [[render_general(scene)] for scene, _ in items])
-    batch["labels"][batch["attention_mask"] == 0] = -100
-    return dict(batch)
+    conversations = [chat_record(["x"], general_prompt(q), q.answer)["messages"] for _, q in items]
+    return encode_answered(processor, conversations, [[render_general(scene)] for scene, _ in items])
 
 
 def pretrain(start: Path, out: Path, seed: int, plan: Pretraining) -> dict:
@@ -114,12 +137,9 @@ def pretrain(start: Path, out: Path, seed: int, plan: Pretraining) -> dict:
     processor and `pretraining.json` (the plan, the loss at the start and the end, the time it took)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from ecomtune.data.collator import VisionChatCollator
-
     processor = AutoProcessor.from_pretrained(start)
     model = AutoModelForImageTextToText.from_pretrained(start, dtype=torch.float32)
     model.train()
-    collator = VisionChatCollator(processor)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay)
 
@@ -132,7 +152,7 @@ def pretrain(start: Path, out: Path, seed: int, plan: Pretraining) -> dict:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     started, losses = time.perf_counter(), []
     for step in range(plan.steps):
-        batch = _general_batch(collator, step * plan.batch_size, plan.batch_size, seed)
+        batch = _general_batch(processor, step * plan.batch_size, plan.batch_size, seed)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,8 +1,5 @@
-"""The compact benchmark suite: tasks, pure metrics, judges, the runner and reports (`ecomtune bench`).
+"""The compact benchmark suite's machinery: the runner, records, model judges, reports and the lmms-eval export
+(`ecomtune bench`). The tasks themselves (prompts, parsers, scorers, metrics) are `ecomtune.tasks`.
 
-The runner (which imports torch) is not imported here, so that prompts and metrics stay light to use.
+The runner (which imports torch) is not imported here.
 """
-
-from ecomtune.bench.tasks import HEADLINE, TASKS
-
-__all__ = ["HEADLINE", "TASKS"]

@@ -14,10 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ecomtune.bench.tasks import HEADLINE
+from ecomtune.tasks.registry import TASKS, example_passed, headline_metric, headline_score
 
 THUMBNAIL = 160  # pixels on the long side of an embedded image
-GROUPS = {"deep-fashion": "by_attribute", "general": "by_attribute", "aspect-prediction": "by_aspect"}
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
@@ -33,21 +32,6 @@ td,th{padding:.25em .6em;text-align:left;vertical-align:middle}th{border-bottom:
 """
 SCRIPT = ("document.getElementById('failures').addEventListener('change',"
           "e=>document.body.classList.toggle('only-failures',e.target.checked));")
-
-
-def example_passed(task: str, example: dict[str, Any]) -> bool:
-    """Whether one example was answered fully right, from the details its scorer recorded."""
-    if task == "aspect-prediction":
-        return all(example.get("correct", {}).values())
-    if task in ("deep-fashion", "general"):
-        return bool(example.get("correct"))
-    if task == "attribute-extraction":
-        return (example.get("parsed", False) and example.get("true_positives") == example.get("reference")
-                and not example.get("hallucinated"))
-    if task == "item-intelligence":
-        return (example.get("parsed", False) and example.get("correct") == example.get("reference")
-                and not example.get("incorrect"))
-    return False
 
 
 def _thumbnail(path: str) -> str | None:
@@ -75,12 +59,11 @@ def _score_rows(label_results: list[tuple[str, dict]]) -> str:
     header = "".join(f"<th>{html.escape(label)}</th>" for label, _ in label_results)
     rows = []
     for task in tasks:
-        metric = HEADLINE.get(task, "accuracy")
+        metric = headline_metric(task)
         cells = []
         for index, (_, results) in enumerate(label_results):
-            value = results["tasks"].get(task, {}).get("scores", {}).get(metric)
-            cells.append(f"<td>{_bar(value, index)}</td>" if isinstance(value, (int, float)) else
-                         '<td class="muted">-</td>')
+            value = headline_score(results, task)
+            cells.append(f"<td>{_bar(value, index)}</td>" if value is not None else '<td class="muted">-</td>')
         rows.append(f'<tr data-task="{html.escape(task)}"><td>{html.escape(task)}</td><td>{metric}</td>'
                     f"{''.join(cells)}</tr>")
     return f"<table><tr><th>task</th><th>metric</th>{header}</tr>{''.join(rows)}</table>"
@@ -88,7 +71,8 @@ def _score_rows(label_results: list[tuple[str, dict]]) -> str:
 
 def _group_rows(label_results: list[tuple[str, dict]]) -> str:
     parts = []
-    for task, group in GROUPS.items():
+    tasks = list(dict.fromkeys(t for _, results in label_results for t in results["tasks"]))
+    for task, group in ((t, g) for t in tasks if t in TASKS for g in TASKS[t].groups):
         names = list(dict.fromkeys(name for _, results in label_results
                                    for name in results["tasks"].get(task, {}).get("scores", {}).get(group, {})))
         if not names:

@@ -1,8 +1,6 @@
-"""Judges for Multi-image Item Intelligence: each predicted field is verifiable-correct,
-verifiable-incorrect, or unverifiable (the reference says nothing about it), as in the paper.
+"""Model judges for Multi-image Item Intelligence, beside the default `FieldMatchJudge` (`ecomtune.tasks.judging`,
+where the verdicts, the judge protocol and the judge's question are):
 
-- `FieldMatchJudge` (default): deterministic; the field exists in the reference and the normalised
-  values match.
 - `EndpointJudge`: an OpenAI-compatible chat-completions endpoint given by URL (vLLM, TGI, ...).
 - `LocalModelJudge`: a local Hugging Face causal LM.
 Model judges see the reference facts and one claimed field, and answer with one word.
@@ -16,42 +14,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
 
-from ecomtune.bench.metrics import flatten, normalise, values_match
 from ecomtune.errors import ConfigError, EcomtuneError
 from ecomtune.infer.client import key_exposed
-
-Verdict = Literal["correct", "incorrect", "unverifiable"]
-VERDICTS: tuple[Verdict, ...] = ("correct", "incorrect", "unverifiable")
-
-
-class Judge(Protocol):
-    name: str
-
-    def judge(self, key: str, value: object, reference: Mapping[str, object]) -> Verdict: ...
-
-
-class FieldMatchJudge:
-    name = "field-match"
-
-    def judge(self, key: str, value: object, reference: Mapping[str, object]) -> Verdict:
-        if key not in reference:
-            return "unverifiable"
-        return "correct" if values_match(value, reference[key]) else "incorrect"
-
-
-def judge_prompt(key: str, value: object, reference: Mapping[str, object]) -> str:
-    facts = "\n".join(f"- {k}: {v}" for k, v in reference.items())
-    return (f"Reference facts about a product:\n{facts}\n\nA model claims: {key} = {value}\n"
-            "Is the claim correct, incorrect (the facts say otherwise), or unverifiable (the facts do not cover "
-            "it)? Answer with one word: correct, incorrect or unverifiable.")
-
-
-def parse_verdict(text: str) -> Verdict:
-    """The first verdict word in a judge's reply; anything else counts as unverifiable."""
-    words = normalise(text).replace(",", " ").split()
-    return next((w for w in words if w in VERDICTS), "unverifiable")  # type: ignore[return-value]
+from ecomtune.tasks.judging import FieldMatchJudge, Judge, Verdict, judge_prompt, parse_verdict
 
 
 @dataclass
@@ -106,12 +72,3 @@ def make_judge(spec: str | None, allow_plain_http_key: bool = False) -> Judge:
         return EndpointJudge(spec)
     return LocalModelJudge(spec)
 
-
-def judge_item(judge: Judge, predicted: Mapping, reference: Mapping) -> dict[str, int]:
-    """Verdict counts for one item, over its flattened fields (section.field)."""
-    ref = flatten(reference)
-    counts = {v: 0 for v in VERDICTS}
-    for key, value in flatten(predicted).items():
-        counts[judge.judge(key, value, ref)] += 1
-    counts["reference"] = len(ref)
-    return counts

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from ecomtune.bench.lmms_eval_tasks import scalar_metrics
 from ecomtune.bench.records import read_task_records, records_root
-from ecomtune.bench.tasks import Task
 from ecomtune.config.schema import ImageSettings
 from ecomtune.errors import ConfigError, DataError, Problem
 from ecomtune.runs.outputs import Guarded, replacing_folder
+from ecomtune.tasks.registry import Task
 
 FORMATS = ("lmms-eval",)
 GROUP = "ecomtune"

@@ -14,18 +14,16 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ecomtune.bench.judges import FieldMatchJudge
-from ecomtune.bench.tasks import TASKS, Task
+from ecomtune.tasks.judging import FieldMatchJudge
+from ecomtune.tasks.registry import TASKS, Task
 
 
 def scalar_metrics(task: Task) -> list[str]:
     """The task's top-level numeric scores, headline first (what `ecomtune bench` prints in its table). Read off
     an empty scoring, so a metric added to a scorer reaches the export without a second list to keep."""
-    from ecomtune.bench.tasks import HEADLINE
-
     scores, _ = task.score([], [], FieldMatchJudge())
     names = [k for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return sorted(names, key=lambda name: name != HEADLINE.get(task.name))
+    return sorted(names, key=lambda name: name != task.headline)
 
 
 def answer_text(result: Any) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ecomtune.bench.records import check_records_fit, read_task_records
-from ecomtune.bench.runner import check_records_fit_context, resolve_tasks
+from ecomtune.bench.runner import check_records_fit_context
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.strategies import ref_paths
 from ecomtune.errors import ConfigError, Problem
@@ -28,6 +28,7 @@ from ecomtune.infer.load import load_for_inference, model_backbone, model_finger
 from ecomtune.runs.appendlog import append_synced, lines_by_key, recorded_settings, rewrite, settings_differences
 from ecomtune.runs.manifest import fingerprint_file, write_json_atomic
 from ecomtune.runs.outputs import Guarded, check_location, check_writable, locked
+from ecomtune.tasks.registry import resolve_tasks
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ecomtune.backbones.spec import BackboneSpec
-from ecomtune.bench.tasks import Task
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.jsonl import read_jsonl
 from ecomtune.data.schema import Sample, check_record_images, parse_boxes
 from ecomtune.data.strategies import apply_strategy
 from ecomtune.data.turns import image_turn
 from ecomtune.errors import DataError, Problem
+from ecomtune.tasks.registry import Task
 
 MAX_REPORTED = 20
 ESCAPE_FIX = ("keep images inside the dataset folder (a link there to where they are is followed), give "

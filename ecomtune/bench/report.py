@@ -55,8 +55,9 @@ def attribute_table(results: dict[str, Any], task: str = "deep-fashion") -> Tabl
 
 def columns_table(columns: list[tuple[str, dict[str, Any]]], title: str = "ecomtune bench") -> Table:
     """Several results files side by side (e.g. the base in full precision, in 4-bit, after the recipe): each
-    task's headline metric, then the general suite per skill beside its majority and random baselines."""
-    from ecomtune.bench.tasks import HEADLINE
+    task's headline metric, then each general-skill (`retention`) task per group (the general suite per skill)
+    beside its majority and random baselines."""
+    from ecomtune.tasks.registry import TASKS, headline_metric, headline_score
 
     table = Table(title=title)
     table.add_column("task", justify="left")
@@ -72,18 +73,22 @@ def columns_table(columns: list[tuple[str, dict[str, Any]]], title: str = "ecomt
             value = value.get(key) if isinstance(value, dict) else None
         return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
     for task in tasks:
-        metric = HEADLINE.get(task, "accuracy")
-        table.add_row(task, metric, *(cell(r, task, "scores", metric) for _, r in columns), "")
-    skills = list(dict.fromkeys(s for _, r in columns
-                                for s in r["tasks"].get("general", {}).get("scores", {}).get("by_attribute", {})))
-    for skill in skills:
-        rows = [r["tasks"].get("general", {}).get("scores", {}).get("by_attribute", {}).get(skill) for _, r in columns]
-        known = next((row for row in rows if row), {})
-        baselines = (f"{known['majority_baseline']:.3f} / {known['random_baseline']:.3f}"
-                     if "majority_baseline" in known else "")
-        table.add_row(f"  general: {skill}", f"accuracy (n={known.get('n', '-')})",
-                      *(cell(r, "general", "scores", "by_attribute", skill, "accuracy") for _, r in columns), baselines)
+        table.add_row(task, headline_metric(task), *(number(headline_score(r, task)) for _, r in columns), "")
+    for task in (t for t in TASKS.values() if t.retention):
+        for group in task.groups:
+            names = list(dict.fromkeys(s for _, r in columns
+                                       for s in r["tasks"].get(task.name, {}).get("scores", {}).get(group, {})))
+            for name in names:
+                rows = [r["tasks"].get(task.name, {}).get("scores", {}).get(group, {}).get(name) for _, r in columns]
+                known = next((row for row in rows if row), {})
+                baselines = (f"{known['majority_baseline']:.3f} / {known['random_baseline']:.3f}"
+                             if "majority_baseline" in known else "")
+                table.add_row(f"  {task.name}: {name}", f"accuracy (n={known.get('n', '-')})",
+                              *(cell(r, task.name, "scores", group, name, "accuracy") for _, r in columns), baselines)
     return table
 
 

@@ -11,15 +11,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ecomtune.bench.judges import Judge, make_judge
+from ecomtune.bench.judges import make_judge
 from ecomtune.bench.records import check_records_fit, read_task_records
-from ecomtune.bench.tasks import TASKS, Task
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.strategies import ref_paths
-from ecomtune.errors import ConfigError
 from ecomtune.infer.generate import check_prompts_fit, generate, model_context
 from ecomtune.infer.load import load_for_inference, model_backbone, run_images, sha256_files
 from ecomtune.runs.manifest import versions, write_json_atomic
+from ecomtune.tasks.judging import Judge
+from ecomtune.tasks.registry import TASKS, resolve_tasks
 
 
 def check_records_fit_context(model: str, task_records: dict[str, list[dict[str, Any]]]) -> None:
@@ -34,16 +34,6 @@ def check_records_fit_context(model: str, task_records: dict[str, list[dict[str,
         task = TASKS[name]
         check_prompts_fit(tokenizer, context, [task.prompt(r) for r in records], task.max_new_tokens,
                           [r["_source"] for r in records])
-
-
-def resolve_tasks(names: str) -> list[Task]:
-    if names.strip() == "all":
-        return list(TASKS.values())
-    chosen = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in chosen if n not in TASKS]
-    if unknown:
-        raise ConfigError(f"Unknown task(s): {', '.join(unknown)}", fix=f"choose from all, {', '.join(TASKS)}")
-    return [TASKS[n] for n in chosen]
 
 
 def run_bench(model: str, tasks: str, data: Path, out: Path | None = None, limit: int | None = None,

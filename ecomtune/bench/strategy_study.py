@@ -21,7 +21,6 @@ from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.bench.predict import run_predict
 from ecomtune.bench.records import read_task_records
 from ecomtune.bench.runner import run_bench
-from ecomtune.bench.tasks import TASKS
 from ecomtune.config.loading import SHIPPED_RECIPES, load_recipe
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.collator import count_image_tokens
@@ -29,6 +28,7 @@ from ecomtune.data.strategies import open_image
 from ecomtune.runs.manifest import write_json_atomic
 from ecomtune.runs.outputs import locked, refuse_non_empty
 from ecomtune.synth.catalog import write_catalog
+from ecomtune.tasks.registry import TASKS
 from ecomtune.train.stages import run_align, run_sft
 
 RECIPE = SHIPPED_RECIPES / "tiny-qwen2-vl.yaml"

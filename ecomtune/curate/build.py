@@ -1,6 +1,6 @@
 """Step 4, build: training data from what verification kept.
 
-The instruction families are the synthetic catalog's (`bench.prompts.instruction_records`: choice and yes/no
+The instruction families are the synthetic catalog's (`tasks.prompts.instruction_records`: choice and yes/no
 VQA, Aspect Prediction with and without title and category, attribute extraction, a title with a required
 keyword, a whole listing), made from the supported aspects only, so the model is tuned on the phrasing the
 benchmark asks in and never on a seller's unverified claim. The captions become align / mid data. Image paths
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import random
 
-from ecomtune.bench import prompts
 from ecomtune.curate.listings import Listing
+from ecomtune.tasks import prompts
 
 
 def supported_aspects(verdicts: list[dict[str, str]]) -> dict[str, str]:

@@ -3,7 +3,7 @@
 Sellers write "Color", "COLOUR" and "Main Colour" for one aspect, "Stripes" for "striped", and fill required
 fields with "N/A" or "See description". Verification and training need one spelling, so each aspect name is
 folded (case, separators, synonyms) and each value normalised the way the benchmark compares values
-(`bench.metrics.normalise`: case, spacing, synonyms), except identifiers such as brands and sizes, whose case
+(`tasks.metrics.normalise`: case, spacing, synonyms), except identifiers such as brands and sizes, whose case
 carries meaning. Every decision is logged per aspect, so the report can say what cleaning removed and why.
 Pure functions: nothing here reads a file or a model.
 """
@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from ecomtune.bench.metrics import normalise, normalise_key
+from ecomtune.tasks.metrics import normalise, normalise_key
 
 # Aspect names that mean one aspect, mapped to ecomtune's name for it (the synthetic catalog's and the bench's).
 NAME_SYNONYMS = {

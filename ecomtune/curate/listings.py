@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecomtune.bench.metrics import parse_key_values
 from ecomtune.data.jsonl import read_jsonl
 from ecomtune.data.schema import check_record_images
 from ecomtune.errors import ConfigError, DataError, Problem
+from ecomtune.tasks.metrics import parse_key_values
 
 MAX_REPORTED = 20
 EXAMPLE = ('{"id": "sku1", "title": "Red cotton shirt", "category": "Shirts", "aspects": {"Colour": "red"}, '

@@ -25,7 +25,6 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ecomtune.bench import prompts
 from ecomtune.curate.build import caption_records, listing_instructions
 from ecomtune.curate.clean import clean_aspects, vocabulary
 from ecomtune.curate.generation import GenerationCache, Generator, Request, make_generator
@@ -40,6 +39,7 @@ from ecomtune.infer.client import is_endpoint
 from ecomtune.runs.appendlog import recorded_settings, settings_differences
 from ecomtune.runs.manifest import write_json_atomic
 from ecomtune.runs.outputs import Guarded, check_location, check_writable, is_empty, locked, replacing_folder
+from ecomtune.tasks import prompts
 
 SETTINGS_FILE = "curate.json"
 CLEAN_VERSION = "clean-1"  # bump when cleaning changes, so earlier clean lines are redone

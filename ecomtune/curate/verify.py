@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import re
 
-from ecomtune.bench import prompts
-from ecomtune.bench.metrics import normalise, normalise_key, parse_key_values, pick_option
 from ecomtune.curate.clean import aspect_name
 from ecomtune.curate.generation import Request
+from ecomtune.tasks import prompts
+from ecomtune.tasks.metrics import normalise, normalise_key, parse_key_values, pick_option
 
 VERDICTS = ("supported", "contradicted", "not_visible", "unparsed")
 MODES = ("caption", "vqa")

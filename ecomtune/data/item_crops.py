@@ -25,11 +25,11 @@ from PIL import Image
 from ecomtune.data.collator import count_image_tokens
 from ecomtune.data.crops import dedupe
 from ecomtune.data.images import load_rgb
-from ecomtune.data.json_repair import parse_json_value
 from ecomtune.data.jsonl import write_jsonl_atomic
 from ecomtune.data.schema import load_samples
 from ecomtune.data.strategies import placeholders_at_first, square_crop
 from ecomtune.errors import DataError, Problem
+from ecomtune.tasks.json_repair import parse_json_value
 
 GROUNDING_PROMPT = ('Find every region with text or numbers on the product (labels, logos, model numbers, '
                     'barcodes, warnings). Answer as JSON: [{"bbox_2d": [x0, y0, x1, y1], "label": "..."}].')

@@ -83,7 +83,7 @@ def verification_samples(count: int, images: list[Path] | None = None, spec: Bac
                          ) -> list[tuple[Any, str]]:
     """(image, prompt) pairs: the given images (checked as training images are, for the run's family `spec`),
     or rendered catalog products, each with a benchmark prompt."""
-    from ecomtune.bench import prompts
+    from ecomtune.tasks import prompts
 
     questions = [prompts.caption_prompt(), prompts.extraction_prompt(), prompts.listing_prompt(),
                  prompts.choice_prompt("colour", ["red", "blue", "green", "black"])]

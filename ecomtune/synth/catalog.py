@@ -9,7 +9,7 @@ Output folder:
   without title & category), attribute extraction, precise instruction following, listings, and
   multi-image item intelligence;
 - `bench/<task>.jsonl`: benchmark records for held-out items (disjoint from training by item); `bench/general.jsonl`
-  is the general world's probe split (`ecomtune/synth/general_world.py`);
+  is the general world's probe split (`ecomtune/tasks/general_world.py`);
 - `general-train.jsonl`: the general world's training split, general replay to mix into mid and sft (its scenes
   are never probe scenes);
 - `items.jsonl`: the ground truth, with the noisy seller aspects and each item's split;
@@ -29,15 +29,15 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
-from ecomtune.bench import prompts
-from ecomtune.bench.prompts import chat_record as chat
-from ecomtune.bench.prompts import compact
 from ecomtune.data.jsonl import write_jsonl_atomic
-from ecomtune.synth.general_world import write_general
 from ecomtune.synth.items import APPAREL, BRANDS, COLOURS, PATTERNS, Item, make_items
 from ecomtune.synth.listings import seller_listing
 from ecomtune.synth.mid import view_pairs
 from ecomtune.synth.render import render_view_with_marks
+from ecomtune.tasks import prompts
+from ecomtune.tasks.general_world import write_general
+from ecomtune.tasks.prompts import chat_record as chat
+from ecomtune.tasks.prompts import compact
 
 # Deep Fashion options per attribute (the choices a benchmark question offers).
 OPTIONS: dict[str, tuple[str, ...]] = {
@@ -45,7 +45,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "sleeve length": ("short sleeve", "long sleeve", "sleeveless"),
     "neckline": tuple(sorted({n for spec in APPAREL.values() for n in spec["necklines"]})),
 }
-# The general world (ecomtune/synth/general_world.py): probe items (30 per skill, so a fall of 0.05 is about 9
+# The general world (ecomtune/tasks/general_world.py): probe items (30 per skill, so a fall of 0.05 is about 9
 # answers) and training items for general replay.
 GENERAL_PROBE_ITEMS = 180
 GENERAL_TRAIN_ITEMS = 1200
@@ -75,7 +75,7 @@ def instructions(item: Item, rng: random.Random, boxes: list) -> list[dict]:
 
 
 def bench_records(item: Item, boxes: list) -> dict[str, list[dict]]:
-    """Benchmark records for one held-out item, per task (see ecomtune/bench/tasks.py for the formats)."""
+    """Benchmark records for one held-out item, per task (see ecomtune/tasks/registry.py for the formats)."""
     primary = image_paths(item)[:1]
     out: dict[str, list[dict]] = {"aspect-prediction": [], "deep-fashion": [], "attribute-extraction": [],
                                   "item-intelligence": []}

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import random
 
-from ecomtune.bench.metrics import normalise
 from ecomtune.synth.items import PATTERNS, Item
+from ecomtune.tasks.metrics import normalise
 
 # How sellers spell an aspect's name, per canonical name (the first is the catalog's own).
 NAME_SPELLINGS = {"colour": ("Colour", "Color", "colour", "COLOR", "Main Colour"),

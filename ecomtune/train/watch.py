@@ -124,10 +124,10 @@ class BenchProbe(TrainerCallback):
 
     def scores(self, model) -> dict[str, float]:
         """Each task's headline score on its probe items, with the model as it is now."""
-        from ecomtune.bench.judges import FieldMatchJudge
-        from ecomtune.bench.tasks import HEADLINE, TASKS
         from ecomtune.infer.generate import generate_batches
         from ecomtune.infer.load import LoadedModel
+        from ecomtune.tasks.judging import FieldMatchJudge
+        from ecomtune.tasks.registry import TASKS
 
         was_training = model.training
         model.eval()
@@ -140,7 +140,7 @@ class BenchProbe(TrainerCallback):
                                                            [r["images"] for r in records], task.max_new_tokens,
                                                            self.batch_size, [r["_source"] for r in records])
                            for a in batch]
-                found[name] = float(task.score(records, answers, FieldMatchJudge())[0][HEADLINE[name]])
+                found[name] = float(task.score(records, answers, FieldMatchJudge())[0][task.headline])
             return found
         finally:
             model.train(was_training)
@@ -271,7 +271,7 @@ def quiet_trainer(trainer) -> None:
 def probe_records(probe, spec, images) -> dict[str, list[dict[str, Any]]]:
     """The probe's items per task, read and checked like `ecomtune bench` data, before any model loads."""
     from ecomtune.bench.records import check_records_fit, read_task_records
-    from ecomtune.bench.runner import resolve_tasks
+    from ecomtune.tasks.registry import resolve_tasks
 
     records = {}
     for task in resolve_tasks(",".join(probe.tasks)):

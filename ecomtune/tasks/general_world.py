@@ -7,6 +7,8 @@ reading a short word drawn in the scene. It serves three purposes:
   to keep;
 - the general replay mixed into the recipe's mid and sft stages (`general-train.jsonl` of a catalog);
 - the `general` bench task (`bench/general.jsonl`), the retention probe.
+It lives with the tasks because the `general` task owns it: the probe asks it, and the replay data and the
+general base learn from it.
 
 A scene is a small value (`Scene`) from which the picture is drawn (`render_general`) and the answer is read
 (`ask`), so every answer is what the picture shows. The scene space is split in two by a hash of the scene: a
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ecomtune.bench import prompts
+from ecomtune.tasks import prompts
 
 SIZE = 112  # 4x4 merged image tokens in the tiny processor; one grid cell of the scene is one token's area
 GRID = 4

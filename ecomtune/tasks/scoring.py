@@ -1,37 +1,19 @@
-"""The benchmark tasks: each turns records into prompts, parses answers, and scores them.
+"""The benchmark tasks' scorers, answer parsers and per-example verdicts, as pure functions.
 
-Record formats (one JSON object per line in `<data>/<task>.jsonl`; image paths relative to the file):
-- aspect-prediction: `{"id", "images", "subset", "aspects": {name: value}, "title"?, "category"?}`
-- deep-fashion: `{"id", "images", "subset", "attribute", "options": [...], "answer"}`
-- attribute-extraction: `{"id", "images", "attributes": {name: value}}`
-- item-intelligence: `{"id", "images", "category", "fields": {section: {name: value}}}`
-- general: `{"id", "images", "attribute" (the skill), "question"?, "options": [...], "answer"}`
-Scoring never raises on a bad answer: it scores 0 and is counted (parse rates are reported).
+A scorer turns records and a model's answers into `(scores, details)`: the scores a results file keeps per task,
+and one detail per record (what the HTML report's example cards and `passed` read). Scoring never raises on a bad
+answer: it scores 0 and is counted (parse rates are reported).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from ecomtune.bench import metrics, prompts
-from ecomtune.bench.judges import VERDICTS, Judge, judge_item
+from ecomtune.tasks import metrics
+from ecomtune.tasks.judging import VERDICTS, Judge, judge_item
 
 Scored = tuple[dict[str, Any], list[dict[str, Any]]]  # (scores, per-example details)
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    description: str
-    max_new_tokens: int
-    prompt: Callable[[dict], str]
-    score: Callable[[list[dict], list[str], Judge], Scored]
-    parse: Callable[[dict, str], Any] = lambda record, answer: answer  # the answer as scoring reads it
-    prompt_fields: tuple[str, ...] = ()  # record keys the prompt reads (predict needs only these)
-    reference_fields: tuple[str, ...] = ()  # record keys scoring reads (bench needs these too)
 
 
 def _grouped_accuracy(rows: list[tuple[str, bool]]) -> dict[str, float]:
@@ -130,28 +112,23 @@ def parse_json(record: dict, answer: str) -> dict | None:
     return metrics.parse_json_object(answer)
 
 
-TASKS: dict[str, Task] = {
-    "aspect-prediction": Task(
-        "aspect-prediction", "values of named aspects; string match after normalisation", 64,
-        lambda r: prompts.aspect_prompt(list(r["aspects"]), r.get("title"), r.get("category")), score_aspects,
-        lambda r, a: metrics.parse_key_values(a) or None, prompt_fields=("aspects",), reference_fields=("aspects",)),
-    "deep-fashion": Task(
-        "deep-fashion", "pick the attribute value from given options; accuracy vs baselines", 8,
-        lambda r: prompts.choice_prompt(r["attribute"], r["options"]), score_choices, parse_choice,
-        prompt_fields=("attribute", "options"), reference_fields=("answer",)),
-    "attribute-extraction": Task(
-        "attribute-extraction", "schema-free JSON of visible attributes; key-value P/R/F1, hallucinations", 96,
-        lambda r: prompts.extraction_prompt(), score_extraction, parse_json, reference_fields=("attributes",)),
-    "item-intelligence": Task(
-        "item-intelligence", "compliance JSON from all images; judged F1 and verifiability", 192,
-        lambda r: prompts.compliance_prompt(len(r["images"])), score_compliance, parse_json,
-        reference_fields=("fields",)),
-    "general": Task(
-        "general", "general skills on generic scenes (count, colour, shape, spatial, existence, reading); accuracy "
-        "per skill vs baselines", 6,
-        lambda r: prompts.general_prompt(prompts.general_question(r), r["options"]), score_choices, parse_choice,
-        prompt_fields=("attribute", "options"), reference_fields=("answer",)),
-}
+def all_aspects_right(example: dict[str, Any]) -> bool:
+    """Aspect Prediction: every asked aspect's value matched."""
+    return all(example.get("correct", {}).values())
 
-HEADLINE = {"aspect-prediction": "accuracy", "deep-fashion": "accuracy", "attribute-extraction": "f1",
-            "item-intelligence": "f1", "general": "accuracy"}
+
+def choice_right(example: dict[str, Any]) -> bool:
+    """A choice question: the picked option is the answer."""
+    return bool(example.get("correct"))
+
+
+def extraction_exact(example: dict[str, Any]) -> bool:
+    """Attribute extraction: parsed, every reference attribute found, nothing made up."""
+    return (example.get("parsed", False) and example.get("true_positives") == example.get("reference")
+            and not example.get("hallucinated"))
+
+
+def compliance_exact(example: dict[str, Any]) -> bool:
+    """Item intelligence: parsed, every reference field judged correct, none incorrect."""
+    return (example.get("parsed", False) and example.get("correct") == example.get("reference")
+            and not example.get("incorrect"))
