@@ -10,8 +10,8 @@ An unknown rule is an error: OneVision silently reads a typo as `all`.
 
 Bounds, so that a typo cannot start unbounded work: a rule repeats its source at most MAX_PASSES times (a
 percentage up to MAX_PASSES * 100%; `ecomtune.config.sampling`), and a stage's realised mixture holds at most
-MAX_MIXTURE_ROWS rows. Both are
-known from the rules and the sources' row counts alone (`check_mixture_size`), before a single row is read.
+MAX_MIXTURE_ROWS rows. Both are known from the rules and the sources' row counts alone (`check_mixture_size`),
+before a single row is read.
 """
 
 from __future__ import annotations
