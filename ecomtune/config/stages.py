@@ -7,8 +7,8 @@ dotted path of a class of `ecomtune.train.stage_units`' kind: how the model is b
 what it saves). The behaviour stays in train, above config, so the CLI builds one command per stage without
 loading a model library; it is found by its path (`ecomtune.train.stage_units.stage_unit`), never imported here.
 
-A new stage is its settings class and recipe field (`ecomtune.config.schema.Recipe`), one `StageInfo` given to
-`register_stage`, and its unit class; nothing else names it.
+A new stage is its settings class and its recipe field, named as the stage (`ecomtune.config.schema.Recipe`), one
+`StageInfo` given to `register_stage`, and its unit class; nothing else names it.
 """
 
 from __future__ import annotations
@@ -21,18 +21,19 @@ from ecomtune.errors import ConfigError
 
 @dataclass(frozen=True)
 class StageInfo:
-    """One stage as data (see the module docstring). `field` defaults to the stage's name."""
+    """One stage as data (see the module docstring)."""
 
     name: str
     title: str
     settings: type[StageSettings]
     unit: str  # "module.path:ClassName" of the stage's behaviour, resolved by train
     init_from: tuple[str, ...] = ()  # finished stages `--init-from` may name; () = starts from the backbone
-    field: str = ""
 
-    def __post_init__(self) -> None:
-        if not self.field:
-            object.__setattr__(self, "field", self.name)
+    @property
+    def field(self) -> str:
+        """The recipe field that holds the stage's settings: its name, which `--set STAGE.KEY`, the manifest's
+        recipe and `--resume`'s comparison key it by too."""
+        return self.name
 
     def settings_of(self, recipe: Recipe) -> StageSettings:
         """The stage's section of `recipe`."""
