@@ -251,7 +251,7 @@ def ecomtune_side(spec: dict[str, Any]) -> dict[str, Any]:
 
     from ecomtune.config.loading import load_recipe
     from ecomtune.data.packing import PackedCollator
-    from ecomtune.train import stages
+    from ecomtune.train import preparation, stages
 
     recipe = load_recipe(RECIPE, spec["sets"], {"sft.data": Path(spec["data"])})
     drop_segments = recipe.sft.train.loss_average != "sample"  # token-mean loss: segments only for counting
@@ -259,7 +259,7 @@ def ecomtune_side(spec: dict[str, Any]) -> dict[str, Any]:
     timers = {"collate_s": 0.0, "step_s": 0.0}
     epoch: dict[str, int] = {}
 
-    training_data = stages.training_data
+    training_data = preparation.training_data
 
     def with_segments(*args: Any, **kwargs: Any):
         return training_data(*args, **{**kwargs, "segments": True})
@@ -315,7 +315,7 @@ def ecomtune_side(spec: dict[str, Any]) -> dict[str, Any]:
         def on_save(self, args, state, control, **kwargs):
             self.saves.append(time.perf_counter() - self.ends[-1])
 
-    stages.training_data, stages.prepare_stage, stages.build_trainer = with_segments, measured, counting_trainer
+    preparation.training_data, stages.prepare_stage, stages.build_trainer = with_segments, measured, counting_trainer
     PackedCollator.__call__ = timed_collate
     clock = Clock()
     result = stages.run_sft(recipe, Path(spec["output"]), callbacks=[clock])

@@ -147,7 +147,8 @@ def run(args) -> dict[str, Any]:
     from ecomtune.config.loading import load_recipe
     from ecomtune.train.memory import GIB, ModelShape, TrainShape, estimate, weight_parts
     from ecomtune.train.plan import plan_stage
-    from ecomtune.train.stages import STAGES, prepare_stage
+    from ecomtune.train.preparation import prepare_stage
+    from ecomtune.train.stage_units import stage_unit
     from ecomtune.train.trl_bridge import build_trainer, training_data
 
     torch.manual_seed(0)
@@ -163,7 +164,7 @@ def run(args) -> dict[str, Any]:
     shape = ModelShape(**report["memory"]["model"])
     planned = TrainShape(**report["memory"]["step"])
     prepared = prepare_stage(recipe, stage, "sft")
-    model, roles, _ = STAGES["sft"].build(recipe, prepared.backbone, None, False)
+    model, roles, _ = stage_unit("sft").build(recipe, prepared.backbone, None, False)
     dataset = training_data(model, prepared.processor, prepared.samples, stage.train, stage.max_length,
                             prepared.backbone.spec.conversation)
     measure = make_measuring_callback()(profiled_step=args.steps)

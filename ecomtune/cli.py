@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ecomtune.config.stages import STAGE_INFO  # cheap: names and titles only
+from ecomtune.config.stages import STAGES  # cheap: names and titles only
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt any Hugging Face vision-language model to e-commerce understanding: align -> mid -> sft.")
@@ -156,13 +156,13 @@ def _stage_command(name: str, title: str, starts_from: tuple[str, ...]):
     return command
 
 
-for _stage in STAGE_INFO.values():
+for _stage in STAGES.values():
     app.command(_stage.name)(_stage_command(_stage.name, _stage.title, _stage.init_from))
 
 
 @app.command()
 def plan(recipe: Path = typer.Argument(None, help="Recipe YAML (default: the built-in recipe)."),
-         stage: str = typer.Option("sft", "--stage", help=f"Which stage to plan: {', '.join(STAGE_INFO)}."),
+         stage: str = typer.Option("sft", "--stage", help=f"Which stage to plan: {', '.join(STAGES)}."),
          backbone: str = BackboneOpt, data: Path = DataOpt, sets: list[str] = SetOpt, images: str = ImagesOpt,
          gpu_memory: float = typer.Option(None, "--gpu-memory", min=1, help="GPU memory in GB (the stage's "
                                           "gpu_memory_gb, 24 by default)."),
@@ -207,7 +207,7 @@ def _photo_size(text: str) -> tuple[int, int]:
 @app.command()
 def profile(recipe: Path = typer.Argument(..., help="Recipe YAML."),
             steps: int = typer.Option(10, "--steps", min=2, help="Optimizer steps per run (the first is untimed)."),
-            stage: str = typer.Option("sft", "--stage", help=f"Which stage to profile: {', '.join(STAGE_INFO)}."),
+            stage: str = typer.Option("sft", "--stage", help=f"Which stage to profile: {', '.join(STAGES)}."),
             repeats: int = typer.Option(1, "--repeats", min=1, help="Rounds of all runs; each run's median is "
                                         "shown (3 steadies figures on a busy machine)."),
             backbone: str = BackboneOpt, data: Path = DataOpt, sets: list[str] = SetOpt,
@@ -245,8 +245,8 @@ def _check_results_file(out: Path | None, overwrite: bool, recipe: Path | None, 
 def _check_stage(stage: str) -> None:
     from ecomtune.errors import ConfigError
 
-    if stage not in STAGE_INFO:
-        raise ConfigError(f"--stage {stage} is not a stage", fix=f"use --stage {' or '.join(STAGE_INFO)}")
+    if stage not in STAGES:
+        raise ConfigError(f"--stage {stage} is not a stage", fix=f"use --stage {' or '.join(STAGES)}")
 
 
 def _cuda() -> bool:

@@ -25,13 +25,13 @@ from ecomtune.train.distributed import (
     check_engine,
     check_samples,
     check_wrap_classes,
-    engine_problems,
     gather_full_state_at_save,
     read_setup,
     recipe_for_engine,
     resolved_quant_storage,
     uniform_frozen_dtype,
 )
+from ecomtune.train.launch import launch_problems
 from tests.conftest import REPO, run_cli
 
 PRESET_FILES = sorted(PRESETS.glob("*.yaml"))
@@ -176,7 +176,7 @@ def test_zero_stage_from_a_deepspeed_json_file(tmp_path):
 # --- the checks --------------------------------------------------------------------------------------------------
 
 def problems_at(recipe: Recipe, stage: str, setup: LaunchSetup) -> dict[str, str]:
-    return {p.where: p.fix for p in engine_problems(recipe, stage, setup)}
+    return {p.where: p.fix for p in launch_problems(recipe, stage, setup)}
 
 
 def test_quant_storage_must_be_the_load_dtype_when_parameters_are_sharded():
@@ -239,7 +239,8 @@ def test_text_only_samples_are_refused_when_parameters_are_sharded():
 def test_text_only_samples_are_named_across_training_and_held_out_samples():
     from ecomtune.data.sample_store import SampleStore
     from ecomtune.data.schema import Sample
-    from ecomtune.train.stages import HeldOut, PreparedData, _check_data_for_launch
+    from ecomtune.train.launch import check_data_for_launch
+    from ecomtune.train.preparation import HeldOut, PreparedData
 
     def store(*images: int, name: str):
         return SampleStore.of(Sample(["/x.png"] * n, [], source=f"{name}:{i + 1}") for i, n in enumerate(images))
@@ -247,7 +248,7 @@ def test_text_only_samples_are_named_across_training_and_held_out_samples():
     prepared = PreparedData(None, None, store(1, 0, 1, name="train"), {}, [], None, None,
                             HeldOut(store(0, 2, name="held"), [], None, "eval_fraction"))
     with pytest.raises(ConfigError) as caught:
-        _check_data_for_launch(read_setup(ZERO3_ENV), prepared, "sft", tiny_recipe())
+        check_data_for_launch(read_setup(ZERO3_ENV), prepared, "sft", tiny_recipe())
     assert [p.where for p in caught.value.problems] == ["train:2", "held:1"]
 
 

@@ -19,6 +19,8 @@ from typing import Annotated, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from ecomtune.config.sampling import parse_rule
+
 ComponentMode = Literal["frozen", "full"]
 VisionMode = Literal["frozen", "lora"]
 ComputeDtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -311,8 +313,6 @@ class DataSource(StrictModel):
     @field_validator("sampling")
     @classmethod
     def _known_rule(cls, value: str) -> str:
-        from ecomtune.data.mixture import parse_rule
-
         parse_rule(value)  # raises ValueError naming the rules there are
         return value
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ecomtune.config.sampling import parse_rule
 from ecomtune.config.schema import DataSource
 from ecomtune.data.image_checks import check_files
-from ecomtune.data.mixture import check_mixture_size, parse_rule, read_onevision_yaml, select_rows
+from ecomtune.data.mixture import check_mixture_size, read_onevision_yaml, select_rows
 from ecomtune.data.parallel import progress, worker_count, worker_pool
 from ecomtune.data.prep_cache import PrepCache, opened_cache
 from ecomtune.data.sample_store import SampleStore, SampleWriter

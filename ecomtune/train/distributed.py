@@ -16,8 +16,9 @@ PARALLELISM_CONFIG_*); `read_setup` reads them without starting a process group.
   include the vision tower's blocks (an unwrapped vision tower is gathered whole on every process).
 - ZeRO-3 must gather 16-bit weights at save (`zero3_save_16bit_model: true`), or the adapter is saved empty.
 - DeepSpeed's mixed precision must be the one ecomtune trains in (bf16 / fp16 on GPUs, none on CPUs).
-- align (projector only) runs on one process or DDP: with nothing but a small projector to train, a sharded
-  engine only adds risk (the frozen base and the trainable projector would share FSDP units).
+- A stage may refuse an engine itself (`StageUnit.launch_problems`): a projector-only stage (align) runs on one
+  process or DDP, since with nothing but a small projector to train a sharded engine only adds risk (the frozen
+  base and the trainable projector would share FSDP units).
 - Packed rows are whole samples on one process; context / sequence parallelism splits rows across processes,
   which cuts samples in two and breaks per-sample attention. Packing and per-sample attention need nothing else
   from the engine: attention has no parameters, so every process runs it on its own rows.
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import Literal
 
 from ecomtune.config.schema import QuantSettings, Recipe
+from ecomtune.config.stages import stage_settings
 from ecomtune.errors import ConfigError, Problem
 
 Engine = Literal["single", "ddp", "fsdp", "deepspeed"]
@@ -169,7 +171,7 @@ def recipe_for_engine(recipe: Recipe, stage_name: str, setup: LaunchSetup) -> Re
     """A copy of `recipe` whose stage has `quant_storage` resolved for `setup`, for building the model; the recipe
     itself (what the manifest records and `--resume` compares) keeps `auto`."""
     resolved = recipe.model_copy(deep=True)
-    quant = getattr(resolved, stage_name).quant
+    quant = stage_settings(resolved, stage_name).quant
     quant.quant_storage = resolved_quant_storage(quant, setup)
     return resolved
 
@@ -245,16 +247,16 @@ def _no_gpu_problems(setup: LaunchSetup) -> list[Problem]:
                     "(or torchrun); keep fsdp-qlora.yaml for GPU machines")]
 
 
-def engine_problems(recipe: Recipe, stage_name: str, setup: LaunchSetup) -> list[Problem]:
-    """Every way the stage's recipe and the launch disagree (see the module docstring), each at its key."""
-    stage = getattr(recipe, stage_name)
+def engine_problems(recipe: Recipe, stage_name: str, setup: LaunchSetup,
+                    stage_problems: Sequence[Problem] = ()) -> list[Problem]:
+    """Every way the stage's recipe and the launch disagree (see the module docstring), each at its key.
+    `stage_problems`: what the stage itself refuses of this launch (`StageUnit.launch_problems`); when there are
+    any, they are the only ones reported, since the stage cannot run under this engine whatever the recipe says."""
+    stage = stage_settings(recipe, stage_name)
     if setup.requested is not None:
         return _no_gpu_problems(setup)
-    if stage_name == "align" and setup.shards_parameters:
-        return [Problem(f"align trains only the projector; under {setup.describe()} the frozen base and the trainable "
-                        "projector would be sharded together, and the projector file is written without a gather",
-                        "align", "launch align with recipes/accelerate/ddp.yaml (or on one GPU); to fit a large "
-                        "base, set align.quant.load_in_4bit: true")]
+    if stage_problems:
+        return list(stage_problems)
     return [*_storage_problems(stage.quant, stage_name, setup),
             *_optimizer_problems(stage.train.optimizer, stage_name, setup),
             *_fsdp_problems(stage_name, setup), *_deepspeed_problems(setup),
@@ -274,9 +276,9 @@ def _probe_problems(probe, stage_name: str, setup: LaunchSetup) -> list[Problem]
                     "recipes/accelerate/ddp.yaml")]
 
 
-def check_engine(recipe: Recipe, stage_name: str, setup: LaunchSetup) -> None:
-    """Raise one ConfigError listing every mismatch between the stage's recipe and the launch."""
-    problems = engine_problems(recipe, stage_name, setup)
+def check_engine(recipe: Recipe, stage_name: str, setup: LaunchSetup, stage_problems: Sequence[Problem] = ()) -> None:
+    """Raise one ConfigError listing every mismatch between the stage's recipe and the launch (`engine_problems`)."""
+    problems = engine_problems(recipe, stage_name, setup, stage_problems)
     if problems:
         raise ConfigError(f"{stage_name}: the recipe does not fit the launch ({setup.describe()})", problems,
                           fix="change the keys named above (a recipe key with --set KEY=VALUE, an accelerate "

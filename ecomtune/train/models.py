@@ -1,9 +1,10 @@
-"""How each stage builds the model it trains: what loads, in which precision, and what trains per component.
+"""How a stage's model is built: what loads, in which precision, and what trains per component (the plan each
+stage unit declares, `ecomtune.train.stage_units`).
 
-align: projector full, everything else frozen. mid and sft (LoRA stages): 4-bit base (per recipe), PEFT LoRA on
-the language model (and the vision tower when asked), projector full or frozen; started from an align run's
-projector (a new adapter), or from a LoRA run whose adapter is continued. Each builder returns (model, roles,
-parameter rows) and prints the parameter table on the main process.
+A projector-only stage (align): projector full, everything else frozen. A LoRA stage (mid, sft): 4-bit base (per
+recipe), PEFT LoRA on the language model (and the vision tower when asked), projector full or frozen; started from
+an align run's projector (a new adapter), or from a LoRA run whose adapter is continued. Each builder returns
+(model, roles, parameter rows) and prints the parameter table on the main process.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 from ecomtune.backbones.loading import load_model, role_overrides
 from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import ResolvedRoles, resolve_roles
-from ecomtune.config.schema import Recipe
+from ecomtune.config.schema import LoraStage, Recipe
+from ecomtune.config.stages import stage_settings
 from ecomtune.errors import ConfigError, Problem
 from ecomtune.infer.load import load_aligned_projector
 from ecomtune.runs.manifest import FinishedRun
@@ -22,20 +24,29 @@ from ecomtune.train.components import apply_plan, parameter_table, print_paramet
 from ecomtune.train.lora_targets import checked_lora_targets
 
 PROJECTOR_FILE = "projector.safetensors"
+PROJECTOR_ONLY = {"vision_tower": "frozen", "projector": "full", "language_model": "frozen"}
 
 
-def align_model(recipe: Recipe, backbone: ResolvedBackbone, show: bool = True):
-    """The model as stage 1 trains it: projector full, everything else frozen. Returns (model, roles, rows)."""
-    stage = recipe.align
+def projector_model(recipe: Recipe, stage_name: str, backbone: ResolvedBackbone, show: bool = True):
+    """The model as a projector-only stage (align) trains it: projector full, everything else frozen. Returns
+    (model, roles, rows)."""
+    stage = stage_settings(recipe, stage_name)
     overrides = role_overrides(recipe.backbone)
     model = load_model(backbone, stage.quant, overrides)
     roles = resolve_roles(model, backbone.spec, overrides)
-    plan = {"vision_tower": "frozen", "projector": "full", "language_model": "frozen"}
+    plan = dict(PROJECTOR_ONLY)
     apply_plan(model, roles, plan)
     rows = parameter_table(model, roles, plan)
     if show and is_main_process():
-        print_parameter_table(rows, f"align: {backbone.spec.family} ({backbone.source})")
+        print_parameter_table(rows, f"{stage_name}: {backbone.spec.family} ({backbone.source})")
     return model, roles, rows
+
+
+def lora_plan(stage: LoraStage) -> dict[str, str]:
+    """What a LoRA stage trains per component: LoRA on the language model (and the vision tower when asked), the
+    projector as its settings say."""
+    return {"vision_tower": "lora" if stage.vision == "lora" else "frozen", "projector": stage.projector,
+            "language_model": "lora"}
 
 
 def projector_state(model, roles: ResolvedRoles) -> dict[str, Any]:
@@ -47,8 +58,8 @@ def projector_state(model, roles: ResolvedRoles) -> dict[str, Any]:
 
 def lora_model(recipe: Recipe, stage_name: str, backbone: ResolvedBackbone, start: FinishedRun | None = None,
                show: bool = True):
-    """The model as a LoRA stage (mid, sft) trains it: 4-bit base (per recipe), PEFT LoRA on the language model
-    (and the vision tower when asked), projector full or frozen. Returns (model, roles, rows).
+    """The model as a LoRA stage (mid, sft) trains it (`lora_plan`): 4-bit base (per recipe), PEFT LoRA on the
+    language model (and the vision tower when asked), projector full or frozen. Returns (model, roles, rows).
 
     `start`, the finished `--init-from` run: from an align run its projector is loaded, then a new adapter
     starts (seeded by train.seed). From a LoRA run (mid, sft) its adapter is continued, not merged: the same
@@ -58,7 +69,7 @@ def lora_model(recipe: Recipe, stage_name: str, backbone: ResolvedBackbone, star
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
-    stage = getattr(recipe, stage_name)
+    stage = stage_settings(recipe, stage_name)
     if start is not None and start.base != backbone.source:
         raise ConfigError(f"--init-from {start.folder} trained on {start.base}, not {backbone.source}",
                           fix="use the same --backbone for every stage of a recipe")
@@ -83,8 +94,7 @@ def lora_model(recipe: Recipe, stage_name: str, backbone: ResolvedBackbone, star
         model = continue_adapter(model, start, lora, stage_name)
     else:
         model = get_peft_model(model, lora)
-    plan = {"vision_tower": "lora" if stage.vision == "lora" else "frozen", "projector": stage.projector,
-            "language_model": "lora"}
+    plan = lora_plan(stage)
     apply_plan(model, roles, plan)
     rows = parameter_table(model, roles, plan)
     if not any(r.component == "lora" and r.trainable for r in rows):

@@ -25,6 +25,7 @@ from ecomtune.backbones.loading import check_available, pick_compute_dtype, role
 from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import BackboneSpec, ResolvedRoles, lora_target_regex, resolve_roles
 from ecomtune.config.schema import LoraStage, Recipe, StageSettings
+from ecomtune.config.stages import stage_settings
 from ecomtune.data.lengths import prepare_store
 from ecomtune.data.packing import packing_stats, plan_packs
 from ecomtune.train.lora_targets import checked_lora_targets
@@ -119,9 +120,9 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
     """The plan of one stage of a recipe (see the module docstring)."""
     asked = recipe.backbone.name
     recipe, stand_in = offline_stand_in(recipe)
-    stage: StageSettings = getattr(recipe, stage_name)
+    stage: StageSettings = stage_settings(recipe, stage_name)
     from ecomtune.data.stage_samples import mixture_table
-    from ecomtune.train.stages import read_stage
+    from ecomtune.train.preparation import read_stage
 
     given = read_stage(recipe, stage, stage_name)  # the very path training takes: the same samples, same checks
     backbone, processor = given.backbone, given.processor
@@ -242,7 +243,7 @@ def plan_without_data(recipe: Recipe, stage_name: str = "sft", photo: tuple[int,
 
     asked = recipe.backbone.name
     recipe, stand_in = offline_stand_in(recipe)
-    stage: StageSettings = getattr(recipe, stage_name)
+    stage: StageSettings = stage_settings(recipe, stage_name)
     backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.seed, recipe.backbone.revision)
     processor = load_processor(backbone, recipe.backbone)
     per_image = photo_image_tokens(processor, photo) if images_per_sample else 0

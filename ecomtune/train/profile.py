@@ -25,6 +25,7 @@ import torch
 from transformers import TrainerCallback
 
 from ecomtune.config.schema import Recipe
+from ecomtune.config.stages import stage_settings
 from ecomtune.data.packing import plan_packs
 from ecomtune.data.schema import Sample
 from ecomtune.data.strategies import open_image
@@ -169,11 +170,12 @@ def _collator(mode: str, model, prepared, stage) -> tuple[Any, Any]:
 def profile_mode(mode: str, recipe: Recipe, stage_name: str, prepared, steps: int) -> ProfileRow:
     """Train `steps` optimizer steps in one mode and measure steps 2..N."""
     from ecomtune.backbones.loading import pick_compute_dtype
-    from ecomtune.train.stages import STAGES
+    from ecomtune.train.stage_units import stage_unit
     from ecomtune.train.trl_bridge import build_trainer
 
-    stage = getattr(recipe, stage_name)
-    model, _, _ = STAGES[stage_name].build(recipe, prepared.backbone, None, False)
+    unit = stage_unit(stage_name)
+    stage = unit.settings(recipe)
+    model, _, _ = unit.build(recipe, prepared.backbone, None, False)
     train = stage.train.model_copy(update={"max_steps": steps, "save_steps": steps * 1000,
                                            "logging_steps": steps * 1000})
     if mode == "trl":
@@ -205,12 +207,12 @@ def profile_recipe(recipe: Recipe, stage_name: str = "sft", steps: int = 10,
 
     With `repeats` > 1 the modes run in rounds (trl, rows, packed, trl, ...), so drift in the machine's speed
     hits every mode alike, and each mode reports its median run by useful tokens/s."""
-    from ecomtune.train.stages import prepare_stage
+    from ecomtune.train.preparation import prepare_stage
 
     if steps < 2:
         raise ConfigError(f"--steps {steps}: profiling needs at least 2 steps (the first is an untimed warm-up)",
                           fix="pass --steps 2 or more (10 gives steadier figures)")
-    stage = getattr(recipe, stage_name)
+    stage = stage_settings(recipe, stage_name)
     if stage.max_length is None:
         raise ConfigError(f"{stage_name}.max_length is None: packed rows need a length to fill",
                           fix=f"set {stage_name}.max_length")
