@@ -33,6 +33,8 @@ from ecomtune.data.sources.hf import (
     load_local,
     row_layout,
 )
+from ecomtune.data.sources.in_memory import PREFIX as IN_MEMORY
+from ecomtune.data.sources.in_memory import HeldRows, RecordsReader, held_rows, not_held
 from ecomtune.data.sources.llamafactory import TAG_DEFAULTS, retagged_turns
 from ecomtune.data.sources.llava import convert_llava
 from ecomtune.data.sources.sharegpt import convert_sharegpt
@@ -77,6 +79,33 @@ def _open_hf(path: Path | None, name: str, image_root: Path | None, split: str, 
                         notes)
 
 
+def _open_held(held: HeldRows, format: str, image_root: Path | None, columns: dict[str, str] | None,
+               tags: dict[str, str] | None) -> OpenedSource:
+    """Rows held in memory (`in_memory`): a Dataset read like one from disk (its columns say the layout), a list of
+    rows like a JSON file (its first row says the format). Relative image paths start from `image_root`, else the
+    current folder."""
+    base = _image_root(image_root, Path.cwd())
+    if held.is_dataset:
+        if format not in ("auto", "hf"):
+            raise DataError(f"{held.name} is a datasets.Dataset, which format {format!r} does not read",
+                            fix="use format hf (or auto) for a Dataset")
+        dataset = held.rows
+        mapped = [next((ours for ours, theirs in (columns or {}).items() if theirs == c), c)
+                  for c in dataset.column_names]
+        layout = row_layout(mapped, held.name) if len(dataset) else "conversation"
+        reader = HfReader(dataset, "dataset", held.fingerprint)
+        converter = HfConverter(base, ecomtune_cache() / "images", layout)
+        return OpenedSource(held.name, "hf", reader.rows, base, base, reader,
+                            renamed(converter.convert, columns, tags))
+    label = held.name.removeprefix(IN_MEMORY).partition("-")[0]
+    rows = RecordsReader(held.rows, label, held.fingerprint, ecomtune_cache() / "images")
+    first = rows.first()
+    if isinstance(first, dict):
+        first = with_our_columns(first, columns)
+    resolved = detect_rows(first, held.name) if format in ("auto", "hf") else format
+    return OpenedSource(held.name, resolved, rows.rows, base, base, rows, renamed(CONVERTERS[resolved], columns, tags))
+
+
 def renamed(convert: Converter, columns: dict[str, str] | None, tags: dict[str, str] | None = None) -> Converter:
     """`convert` applied to rows whose mapped columns carry ecomtune's names (`columns`: ecomtune name -> the data's
     column) and whose turns use `from`/`value` when `tags` names other keys (LLaMA-Factory's sharegpt tags); the one
@@ -113,6 +142,11 @@ def open_source(path: str | Path, format: str = "auto", image_root: Path | None 
     speakers of ShareGPT data written otherwise (LLaMA-Factory's tags).
     Raises DataError when the source cannot be opened or its format cannot be told."""
     name = str(path)
+    if name.startswith(IN_MEMORY):
+        held = held_rows(name)
+        if held is None:
+            raise not_held(name)
+        return _open_held(held, format, image_root, columns, tags)
     location = Path(path)
     suffix = location.suffix.lower()
     if format not in ("auto", *FORMATS):
