@@ -27,6 +27,7 @@ from ecomtune.backbones.spec import BackboneSpec, ResolvedRoles, lora_target_reg
 from ecomtune.config.schema import LoraStage, Recipe, StageSettings
 from ecomtune.data.lengths import prepare_store
 from ecomtune.data.packing import packing_stats, plan_packs
+from ecomtune.runtime import hub_reachable
 from ecomtune.train.lora_targets import checked_lora_targets
 from ecomtune.train.memory import GIB, ModelShape, TrainShape, advice, estimate, optimizer_kind
 
@@ -98,7 +99,7 @@ def offline_stand_in(recipe: Recipe) -> tuple[Recipe, str | None]:
     """The recipe a plan measures: the same, except that a hub backbone this machine can neither reach nor find
     in its cache is replaced by its real-size twin (`sized:<alias>`: the checkpoint's published dimensions and
     processor settings) when its dimensions are on record. A plan needs shapes and the processor, not weights."""
-    from ecomtune.backbones.loading import _hub_reachable, _in_hub_cache
+    from ecomtune.backbones.loading import _in_hub_cache
     from ecomtune.backbones.registry import aliases, resolve_backbone
     from ecomtune.backbones.sized import SIZED_PREFIX, checkpoint_of
 
@@ -107,7 +108,7 @@ def offline_stand_in(recipe: Recipe) -> tuple[Recipe, str | None]:
         return recipe, None
     backbone = resolve_backbone(name, recipe.backbone.seed, recipe.backbone.revision)
     if backbone.is_local or checkpoint_of(backbone.source) is None or \
-            _in_hub_cache(backbone.source, backbone.revision) or _hub_reachable():
+            _in_hub_cache(backbone.source, backbone.revision) or hub_reachable():
         return recipe, None
     alias = next(a for a, (_, hub) in aliases().items() if hub == backbone.source)
     stand_in = recipe.model_copy(update={"backbone": recipe.backbone.model_copy(update={"name": SIZED_PREFIX + alias})})

@@ -26,7 +26,6 @@ from ecomtune.data.sources.hf import (
     HfConverter,
     HfReader,
     config_data,
-    ecomtune_cache,
     folder_digest,
     hub_digest,
     load_hub,
@@ -37,6 +36,7 @@ from ecomtune.data.sources.llamafactory import TAG_DEFAULTS, retagged_turns
 from ecomtune.data.sources.llava import convert_llava
 from ecomtune.data.sources.sharegpt import convert_sharegpt
 from ecomtune.errors import DataError, Problem
+from ecomtune.runtime import cache_root
 
 __all__ = ["FORMATS", "OpenedSource", "open_source"]
 
@@ -72,7 +72,7 @@ def _open_hf(path: Path | None, name: str, image_root: Path | None, split: str, 
                         f"(its columns: {', '.join(dataset.column_names)})", fix="map to columns the data has")
     layout = row_layout(mapped, shown) if len(dataset) else "conversation"  # no rows: the "no samples" message
     reader = HfReader(dataset, shown, digest)
-    converter = HfConverter(base, ecomtune_cache() / "images", layout)
+    converter = HfConverter(base, cache_root() / "images", layout)
     return OpenedSource(shown, "hf", reader.rows, base, base, reader, renamed(converter.convert, columns, tags),
                         notes)
 
