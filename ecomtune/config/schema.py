@@ -273,6 +273,8 @@ class ImageSettings(StrictModel):
                                   "duplicates (crops).")
 
 
+# `auto` and the data formats' names (`ecomtune.data.sources.formats.format_names()`, which config, below data,
+# cannot import; tests/test_format_unit.py keeps the two equal).
 DataFormat = Literal["auto", "canonical", "llava", "sharegpt", "alpaca", "hf"]
 
 
