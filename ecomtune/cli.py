@@ -473,7 +473,7 @@ def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL fo
     _quiet_libraries()
     from ecomtune.backbones.loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
-    from ecomtune.data.item_crops import boxes_from_file, crop_file, print_crop_summary
+    from ecomtune.data.images.item_crops import boxes_from_file, crop_file, print_crop_summary
     from ecomtune.errors import ConfigError
 
     if grounding_coords not in ("auto", "pixels", "norm1000", "resized"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageDraw
 
-from ecomtune.data import crops
+from ecomtune.data.images import crop_boxes as crops
 from ecomtune.errors import DataError
 
 
@@ -89,13 +89,13 @@ def test_boxes_outside_the_image_are_clear_errors():
     ("I see no text on this product.", []),
 ])
 def test_parse_grounding_boxes(answer, expected):
-    from ecomtune.data.item_crops import parse_grounding_boxes
+    from ecomtune.data.images.item_crops import parse_grounding_boxes
 
     assert parse_grounding_boxes(answer) == expected
 
 
 def test_crop_item_adds_one_square_crop_per_boxed_image_dedupes_and_caps():
-    from ecomtune.data.item_crops import crop_item
+    from ecomtune.data.images.item_crops import crop_item
 
     front = product_on_white((128, 128), (20, 20, 100, 100))
     label = Image.new("RGB", (128, 128), (255, 255, 255))
@@ -112,7 +112,7 @@ def test_crop_item_adds_one_square_crop_per_boxed_image_dedupes_and_caps():
 
 
 def test_crop_item_rejects_boxes_outside_the_image():
-    from ecomtune.data.item_crops import crop_item
+    from ecomtune.data.images.item_crops import crop_item
 
     with pytest.raises(DataError, match="outside") as caught:
         crop_item([product_on_white()], [[[500, 500, 600, 600]]], where="items.jsonl:4")
@@ -170,7 +170,7 @@ def test_crop_command_bad_box_is_a_clear_error_and_writes_no_items(catalog, tmp_
     ("resized", (100, 200), [[20, 40, 60, 80]]),  # the model saw it at 100 x 200: twice smaller
 ])
 def test_grounding_boxes_are_mapped_back_to_original_pixels(coords, model_input, expected):
-    from ecomtune.data.item_crops import to_image_pixels
+    from ecomtune.data.images.item_crops import to_image_pixels
 
     assert to_image_pixels([[10, 20, 30, 40]], coords, (200, 400), model_input) == expected
 

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from ecomtune.config.schema import DataFormat, DataSource
+from ecomtune.data.prepare.stage_samples import load_stage_samples
 from ecomtune.data.sources import formats, open_source
 from ecomtune.data.sources.base import RowFormat
-from ecomtune.data.stage_samples import load_stage_samples
 from ecomtune.errors import DataError, Problem
 
 

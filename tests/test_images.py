@@ -13,7 +13,7 @@ from PIL import Image
 from ecomtune.backbones.registry import aliases
 from ecomtune.bench.records import read_task_records
 from ecomtune.bench.tasks import TASKS
-from ecomtune.data.images import image_size, load_rgb
+from ecomtune.data.images.load import image_size, load_rgb
 from ecomtune.data.schema import load_samples
 from ecomtune.errors import DataError
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ecomtune.data.collator import IGNORE_INDEX
+from ecomtune.data.batches.collator import IGNORE_INDEX
 from ecomtune.train.losses import per_sample_mean_loss
 
 
@@ -50,7 +50,7 @@ def test_trainer_uses_the_per_sample_mean(catalog, tmp_path):
     from ecomtune.backbones.loading import load_model, load_processor
     from ecomtune.backbones.registry import resolve_backbone
     from ecomtune.config.schema import QuantSettings, TrainSettings
-    from ecomtune.data.collator import VisionChatCollator
+    from ecomtune.data.batches.collator import VisionChatCollator
     from ecomtune.data.schema import load_samples
     from ecomtune.train.trl_bridge import build_trainer, training_data
 

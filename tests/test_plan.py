@@ -83,7 +83,7 @@ def test_the_shipped_7b_recipe_fits_24_gb_only_with_gradient_checkpointing():
 def test_plan_measures_every_sample_with_the_real_processor(tmp_path):
     from ecomtune.backbones.loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
-    from ecomtune.data.collator import count_tokens
+    from ecomtune.data.batches.collator import count_tokens
     from ecomtune.data.schema import load_samples
 
     recipe = load_recipe(REPO / "recipes" / "tiny-qwen2-vl.yaml",

@@ -29,7 +29,7 @@ def batch(catalog):
     """Two mid-stage samples as one batch, without labels."""
     from ecomtune.backbones.loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
-    from ecomtune.data.collator import VisionChatCollator
+    from ecomtune.data.batches.collator import VisionChatCollator
     from ecomtune.data.schema import load_samples
 
     processor = load_processor(resolve_backbone("tiny-qwen2-vl"))

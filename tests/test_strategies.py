@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from ecomtune.config.schema import ImageSettings
-from ecomtune.data.schema import Sample, load_samples
-from ecomtune.data.strategies import (
+from ecomtune.data.images.strategies import (
     apply_strategy,
     grid_shape,
     keep_indices,
@@ -19,6 +18,7 @@ from ecomtune.data.strategies import (
     square_crop,
     stitch,
 )
+from ecomtune.data.schema import Sample, load_samples
 from ecomtune.errors import DataError
 
 
@@ -150,7 +150,7 @@ def test_bad_multi_image_input_is_reported_with_file_line(folder, line, expected
 
 
 def test_a_decompression_bomb_is_refused_without_decoding(folder, monkeypatch):
-    import ecomtune.data.images as images
+    import ecomtune.data.images.load as images
 
     monkeypatch.setattr(images, "MAX_PIXELS", 100 * 80 - 1)  # ok.png's header now claims too many pixels
     with pytest.raises(DataError, match="exceeds the 7999 pixel limit"):
@@ -167,7 +167,7 @@ def test_a_linked_image_folder_is_followed_but_dotdot_may_not_climb_out_through_
     """`images -> ../store/images` (one image store for several datasets) is the user's own link: followed. A
     `..` that leaves the dataset, as written or past a link's target, is still refused, and says why."""
     from ecomtune.config.schema import DataSource
-    from ecomtune.data.stage_samples import load_stage_samples
+    from ecomtune.data.prepare.stage_samples import load_stage_samples
 
     store = tmp_path / "store"
     (store / "images").mkdir(parents=True)

@@ -114,7 +114,7 @@ def pretrain(start: Path, out: Path, seed: int, plan: Pretraining) -> dict:
     processor and `pretraining.json` (the plan, the loss at the start and the end, the time it took)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from ecomtune.data.collator import VisionChatCollator
+    from ecomtune.data.batches.collator import VisionChatCollator
 
     processor = AutoProcessor.from_pretrained(start)
     model = AutoModelForImageTextToText.from_pretrained(start, dtype=torch.float32)

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from PIL import Image
 
 from ecomtune.bench.runner import generate
-from ecomtune.data.images import load_rgb
-from ecomtune.data.item_crops import GROUNDING_PROMPT, parse_grounding_boxes, to_image_pixels
+from ecomtune.data.images.item_crops import GROUNDING_PROMPT, parse_grounding_boxes, to_image_pixels
+from ecomtune.data.images.load import load_rgb
 from ecomtune.errors import ConfigError
 from ecomtune.runs.loading import load_for_inference
 

@@ -21,7 +21,7 @@ from typing import Any
 from ecomtune.bench.records import check_records_fit, read_task_records
 from ecomtune.bench.runner import check_records_fit_context, generate_batches, resolve_tasks
 from ecomtune.config.schema import ImageSettings
-from ecomtune.data.strategies import ref_paths
+from ecomtune.data.images.strategies import ref_paths
 from ecomtune.errors import ConfigError, Problem
 from ecomtune.runs.appendlog import append_synced, lines_by_key, recorded_settings, rewrite, settings_differences
 from ecomtune.runs.loading import load_for_inference, model_backbone, model_fingerprint, run_images

@@ -16,9 +16,9 @@ from typing import Any
 from ecomtune.backbones.spec import BackboneSpec
 from ecomtune.bench.tasks import Task
 from ecomtune.config.schema import ImageSettings
+from ecomtune.data.images.strategies import apply_strategy
 from ecomtune.data.jsonl import read_jsonl
 from ecomtune.data.schema import Sample, check_record_images, parse_boxes
-from ecomtune.data.strategies import apply_strategy
 from ecomtune.errors import DataError, Problem
 
 MAX_REPORTED = 20

@@ -18,9 +18,9 @@ from ecomtune.bench.judges import Judge, make_judge
 from ecomtune.bench.records import check_records_fit, read_task_records
 from ecomtune.bench.tasks import TASKS, Task
 from ecomtune.config.schema import ImageSettings
-from ecomtune.data.collator import adds_own_specials, batch_images
+from ecomtune.data.batches.collator import adds_own_specials, batch_images
+from ecomtune.data.images.strategies import open_image, ref_paths
 from ecomtune.data.schema import ImageRef
-from ecomtune.data.strategies import open_image, ref_paths
 from ecomtune.errors import ConfigError, DataError, Problem
 from ecomtune.runs.loading import (
     LoadedModel,

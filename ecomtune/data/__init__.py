@@ -1,6 +1,6 @@
 """Data: the canonical sample schema, image checks, and the collator that builds labels."""
 
-from ecomtune.data.collator import IGNORE_INDEX, VisionChatCollator, count_tokens, render_with_spans
+from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator, count_tokens, render_with_spans
 from ecomtune.data.schema import Sample, load_samples, parse_record
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ecomtune.data.images import check_image
+from ecomtune.data.images.load import check_image
 from ecomtune.data.jsonl import read_jsonl
 from ecomtune.errors import DataError, Problem
 
@@ -41,10 +41,10 @@ if TYPE_CHECKING:
 
     from ecomtune.backbones.spec import BackboneSpec
     from ecomtune.config.schema import ImageSettings
-    from ecomtune.data.image_checks import Checked
+    from ecomtune.data.images.checks import Checked
 
 
-# An image as a path, or how to derive one from paths (a crop, a grid; see ecomtune.data.strategies).
+# An image as a path, or how to derive one from paths (a crop, a grid; see ecomtune.data.images.strategies).
 ImageRef = str | dict[str, Any]
 
 
@@ -58,7 +58,7 @@ class Sample:
     boxes: list[list[list[float]]] | None = None  # per image: informative regions [x0, y0, x1, y1] (text, labels)
     origin: int = 0  # which source of the stage's mixture it came from (index), for per-source statistics
     # the chat-template text tokenized once before training, images still placeholders: token ids and the
-    # [start, end) token ranges that are learnt (`ecomtune.data.prepared`); None until prepared
+    # [start, end) token ranges that are learnt (`ecomtune.data.batches.prepared`); None until prepared
     text: PreparedText | None = None
     leading_dropped: int = 0  # assistant turns before the first user turn, dropped when read (see parse_record)
 
@@ -204,7 +204,7 @@ def check_record_images(value: Any, base_dir: Path, where: str, root: Path | Non
     Returns the absolute paths, each image's displayed size (None when unreadable) and every problem, located
     at `where` (the record's file:line). Anything but a string or a list of strings is one problem, not a crash:
     a bare string would otherwise be read one character per path. `checked`: `decode_check` results already at
-    hand by resolved path (`ecomtune.data.image_checks`); other images are decoded here."""
+    hand by resolved path (`ecomtune.data.images.checks`); other images are decoded here."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
@@ -390,7 +390,7 @@ def presented_samples(samples: list[Sample], spec: BackboneSpec | None = None,
                       images: ImageSettings | None = None) -> tuple[list[Sample], list[Problem]]:
     """`present_samples` for a batch of a longer read: the samples that fit, and the problems of those that do
     not (the caller reports them with the rest)."""
-    from ecomtune.data.strategies import apply_strategy
+    from ecomtune.data.images.strategies import apply_strategy
 
     presented: list[Sample] = []
     problems: list[Problem] = []

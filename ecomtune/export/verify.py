@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ecomtune.data.collator import adds_own_specials
-from ecomtune.data.images import load_rgb
+from ecomtune.data.batches.collator import adds_own_specials
+from ecomtune.data.images.load import load_rgb
 from ecomtune.data.schema import checked_image_files
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ from ecomtune.backbones.loading import check_available, pick_compute_dtype, role
 from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import BackboneSpec, ResolvedRoles, lora_target_regex, resolve_roles
 from ecomtune.config.schema import LoraStage, Recipe, StageSettings
-from ecomtune.data.lengths import prepare_store
-from ecomtune.data.packing import packing_stats, plan_packs
+from ecomtune.data.batches.packing import packing_stats, plan_packs
+from ecomtune.data.prepare.lengths import prepare_store
 from ecomtune.runtime import hub_reachable
 from ecomtune.train.lora_targets import checked_lora_targets
 from ecomtune.train.memory import GIB, ModelShape, TrainShape, advice, estimate, optimizer_kind
@@ -121,7 +121,7 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
     asked = recipe.backbone.name
     recipe, stand_in = offline_stand_in(recipe)
     stage: StageSettings = getattr(recipe, stage_name)
-    from ecomtune.data.stage_samples import mixture_table
+    from ecomtune.data.prepare.stage_samples import mixture_table
     from ecomtune.train.stages import read_stage
 
     given = read_stage(recipe, stage, stage_name)  # the very path training takes: the same samples, same checks
@@ -212,7 +212,7 @@ def photo_image_tokens(processor, photo: tuple[int, int], spec: BackboneSpec | N
 
     from ecomtune.backbones.loading import apply_resolution
     from ecomtune.config.schema import ResolutionSettings
-    from ecomtune.data.collator import count_image_tokens
+    from ecomtune.data.batches.collator import count_image_tokens
 
     image = Image.new("RGB", photo, (128, 128, 128))
     if max_pixels is None or spec is None:

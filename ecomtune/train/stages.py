@@ -23,11 +23,11 @@ from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
 from ecomtune.backbones.spec import ResolvedRoles
 from ecomtune.config.schema import LoraStage, Recipe, StageSettings, end_checkpoint_note
 from ecomtune.config.stages import STAGE_INFO, StageInfo
-from ecomtune.data.lengths import prepare_store
-from ecomtune.data.packing import check_packable, packing_stats, plan_packs
-from ecomtune.data.sample_store import SampleStore
+from ecomtune.data.batches.packing import check_packable, packing_stats, plan_packs
+from ecomtune.data.prepare.lengths import prepare_store
+from ecomtune.data.prepare.sample_store import SampleStore
+from ecomtune.data.prepare.stage_samples import StageSamples, load_stage_samples, mixture_table
 from ecomtune.data.sources.detect import MIXTURE_SUFFIXES
-from ecomtune.data.stage_samples import StageSamples, load_stage_samples, mixture_table
 from ecomtune.errors import ConfigError, DataError, Problem
 from ecomtune.library_output import LOG_FILE, capture_to, verbose
 from ecomtune.runs.manifest import finished_run, write_manifest
@@ -93,8 +93,8 @@ def _console():
 
 def _length_report(processor, read: StageSamples, stage: StageSettings,
                    conversation: str = "chat") -> tuple[SampleStore, dict[str, Any], array]:
-    """Measure every sample (text + image tokens, exact; `ecomtune.data.lengths`), and tokenize its text once for
-    the training steps (`Sample.text`; `read.samples` becomes the store that holds it); over-long samples are an
+    """Measure every sample (text + image tokens, exact; `ecomtune.data.prepare.lengths`), and tokenize its text once
+    for the training steps (`Sample.text`; `read.samples` becomes the store that holds it); over-long samples are an
     error or dropped, never cut. Returns the samples kept, the stats and the kept samples' lengths."""
     prepared = prepare_store(processor, read.samples, conversation, workers=stage.prepare_workers)
     samples = read.samples = prepared.samples

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image as PILImage
 
-from ecomtune.data.images import UNREADABLE
+from ecomtune.data.images.load import UNREADABLE
 from ecomtune.data.sources.alpaca import convert_alpaca
 from ecomtune.data.sources.base import Triple, check_index, files_digest
 from ecomtune.data.sources.hf_layout import (

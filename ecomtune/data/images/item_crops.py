@@ -22,13 +22,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from ecomtune.data.collator import count_image_tokens
-from ecomtune.data.crops import dedupe
-from ecomtune.data.images import load_rgb
-from ecomtune.data.json_repair import parse_json_value
+from ecomtune.data.batches.collator import count_image_tokens
+from ecomtune.data.images.crop_boxes import dedupe
+from ecomtune.data.images.load import load_rgb
+from ecomtune.data.images.strategies import placeholders_at_first, square_crop
 from ecomtune.data.jsonl import write_jsonl_atomic
+from ecomtune.data.lenient_json import parse_json_value
 from ecomtune.data.schema import load_samples
-from ecomtune.data.strategies import placeholders_at_first, square_crop
 from ecomtune.errors import DataError, Problem
 
 GROUNDING_PROMPT = ('Find every region with text or numbers on the product (labels, logos, model numbers, '
