@@ -122,9 +122,9 @@ def test_crop_item_rejects_boxes_outside_the_image():
 def _items_file(catalog, name: str, boxes_for_second: list) -> tuple:
     import json
 
-    from ecomtune.data.schema import load_samples
+    from ecomtune.data.canonical_file import load_canonical_file
 
-    multi = [s for s in load_samples(catalog["instruct"]) if len(s.images) >= 3][:2]
+    multi = [s for s in load_canonical_file(catalog["instruct"]) if len(s.images) >= 3][:2]
     path = catalog["instruct"].parent / name
     lines = []
     for sample in multi:
@@ -137,14 +137,14 @@ def _items_file(catalog, name: str, boxes_for_second: list) -> tuple:
 
 @pytest.mark.slow
 def test_crop_command_writes_items_with_crops_and_reports_tokens(catalog, tmp_path):
-    from ecomtune.data.schema import load_samples
+    from ecomtune.data.canonical_file import load_canonical_file
     from tests.conftest import run_cli
 
     items, originals = _items_file(catalog, "crop-items.jsonl", [[20, 80, 110, 120]])
     result = run_cli("crop", str(items), "--out", str(tmp_path / "cropped"), "--max-images", "10")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "visual tokens" in result.stdout and "images" in result.stdout
-    cropped = load_samples(tmp_path / "cropped" / "items.jsonl")  # valid canonical data again
+    cropped = load_canonical_file(tmp_path / "cropped" / "items.jsonl")  # valid canonical data again
     assert len(cropped) == len(originals)
     for before, after in zip(originals, cropped, strict=True):
         assert any("crop1" in p for p in after.images), "the boxed second image got its crop"

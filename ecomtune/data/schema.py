@@ -1,4 +1,4 @@
-"""The canonical sample format and its loader.
+"""The canonical sample format: records parsed and checked into `Sample`s.
 
 One JSON object per line:
 - `images`: list of image paths (or one path), relative to the JSONL file (absolute paths also work);
@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ecomtune.data.images.load import check_image
-from ecomtune.data.jsonl import read_jsonl
 from ecomtune.errors import DataError, Problem
 
 IMAGE_MARKER = "<image>"
@@ -370,25 +369,25 @@ def family_problems(sample: Sample, spec: BackboneSpec) -> list[Problem]:
     return problems
 
 
-def _raise_if_any(problems: list[Problem], title: str) -> None:
+def raise_if_any(problems: list[Problem], title: str) -> None:
     if problems:
         more = f" (first {MAX_REPORTED} shown)" if len(problems) > MAX_REPORTED else ""
         raise DataError(f"{title}: {len(problems)} problem(s) in the data{more}; nothing was trained",
                         problems[:MAX_REPORTED])
 
 
-def present_samples(samples: list[Sample], spec: BackboneSpec | None = None,
-                    images: ImageSettings | None = None, title: str = "data") -> list[Sample]:
+def presented_or_raise(samples: list[Sample], spec: BackboneSpec | None = None,
+                       images: ImageSettings | None = None, title: str = "data") -> list[Sample]:
     """Samples as the multi-image strategy presents them (`images`), checked against the backbone family's
     limits (`spec`); one DataError lists every sample that does not fit."""
-    presented, problems = presented_samples(samples, spec, images)
-    _raise_if_any(problems, title)
+    presented, problems = presented_with_problems(samples, spec, images)
+    raise_if_any(problems, title)
     return presented
 
 
-def presented_samples(samples: list[Sample], spec: BackboneSpec | None = None,
-                      images: ImageSettings | None = None) -> tuple[list[Sample], list[Problem]]:
-    """`present_samples` for a batch of a longer read: the samples that fit, and the problems of those that do
+def presented_with_problems(samples: list[Sample], spec: BackboneSpec | None = None,
+                            images: ImageSettings | None = None) -> tuple[list[Sample], list[Problem]]:
+    """`presented_or_raise` for a batch of a longer read: the samples that fit, and the problems of those that do
     not (the caller reports them with the rest)."""
     from ecomtune.data.images.strategies import apply_strategy
 
@@ -405,34 +404,3 @@ def presented_samples(samples: list[Sample], spec: BackboneSpec | None = None,
         if not found:
             presented.append(shown)
     return presented, problems
-
-
-def load_samples(path: Path, spec: BackboneSpec | None = None, images: ImageSettings | None = None,
-                 root: Path | None = None) -> list[Sample]:
-    """Read and check a whole JSONL file; raise one DataError listing every bad record. With `images`, each
-    sample is presented by the multi-image strategy; with `spec`, every image and the result are checked against
-    the backbone family's limits (aspect ratio, then `present_samples`). Relative image paths must stay inside
-    `root` (default: the file's folder)."""
-    from rich.progress import track
-
-    path = Path(path)
-    forget_folders()
-    if not path.is_file():
-        raise DataError(f"Data file not found: {path}",
-                        fix="check the path (relative paths start from the current folder)")
-    records = list(read_jsonl(path))
-    samples: list[Sample] = []
-    problems: list[Problem] = []
-    for where, record, problem in track(records, description=f"checking {path.name}", transient=True,
-                                        disable=len(records) < 200):
-        if problem is not None:
-            problems.append(problem)
-            continue
-        sample, found = parse_record(record, path.parent, where, root, spec)
-        problems.extend(found)
-        if sample is not None:
-            samples.append(sample)
-    _raise_if_any(problems, str(path))
-    if not samples:
-        raise DataError(f"{path} has no records", fix="add at least one JSON line")
-    return present_samples(samples, spec, images, str(path)) if spec is not None or images is not None else samples

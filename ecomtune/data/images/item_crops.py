@@ -23,12 +23,12 @@ from pathlib import Path
 from PIL import Image
 
 from ecomtune.data.batches.collator import count_image_tokens
+from ecomtune.data.canonical_file import load_canonical_file
 from ecomtune.data.images.crop_boxes import dedupe
 from ecomtune.data.images.load import load_rgb
 from ecomtune.data.images.strategies import placeholders_at_first, square_crop
 from ecomtune.data.jsonl import write_jsonl_atomic
 from ecomtune.data.lenient_json import parse_json_value
-from ecomtune.data.schema import load_samples
 from ecomtune.errors import DataError, Problem
 
 GROUNDING_PROMPT = ('Find every region with text or numbers on the product (labels, logos, model numbers, '
@@ -196,7 +196,7 @@ def crop_file(items: Path, out_dir: Path, boxes_for: BoxesFile | Callable[[str],
 
     from ecomtune.runs.outputs import Guarded, replacing_folder
 
-    samples = load_samples(items)  # every record checked first (boxes too); a bad file stops here with file:line
+    samples = load_canonical_file(items)  # every record checked first (boxes too); a bad file stops here with file:line
     if isinstance(boxes_for, BoxesFile):
         boxes_for = boxes_for.for_images(Path(items), [p for s in samples for p in s.images],
                                          warn or (lambda text: print(text, file=sys.stderr)))

@@ -30,7 +30,7 @@ from ecomtune.data.schema import (
     Sample,
     forget_folders,
     parse_record,
-    presented_samples,
+    presented_with_problems,
     resolve_image_path,
 )
 from ecomtune.data.sources import open_source
@@ -191,7 +191,7 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
                     kinds.setdefault(bool(sample.images), sample.source)
                     if sample.leading_dropped:
                         leading.append(sample.source)
-                presented, found = presented_samples(samples, spec, images) if spec is not None or \
+                presented, found = presented_with_problems(samples, spec, images) if spec is not None or \
                     images is not None else (samples, [])
                 problems.extend(found)
                 if not problems:  # once the read has failed, nothing more is stored
