@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from ecomtune.config.loading import load_recipe
+from ecomtune.config.sampling import parse_rule
 from ecomtune.config.schema import DataSource
-from ecomtune.data.prepare.mixture import parse_rule, select_rows
+from ecomtune.data.prepare.mixture import select_rows
 from ecomtune.data.prepare.stage_samples import load_stage_samples
 from ecomtune.errors import ConfigError, DataError
 from tests.conftest import REPO, run_cli

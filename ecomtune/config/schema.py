@@ -313,7 +313,7 @@ class DataSource(StrictModel):
     @field_validator("sampling")
     @classmethod
     def _known_rule(cls, value: str) -> str:
-        from ecomtune.data.prepare.mixture import parse_rule
+        from ecomtune.config.sampling import parse_rule
 
         parse_rule(value)  # raises ValueError naming the rules there are
         return value

@@ -8,74 +8,26 @@ Rules (pure functions of the row count and the seed, so every process of a distr
   twice and then the first half.
 An unknown rule is an error: OneVision silently reads a typo as `all`.
 
-Bounds, so that a typo cannot start unbounded work: a rule repeats its source at most MAX_PASSES times (a
-percentage up to MAX_PASSES * 100%), and a stage's realised mixture holds at most MAX_MIXTURE_ROWS rows. Both are
-known from the rules and the sources' row counts alone (`check_mixture_size`), before a single row is read.
+The rules' grammar (`SamplingRule`, `parse_rule`) is the recipe's, in `ecomtune.config.sampling`, which checks
+each rule as the recipe is read. Bounds, so that a typo cannot start unbounded work: a rule repeats its source at
+most MAX_PASSES times (a percentage up to MAX_PASSES * 100%), and a stage's realised mixture holds at most
+MAX_MIXTURE_ROWS rows. Both are known from the rules and the sources' row counts alone (`check_mixture_size`),
+before a single row is read.
 """
 
 from __future__ import annotations
 
-import math
 import random
-import re
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
+
+from ecomtune.config.sampling import SamplingRule, parse_rule
 
 if TYPE_CHECKING:
     import numpy as np
 
-MAX_PASSES = 100  # a rule may take its source this many times over (first:10000%)
 MAX_MIXTURE_ROWS = 100_000_000  # rows of one stage's realised mixture; each costs ~100 bytes of memory, far more
 # while the rows are selected, and no published recipe comes near it (the paper's largest stage: ~4M rows)
-
-RULE = re.compile(r"^(first|end|random):(\d+(?:\.\d+)?)(%?)$")
-RULES_HELP = "all, first:N, end:N or random:N, with N a count (first:1000) or a percentage (first:10%)"
-
-
-@dataclass(frozen=True)
-class SamplingRule:
-    """A parsed rule: `kind` and either a `count` or a `percent`."""
-
-    kind: Literal["all", "first", "end", "random"]
-    count: int | None = None
-    percent: float | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "all":
-            return "all"
-        return f"{self.kind}:{self.count}" if self.count is not None else f"{self.kind}:{self.percent:g}%"
-
-    def rows_taken(self, available: int) -> int:
-        """How many rows the rule yields from `available` rows (repeats included)."""
-        if self.kind == "all":
-            return available
-        if self.count is not None:
-            return min(self.count, available)
-        return math.ceil(Fraction(str(self.percent)) * available / 100)  # exact: 16.1% of 1000 is 161
-
-
-def parse_rule(text: str) -> SamplingRule:
-    """A sampling rule from its text; ValueError naming the rules there are for anything else."""
-    text = str(text).strip()
-    if text == "all":
-        return SamplingRule("all")
-    match = RULE.match(text)
-    if not match:
-        raise ValueError(f"unknown sampling rule {text!r}: use {RULES_HELP}")
-    kind, number, percent = match.groups()
-    if percent:
-        value = float(number)
-        if value <= 0:
-            raise ValueError(f"sampling rule {text!r} takes no rows: the percentage must be above 0")
-        if value > MAX_PASSES * 100:
-            raise ValueError(f"sampling rule {text!r} would repeat the source {math.ceil(value / 100):,} times; at "
-                             f"most {MAX_PASSES} ({kind}:{MAX_PASSES * 100}%) are allowed")
-        return SamplingRule(kind, percent=value)  # type: ignore[arg-type]
-    if "." in number or int(number) <= 0:
-        raise ValueError(f"sampling rule {text!r}: a count must be a whole number above 0 (or write a percentage)")
-    return SamplingRule(kind, count=int(number))  # type: ignore[arg-type]
 
 
 def select_rows(rule: SamplingRule, available: int, seed: int = 0, salt: str = "") -> np.ndarray:

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ecomtune.config.sampling import parse_rule
 from ecomtune.config.schema import DataSource
 from ecomtune.data.images.checks import check_files
 from ecomtune.data.images.strategies import ref_paths, ref_size
 from ecomtune.data.prepare.cache import PrepCache, opened_cache
-from ecomtune.data.prepare.mixture import check_mixture_size, parse_rule, read_onevision_yaml, select_rows
+from ecomtune.data.prepare.mixture import check_mixture_size, read_onevision_yaml, select_rows
 from ecomtune.data.prepare.parallel import progress, worker_count, worker_pool
 from ecomtune.data.prepare.sample_store import SampleStore, SampleWriter
 from ecomtune.data.schema import (
