@@ -1,4 +1,5 @@
-"""Data: the canonical sample schema, image checks, and the collator that builds labels."""
+"""Data: the canonical sample schema (`schema`), the formats the world writes data in (`sources`), images and
+multi-image strategies (`images`), preparing a stage's mixture (`prepare`) and training batches (`batches`)."""
 
 from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator, count_tokens, render_with_spans
 from ecomtune.data.canonical_file import load_canonical_file
