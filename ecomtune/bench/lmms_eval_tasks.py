@@ -56,7 +56,7 @@ class Bindings:
 
     def doc_to_visual(self, task_name: str) -> Callable[[dict], list]:
         """The record's images as PIL images, in the order and form the strategy presents them."""
-        from ecomtune.data.strategies import open_image
+        from ecomtune.data.images.strategies import open_image
 
         def doc_to_visual(doc: dict) -> list:
             return [open_image(ref) for ref in self.record(task_name, doc)["images"]]
