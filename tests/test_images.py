@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from ecomtune.backbones.registry import aliases
-from ecomtune.bench.records import read_task_records
 from ecomtune.data.canonical_file import load_canonical_file
 from ecomtune.data.images.load import image_size, load_rgb
+from ecomtune.data.task_records import read_task_records
 from ecomtune.errors import DataError
 from ecomtune.tasks.registry import TASKS
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ecomtune.bench.judges import make_judge
-from ecomtune.bench.records import check_records_fit, read_task_records
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.images.strategies import ref_paths
+from ecomtune.data.task_records import check_records_fit, read_task_records
 from ecomtune.infer.generate import check_prompts_fit, generate, model_context
 from ecomtune.infer.load import (
     load_for_inference,
