@@ -250,7 +250,7 @@ def ecomtune_side(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import TrainerCallback
 
     from ecomtune.config.loading import load_recipe
-    from ecomtune.data.packing import PackedCollator
+    from ecomtune.data.batches.packing import PackedCollator
     from ecomtune.train import preparation, stages
 
     recipe = load_recipe(RECIPE, spec["sets"], {"sft.data": Path(spec["data"])})

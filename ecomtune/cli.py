@@ -473,7 +473,7 @@ def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL fo
     _quiet_libraries()
     from ecomtune.backbones.loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
-    from ecomtune.data.item_crops import boxes_from_file, crop_file, print_crop_summary
+    from ecomtune.data.images.item_crops import boxes_from_file, crop_file, print_crop_summary
     from ecomtune.errors import ConfigError
 
     if grounding_coords not in ("auto", "pixels", "norm1000", "resized"):
@@ -485,9 +485,9 @@ def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL fo
     boxes_for = boxes_from_file(boxes) if boxes else None
     if grounding:
         from ecomtune.bench.grounding import grounding_boxes
-        from ecomtune.data.schema import load_samples
+        from ecomtune.data.canonical_file import load_canonical_file
 
-        paths = list(dict.fromkeys(p for s in load_samples(items) for p in s.images))
+        paths = list(dict.fromkeys(p for s in load_canonical_file(items) for p in s.images))
         boxes_for, found = grounding_boxes(grounding, paths, grounding_coords)
         stdout.print(f"grounding {grounding}: {found['boxes']} boxes on {found['images']} images "
                      f"({found['dropped']} outside their image, dropped)")

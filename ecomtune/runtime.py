@@ -1,4 +1,5 @@
-"""Process-level facts shared by every command: which process of a torchrun / accelerate job this is.
+"""Process-level facts shared by every command: which process of a torchrun / accelerate job this is, where
+ecomtune's cache folder is, and whether the Hugging Face hub can be reached.
 
 Outputs are written by the main process only. Before the Trainer has set up the process group (on
 CPU it does so lazily), the rank comes from the launcher's RANK variable.
@@ -7,10 +8,33 @@ CPU it does so lazily), the rank comes from the launcher's RANK variable.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 T = TypeVar("T")
+
+
+def cache_root() -> Path:
+    """ecomtune's cache folder: `ECOMTUNE_CACHE`, else ~/.cache/ecomtune. Tiny twins (`tiny/`), sized twins
+    (`sized/`), dataset images (`images/`), datasets (`datasets/`) and the preparation cache live under it."""
+    return Path(os.environ.get("ECOMTUNE_CACHE") or Path.home() / ".cache" / "ecomtune")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT) answers on port 443 within `timeout` seconds; False at once
+    when HF_HUB_OFFLINE is set. Checked before a download, so an offline machine fails in seconds, not after
+    minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def is_main_process() -> bool:

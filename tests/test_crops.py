@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageDraw
 
-from ecomtune.data import crops
+from ecomtune.data.images import crop_boxes as crops
 from ecomtune.errors import DataError
 
 
@@ -89,13 +89,13 @@ def test_boxes_outside_the_image_are_clear_errors():
     ("I see no text on this product.", []),
 ])
 def test_parse_grounding_boxes(answer, expected):
-    from ecomtune.data.item_crops import parse_grounding_boxes
+    from ecomtune.data.images.item_crops import parse_grounding_boxes
 
     assert parse_grounding_boxes(answer) == expected
 
 
 def test_crop_item_adds_one_square_crop_per_boxed_image_dedupes_and_caps():
-    from ecomtune.data.item_crops import crop_item
+    from ecomtune.data.images.item_crops import crop_item
 
     front = product_on_white((128, 128), (20, 20, 100, 100))
     label = Image.new("RGB", (128, 128), (255, 255, 255))
@@ -112,7 +112,7 @@ def test_crop_item_adds_one_square_crop_per_boxed_image_dedupes_and_caps():
 
 
 def test_crop_item_rejects_boxes_outside_the_image():
-    from ecomtune.data.item_crops import crop_item
+    from ecomtune.data.images.item_crops import crop_item
 
     with pytest.raises(DataError, match="outside") as caught:
         crop_item([product_on_white()], [[[500, 500, 600, 600]]], where="items.jsonl:4")
@@ -122,9 +122,9 @@ def test_crop_item_rejects_boxes_outside_the_image():
 def _items_file(catalog, name: str, boxes_for_second: list) -> tuple:
     import json
 
-    from ecomtune.data.schema import load_samples
+    from ecomtune.data.canonical_file import load_canonical_file
 
-    multi = [s for s in load_samples(catalog["instruct"]) if len(s.images) >= 3][:2]
+    multi = [s for s in load_canonical_file(catalog["instruct"]) if len(s.images) >= 3][:2]
     path = catalog["instruct"].parent / name
     lines = []
     for sample in multi:
@@ -137,14 +137,14 @@ def _items_file(catalog, name: str, boxes_for_second: list) -> tuple:
 
 @pytest.mark.slow
 def test_crop_command_writes_items_with_crops_and_reports_tokens(catalog, tmp_path):
-    from ecomtune.data.schema import load_samples
+    from ecomtune.data.canonical_file import load_canonical_file
     from tests.conftest import run_cli
 
     items, originals = _items_file(catalog, "crop-items.jsonl", [[20, 80, 110, 120]])
     result = run_cli("crop", str(items), "--out", str(tmp_path / "cropped"), "--max-images", "10")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "visual tokens" in result.stdout and "images" in result.stdout
-    cropped = load_samples(tmp_path / "cropped" / "items.jsonl")  # valid canonical data again
+    cropped = load_canonical_file(tmp_path / "cropped" / "items.jsonl")  # valid canonical data again
     assert len(cropped) == len(originals)
     for before, after in zip(originals, cropped, strict=True):
         assert any("crop1" in p for p in after.images), "the boxed second image got its crop"
@@ -170,7 +170,7 @@ def test_crop_command_bad_box_is_a_clear_error_and_writes_no_items(catalog, tmp_
     ("resized", (100, 200), [[20, 40, 60, 80]]),  # the model saw it at 100 x 200: twice smaller
 ])
 def test_grounding_boxes_are_mapped_back_to_original_pixels(coords, model_input, expected):
-    from ecomtune.data.item_crops import to_image_pixels
+    from ecomtune.data.images.item_crops import to_image_pixels
 
     assert to_image_pixels([[10, 20, 30, 40]], coords, (200, 400), model_input) == expected
 

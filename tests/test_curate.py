@@ -19,7 +19,7 @@ from ecomtune.curate.listings import read_listings
 from ecomtune.curate.runner import CurateOptions, run_curate
 from ecomtune.curate.truth import read_truth
 from ecomtune.curate.verify import VERDICTS, caption_verdicts, parse_verdict, vqa_requests, vqa_verdicts
-from ecomtune.data.schema import load_samples
+from ecomtune.data.canonical_file import load_canonical_file
 from ecomtune.errors import ConfigError, DataError
 from tests.conftest import run_cli
 
@@ -124,7 +124,7 @@ def test_curate_vqa_on_seller_listings_scores_what_its_verdicts_imply(catalog, t
         assert sum(row[verdict] for row in report["aspects"].values()) == sum(v["verdict"] == verdict for v in every)
     supported = [v for line in verdicts.values() for v in line["verdicts"] if v["verdict"] == "supported"]
     if supported:  # an untrained model may support nothing; the endpoint test builds instructions for sure
-        assert len(load_samples(out / "instruct.jsonl")) == report["instructions"]
+        assert len(load_canonical_file(out / "instruct.jsonl")) == report["instructions"]
     else:
         assert report["instructions"] == 0 and (out / "instruct.jsonl").read_text() == ""
     assert json.loads((out / "report.json").read_text())["truth"] == report["truth"]
@@ -222,8 +222,8 @@ def test_caption_mode_through_an_endpoint_with_the_key_guarded(catalog, tmp_path
     colour, pattern = report["truth"]["colour"], report["truth"]["pattern"]
     assert colour["wrong_removed_share"] in (0.0, None) and colour["right_kept_share"] == 1.0, "all supported"
     assert pattern["right_kept_share"] in (0.0, None), "an aspect the verifier's answer left out is not kept"
-    assert len(load_samples(tmp_path / "c" / "captions.jsonl")) == 6
-    assert len(load_samples(tmp_path / "c" / "instruct.jsonl")) == report["instructions"] > 0
+    assert len(load_canonical_file(tmp_path / "c" / "captions.jsonl")) == 6
+    assert len(load_canonical_file(tmp_path / "c" / "instruct.jsonl")) == report["instructions"] > 0
     with pytest.raises(ConfigError, match="unencrypted"):
         run_curate(catalog["listings"], tmp_path / "d", CurateOptions(captioner="http://example.com:9/v1"))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ecomtune.data.schema import load_samples
+from ecomtune.data.canonical_file import load_canonical_file
 from ecomtune.errors import DataError
 from tests.conftest import run_cli
 
@@ -39,12 +39,12 @@ def good(**changes) -> str:
 
 def problems_of(path: Path) -> list[str]:
     with pytest.raises(DataError) as caught:
-        load_samples(path)
+        load_canonical_file(path)
     return [p.render() for p in caught.value.problems]
 
 
 def test_good_record_loads_with_absolute_image_paths(folder):
-    samples = load_samples(write_jsonl(folder, [good()]))
+    samples = load_canonical_file(write_jsonl(folder, [good()]))
     assert len(samples) == 1
     assert samples[0].images == [str((folder / "red.png").resolve())]
     assert samples[0].source.endswith("data.jsonl:1")
@@ -56,7 +56,7 @@ def test_prompt_completion_and_image_markers_are_normalised(folder):
         json.dumps({"images": ["red.png"], "messages": [{"role": "user", "content": "<image> Colour?"},
                                                         {"role": "assistant", "content": "red"}]}),
     ])
-    for sample in load_samples(path):
+    for sample in load_canonical_file(path):
         assert sample.messages[0]["content"][0] == {"type": "image"}
         assert sample.messages[-1] == {"role": "assistant", "content": [{"type": "text", "text": "red"}]}
 
@@ -92,7 +92,7 @@ def test_too_many_images_for_the_backbone(folder):
 
     record = {"images": ["red.png"] * 3, "prompt": "<image><image><image>Same item?", "completion": "yes"}
     with pytest.raises(DataError, match=r"3 images, but Llama 3\.2 Vision takes at most 1 per sample"):
-        load_samples(write_jsonl(folder, [json.dumps(record)]), MLLAMA)
+        load_canonical_file(write_jsonl(folder, [json.dumps(record)]), MLLAMA)
 
 
 def test_data_is_checked_before_any_model_is_loaded(folder, tmp_path):

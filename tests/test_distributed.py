@@ -237,7 +237,7 @@ def test_text_only_samples_are_refused_when_parameters_are_sharded():
 
 
 def test_text_only_samples_are_named_across_training_and_held_out_samples():
-    from ecomtune.data.sample_store import SampleStore
+    from ecomtune.data.prepare.sample_store import SampleStore
     from ecomtune.data.schema import Sample
     from ecomtune.train.launch import check_data_for_launch
     from ecomtune.train.preparation import HeldOut, PreparedData

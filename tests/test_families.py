@@ -21,7 +21,7 @@ from ecomtune.backbones.families import FAMILIES
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.backbones.spec import GENERIC, BackboneSpec, resolve_roles
 from ecomtune.config.loading import load_recipe
-from ecomtune.data.collator import IGNORE_INDEX, VisionChatCollator
+from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator
 from ecomtune.data.schema import Sample
 from ecomtune.errors import DataError
 from tests.conftest import quick_overrides

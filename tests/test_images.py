@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from ecomtune.backbones.registry import aliases
-from ecomtune.bench.records import read_task_records
-from ecomtune.data.images import image_size, load_rgb
-from ecomtune.data.schema import load_samples
+from ecomtune.data.canonical_file import load_canonical_file
+from ecomtune.data.images.load import image_size, load_rgb
+from ecomtune.data.task_records import read_task_records
 from ecomtune.errors import DataError
 from ecomtune.tasks.registry import TASKS
 
@@ -36,7 +36,7 @@ def write_training_data(folder: Path, images: list[str]) -> Path:
 
 def refused(path: Path, **kwargs) -> list[str]:
     with pytest.raises(DataError) as caught:
-        load_samples(path, **kwargs)
+        load_canonical_file(path, **kwargs)
     return [p.render() for p in caught.value.problems]
 
 
@@ -86,7 +86,7 @@ def test_an_extreme_aspect_ratio_is_refused_for_qwen_only(tmp_path):
     found = refused(path, spec=qwen_spec())
     assert len(found) == 1 and f"{path}:2" in found[0], found
     assert "aspect ratio 300:1 exceeds the 200:1 that Qwen2-VL takes" in found[0] and "fix:" in found[0]
-    assert len(load_samples(path)) == 2
+    assert len(load_canonical_file(path)) == 2
 
 
 def deep_fashion(images) -> dict:

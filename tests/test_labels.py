@@ -8,7 +8,7 @@ from PIL import Image
 
 from ecomtune.backbones.loading import load_processor
 from ecomtune.backbones.registry import resolve_backbone
-from ecomtune.data.collator import IGNORE_INDEX, VisionChatCollator, count_tokens
+from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator, count_tokens
 from ecomtune.data.schema import Sample
 
 

@@ -11,8 +11,8 @@ import datasets
 import pytest
 
 from ecomtune.config.schema import DataSource
+from ecomtune.data.prepare.stage_samples import load_stage_samples
 from ecomtune.data.sources import open_source
-from ecomtune.data.stage_samples import load_stage_samples
 from ecomtune.errors import DataError
 from tests.layouts import onevision_folder, onevision_rows, trl_prompt_completion
 
@@ -90,7 +90,7 @@ def test_a_hub_config_offline_names_the_config_and_the_command(monkeypatch):
 def test_trl_prompt_completion_learns_the_completion_only(tmp_path):
     from ecomtune.backbones.loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
-    from ecomtune.data.collator import IGNORE_INDEX, VisionChatCollator
+    from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator
 
     read = load_stage_samples(trl_prompt_completion(tmp_path / "llava-instruct-mix"))
     samples = list(read.samples)

@@ -14,8 +14,8 @@ from PIL import Image
 from ecomtune.backbones.families import FAMILIES
 from ecomtune.backbones.loading import load_processor
 from ecomtune.backbones.registry import resolve_backbone
-from ecomtune.data.collator import IGNORE_INDEX, VisionChatCollator
-from ecomtune.data.stage_samples import load_stage_samples
+from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator
+from ecomtune.data.prepare.stage_samples import load_stage_samples
 from ecomtune.errors import DataError
 
 GREETING = "Hello! I can describe products."

@@ -18,11 +18,11 @@ from ecomtune.backbones.families import FAMILIES
 from ecomtune.backbones.loading import load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.config.schema import BackboneSettings
-from ecomtune.data.image_checks import check_files
-from ecomtune.data.lengths import Length, TokenCounter, _splice_run, measure_lengths, prepare_store
-from ecomtune.data.prep_cache import FILE_NAME, PrepCache
+from ecomtune.data.images.checks import check_files
+from ecomtune.data.prepare.cache import FILE_NAME, PrepCache
+from ecomtune.data.prepare.lengths import Length, TokenCounter, _splice_run, measure_lengths, prepare_store
+from ecomtune.data.prepare.stage_samples import load_stage_samples
 from ecomtune.data.schema import Sample
-from ecomtune.data.stage_samples import load_stage_samples
 
 SIZES = [(96, 72), (224, 224), (640, 480), (40, 500), (1000, 120), (13, 17)]
 # one value per resolution knob, each small or large enough to change what the processor does
@@ -152,7 +152,7 @@ def test_worker_processes_measure_what_the_main_process_measures(qwen, pictures,
 
 
 def test_a_store_of_samples_is_keyed_and_measured_as_the_samples_are(qwen, pictures, tmp_path):
-    from ecomtune.data.sample_store import SampleStore
+    from ecomtune.data.prepare.sample_store import SampleStore
 
     samples = spread(pictures, multi=True)
     cache = PrepCache(tmp_path / "cache")

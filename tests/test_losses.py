@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ecomtune.data.collator import IGNORE_INDEX
+from ecomtune.data.batches.collator import IGNORE_INDEX
 from ecomtune.train.losses import per_sample_mean_loss
 
 
@@ -50,8 +50,8 @@ def test_trainer_uses_the_per_sample_mean(catalog, tmp_path):
     from ecomtune.backbones.loading import load_model, load_processor
     from ecomtune.backbones.registry import resolve_backbone
     from ecomtune.config.schema import QuantSettings, TrainSettings
-    from ecomtune.data.collator import VisionChatCollator
-    from ecomtune.data.schema import load_samples
+    from ecomtune.data.batches.collator import VisionChatCollator
+    from ecomtune.data.canonical_file import load_canonical_file
     from ecomtune.train.trl_bridge import build_trainer, training_data
 
     backbone = resolve_backbone("tiny-qwen2-vl")
@@ -60,7 +60,7 @@ def test_trainer_uses_the_per_sample_mean(catalog, tmp_path):
     for param in model.parameters():
         param.requires_grad_(False)
     model.lm_head.weight.requires_grad_(True)
-    samples = load_samples(catalog["instruct"])
+    samples = load_canonical_file(catalog["instruct"])
     short = next(s for s in samples if len(s.messages[-1]["content"][0]["text"]) < 10)
     long = next(s for s in samples if len(s.messages[-1]["content"][0]["text"]) > 100)
     settings = TrainSettings(max_steps=1, save_steps=1, loss_average="sample", gradient_checkpointing=False)

@@ -14,8 +14,8 @@ import pytest
 from ecomtune.config.loading import load_recipe
 from ecomtune.config.sampling import parse_rule
 from ecomtune.config.schema import DataSource
-from ecomtune.data.mixture import select_rows
-from ecomtune.data.stage_samples import load_stage_samples
+from ecomtune.data.prepare.mixture import select_rows
+from ecomtune.data.prepare.stage_samples import load_stage_samples
 from ecomtune.errors import ConfigError, DataError
 from tests.conftest import REPO, run_cli
 
@@ -137,7 +137,7 @@ def test_a_stage_reads_sources_of_different_formats_with_their_rules(catalog, tm
 
 def test_every_process_takes_the_same_rows(catalog):
     code = ("import json, sys; from ecomtune.config.schema import DataSource; "
-            "from ecomtune.data.stage_samples import load_stage_samples; "
+            "from ecomtune.data.prepare.stage_samples import load_stage_samples; "
             "read = load_stage_samples([DataSource(path=sys.argv[1], sampling='random:40%')], seed=3); "
             "print(json.dumps([s.source for s in read.samples]))")
     taken = []

@@ -107,7 +107,7 @@ def _multi_image_items(folder: Path) -> Path:
 
 
 def test_crop_never_writes_into_or_around_its_inputs(tmp_path: Path) -> None:
-    from ecomtune.data.item_crops import crop_file
+    from ecomtune.data.images.item_crops import crop_file
     from ecomtune.errors import ConfigError
 
     data = tmp_path / "shop" / "data"
@@ -126,7 +126,7 @@ def test_crop_never_writes_into_or_around_its_inputs(tmp_path: Path) -> None:
 
 
 def test_crop_boxes_file_of_the_wrong_shape_is_refused_naming_the_entry(tmp_path: Path) -> None:
-    from ecomtune.data.item_crops import boxes_from_file
+    from ecomtune.data.images.item_crops import boxes_from_file
     from ecomtune.errors import DataError
 
     items = _multi_image_items(tmp_path / "data")
@@ -206,8 +206,8 @@ def test_crop_boxes_keys_are_image_paths_as_the_items_file_writes_them(tmp_path:
     that names no image is reported with the count; a file none of whose keys names one is refused."""
     from ecomtune.backbones.loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
-    from ecomtune.data.item_crops import boxes_from_file, crop_file
-    from ecomtune.data.schema import load_samples
+    from ecomtune.data.canonical_file import load_canonical_file
+    from ecomtune.data.images.item_crops import boxes_from_file, crop_file
     from ecomtune.errors import DataError
 
     items = _multi_image_items(tmp_path / "data")
@@ -220,7 +220,7 @@ def test_crop_boxes_keys_are_image_paths_as_the_items_file_writes_them(tmp_path:
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"warning: 1 of 3 key(s) of {boxes} name no image of {items} and are ignored: 'images/item9_9.png'" \
         in one_line(result.stderr)
-    cropped = [s.images for s in load_samples(tmp_path / "cropped" / "items.jsonl")]
+    cropped = [s.images for s in load_canonical_file(tmp_path / "cropped" / "items.jsonl")]
     assert any(p.endswith("_crop1.png") for p in cropped[0]) and any(p.endswith("_crop0.png") for p in cropped[1])
 
     boxes.write_text(json.dumps({"item0_1.png": [[20, 20, 60, 60]], "../images/item1_0.png": [[5, 5, 40, 40]]}))

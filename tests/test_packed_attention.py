@@ -10,7 +10,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from ecomtune.backbones.loading import load_model, load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.config.schema import QuantSettings
-from ecomtune.data.collator import VisionChatCollator
+from ecomtune.data.batches.collator import VisionChatCollator
 from ecomtune.data.schema import Sample
 from ecomtune.train import packed_attention
 from ecomtune.train.packed_attention import NAME, packed_sdpa_forward, packed_segments, use_packed_attention

@@ -20,9 +20,16 @@ from ecomtune.backbones.loading import load_model, load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.config.loading import load_recipe
 from ecomtune.config.schema import QuantSettings
-from ecomtune.data.collator import IGNORE_INDEX, VisionChatCollator
-from ecomtune.data.packing import PackedCollator, check_packable, pack_rows, packing_stats, plan_packs, rope_index_of
-from ecomtune.data.sample_store import SampleStore
+from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator
+from ecomtune.data.batches.packing import (
+    PackedCollator,
+    check_packable,
+    pack_rows,
+    packing_stats,
+    plan_packs,
+    rope_index_of,
+)
+from ecomtune.data.prepare.sample_store import SampleStore
 from ecomtune.data.schema import Sample
 from ecomtune.errors import ConfigError
 from ecomtune.train.losses import per_sample_mean_loss

@@ -83,8 +83,8 @@ def test_the_shipped_7b_recipe_fits_24_gb_only_with_gradient_checkpointing():
 def test_plan_measures_every_sample_with_the_real_processor(tmp_path):
     from ecomtune.backbones.loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
-    from ecomtune.data.collator import count_tokens
-    from ecomtune.data.schema import load_samples
+    from ecomtune.data.batches.collator import count_tokens
+    from ecomtune.data.canonical_file import load_canonical_file
 
     recipe = load_recipe(REPO / "recipes" / "tiny-qwen2-vl.yaml",
                          ["sft.max_length=200", "sft.on_overlong=drop", "sft.images.max_images=3"])
@@ -92,12 +92,12 @@ def test_plan_measures_every_sample_with_the_real_processor(tmp_path):
     processor = load_processor(resolve_backbone("tiny-qwen2-vl"))
     # the shipped sft data is a mixture whose rules take every row of both sources (random:900 of 120 replay rows)
     sources = [source.path for source in recipe.sft.data]
-    samples = [s for path in sources for s in load_samples(path, images=recipe.sft.images)]
+    samples = [s for path in sources for s in load_canonical_file(path, images=recipe.sft.images)]
     lengths = sorted(count_tokens(processor, s) for s in samples)
     assert report["samples"] == len(samples)
     assert (report["tokens"]["min"], report["tokens"]["max"]) == (lengths[0], lengths[-1])
     assert report["over_max_length"] == sum(n > 200 for n in lengths)
-    listed = [s for path in sources for s in load_samples(path)]
+    listed = [s for path in sources for s in load_canonical_file(path)]
     assert report["over_image_cap"] == sum(len(s.images) > 3 for s in listed) > 0
     assert 0 < report["padding"]["fraction"] < 1 and report["memory"]["fits"]
 

@@ -15,10 +15,10 @@ from ecomtune.backbones.loading import load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.backbones.spec import BackboneSpec
 from ecomtune.config.schema import BackboneSettings
-from ecomtune.data.collator import VisionChatCollator, same_batch
-from ecomtune.data.lengths import measure_lengths
-from ecomtune.data.packing import PackedCollator, rope_index_of
-from ecomtune.data.prep_cache import PrepCache
+from ecomtune.data.batches.collator import VisionChatCollator, same_batch
+from ecomtune.data.batches.packing import PackedCollator, rope_index_of
+from ecomtune.data.prepare.cache import PrepCache
+from ecomtune.data.prepare.lengths import measure_lengths
 from ecomtune.data.schema import Sample
 from tests.test_lengths import pictures, spread  # noqa: F401  (pictures: a fixture)
 
@@ -70,7 +70,7 @@ def test_packed_rows_from_prepared_samples_equal_those_from_the_processor(pictur
 def test_training_rows_are_memory_mapped_and_their_file_goes_with_the_dataset(pictures):  # noqa: F811
     import gc
 
-    from ecomtune.data.mapped_rows import mapped_dataset
+    from ecomtune.data.prepare.mapped_rows import mapped_dataset
 
     samples = spread(pictures, multi=True) * 3000  # more rows than one written batch
     dataset = mapped_dataset(s.to_row() for s in samples)
@@ -87,7 +87,7 @@ def test_training_rows_are_memory_mapped_and_their_file_goes_with_the_dataset(pi
 def test_decoded_images_stay_within_their_budget(tmp_path):
     from PIL import Image
 
-    from ecomtune.data.strategies import DecodedImages
+    from ecomtune.data.images.strategies import DecodedImages
 
     paths = []
     for index in range(3):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from ecomtune.data.prep_cache import PrepCache
-from ecomtune.data.sample_store import SampleStore
+from ecomtune.data.prepare.cache import PrepCache
+from ecomtune.data.prepare.sample_store import SampleStore
+from ecomtune.data.prepare.stage_samples import load_stage_samples
 from ecomtune.data.schema import PreparedText, Sample
-from ecomtune.data.stage_samples import load_stage_samples
 
 
 def sample(index: int, images: int = 1) -> Sample:

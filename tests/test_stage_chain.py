@@ -29,11 +29,11 @@ def batch(catalog):
     """Two mid-stage samples as one batch, without labels."""
     from ecomtune.backbones.loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
-    from ecomtune.data.collator import VisionChatCollator
-    from ecomtune.data.schema import load_samples
+    from ecomtune.data.batches.collator import VisionChatCollator
+    from ecomtune.data.canonical_file import load_canonical_file
 
     processor = load_processor(resolve_backbone("tiny-qwen2-vl"))
-    samples = load_samples(catalog["mid"])[:2]
+    samples = load_canonical_file(catalog["mid"])[:2]
     inputs = VisionChatCollator(processor, None, "chat")([s.to_row() for s in samples])
     inputs.pop("labels")
     return inputs

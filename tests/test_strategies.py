@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from ecomtune.config.schema import ImageSettings
-from ecomtune.data.schema import Sample, load_samples
-from ecomtune.data.strategies import (
+from ecomtune.data.canonical_file import load_canonical_file
+from ecomtune.data.images.strategies import (
     apply_strategy,
     grid_shape,
     keep_indices,
@@ -19,6 +19,7 @@ from ecomtune.data.strategies import (
     square_crop,
     stitch,
 )
+from ecomtune.data.schema import Sample
 from ecomtune.errors import DataError
 
 
@@ -144,30 +145,30 @@ def folder(tmp_path) -> Path:
 def test_bad_multi_image_input_is_reported_with_file_line(folder, line, expected):
     path = write(folder, [record(["ok.png"]), line])
     with pytest.raises(DataError) as caught:
-        load_samples(path)
+        load_canonical_file(path)
     rendered = [p.render() for p in caught.value.problems]
     assert len(rendered) == 1 and f"{path}:2" in rendered[0] and expected in rendered[0], rendered
 
 
 def test_a_decompression_bomb_is_refused_without_decoding(folder, monkeypatch):
-    import ecomtune.data.images as images
+    import ecomtune.data.images.load as images
 
     monkeypatch.setattr(images, "MAX_PIXELS", 100 * 80 - 1)  # ok.png's header now claims too many pixels
     with pytest.raises(DataError, match="exceeds the 7999 pixel limit"):
-        load_samples(write(folder, [record(["ok.png"])]))
+        load_canonical_file(write(folder, [record(["ok.png"])]))
 
 
 def test_absolute_paths_and_a_wider_root_are_allowed(folder):
     outside = str((folder.parent / "outside.png").resolve())
-    assert load_samples(write(folder, [record([outside])]))[0].images == [outside]
-    assert load_samples(write(folder, [record(["../outside.png"])]), root=folder.parent)[0].images == [outside]
+    assert load_canonical_file(write(folder, [record([outside])]))[0].images == [outside]
+    assert load_canonical_file(write(folder, [record(["../outside.png"])]), root=folder.parent)[0].images == [outside]
 
 
 def test_a_linked_image_folder_is_followed_but_dotdot_may_not_climb_out_through_it(tmp_path):
     """`images -> ../store/images` (one image store for several datasets) is the user's own link: followed. A
     `..` that leaves the dataset, as written or past a link's target, is still refused, and says why."""
     from ecomtune.config.schema import DataSource
-    from ecomtune.data.stage_samples import load_stage_samples
+    from ecomtune.data.prepare.stage_samples import load_stage_samples
 
     store = tmp_path / "store"
     (store / "images").mkdir(parents=True)
@@ -177,16 +178,16 @@ def test_a_linked_image_folder_is_followed_but_dotdot_may_not_climb_out_through_
     dataset.mkdir()
     (dataset / "images").symlink_to(Path("..") / "store" / "images")
     path = write(dataset, [record(["images/a.png"])])
-    assert load_samples(path)[0].images == [str((store / "images" / "a.png").resolve())]
+    assert load_canonical_file(path)[0].images == [str((store / "images" / "a.png").resolve())]
     assert len(load_stage_samples([DataSource(path=str(path))]).samples) == 1  # the training reader too
 
     with pytest.raises(DataError) as caught:
-        load_samples(write(dataset, [record(["images/a.png"]), record(["images/../elsewhere.png"])]))
+        load_canonical_file(write(dataset, [record(["images/a.png"]), record(["images/../elsewhere.png"])]))
     (problem,) = caught.value.problems  # `..` applies to the path as written: never the store's elsewhere.png
     assert problem.where == f"{dataset / 'data.jsonl'}:2"
     assert f"file not found at {dataset.resolve() / 'elsewhere.png'}" in problem.what
     with pytest.raises(DataError) as caught:
-        load_samples(write(dataset, [record(["../store/images/a.png"])]))
+        load_canonical_file(write(dataset, [record(["../store/images/a.png"])]))
     (problem,) = caught.value.problems
     assert "leaves the dataset folder" in problem.what and "through '..'" in problem.what
     assert "a link there to where they are, e.g. images -> /store/images, is followed" in problem.fix
@@ -197,11 +198,11 @@ def test_single_image_family_with_all_names_the_strategies_to_use(folder):
 
     path = write(folder, [record(["ok.png", "ok.png"])])
     with pytest.raises(DataError) as caught:
-        load_samples(path, LLAVA, ImageSettings(strategy="all"))
+        load_canonical_file(path, LLAVA, ImageSettings(strategy="all"))
     text = caught.value.render()
     assert "2 images, but LLaVA-1.5 takes at most 1 per sample" in text and "grid" in text and "primary" in text
     for strategy in ("grid", "primary"):
-        (sample,) = load_samples(path, LLAVA, ImageSettings(strategy=strategy))
+        (sample,) = load_canonical_file(path, LLAVA, ImageSettings(strategy=strategy))
         assert len(sample.images) == 1
 
 

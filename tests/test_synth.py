@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ecomtune.data.schema import load_samples
+from ecomtune.data.canonical_file import load_canonical_file
 from ecomtune.synth.catalog import image_paths, write_catalog
 from ecomtune.synth.items import Item, make_items
 from ecomtune.synth.mid import RECAPTION_PROMPTS
@@ -26,8 +26,8 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 
 def test_training_files_pass_the_data_checks(catalog):
-    captions = load_samples(catalog["captions"])
-    instruct = load_samples(catalog["instruct"])
+    captions = load_canonical_file(catalog["captions"])
+    instruct = load_canonical_file(catalog["instruct"])
     assert captions and instruct
     multi = [s for s in instruct if len(s.images) > 1]
     assert multi, "multi-image item-intelligence instructions are present"
@@ -37,7 +37,7 @@ def test_bench_split_is_disjoint_from_training_by_item(catalog):
     def item_ids(paths):
         return {Path(p).name.split("_")[0] for p in paths}
 
-    trained = {i for s in load_samples(catalog["instruct"]) for i in item_ids(s.images)}
+    trained = {i for s in load_canonical_file(catalog["instruct"]) for i in item_ids(s.images)}
     benched = set()
     for path in catalog["bench"].glob("*.jsonl"):
         for line in path.read_text().splitlines():
@@ -75,7 +75,7 @@ def test_items_ground_truth():
 def test_mid_set_recaptions_every_training_view_and_reads_only_the_drawn_text(catalog):
     """Stage 1.5 data: one re-caption per view of every training item (never a held-out one), saying only what that
     view shows, and OCR answers that are the renderer's drawn lines, exactly and in order."""
-    assert load_samples(catalog["mid"])
+    assert load_canonical_file(catalog["mid"])
     items = {d["item_id"]: Item(**d) for d in map(json.loads, catalog["items"].read_text().splitlines())}
     benched = {Path(p).name.split("_")[0] for path in catalog["bench"].glob("*.jsonl")
                for line in path.read_text().splitlines() for p in json.loads(line)["images"]}

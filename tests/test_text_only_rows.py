@@ -16,12 +16,12 @@ from ecomtune.backbones.families import FAMILIES
 from ecomtune.backbones.loading import load_model, load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.config.schema import QuantSettings
-from ecomtune.data.collator import IGNORE_INDEX, VisionChatCollator, same_batch
-from ecomtune.data.lengths import measure_lengths
-from ecomtune.data.packing import PackedCollator, rope_index_of
-from ecomtune.data.prep_cache import PrepCache
+from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator, same_batch
+from ecomtune.data.batches.packing import PackedCollator, rope_index_of
+from ecomtune.data.prepare.cache import PrepCache
+from ecomtune.data.prepare.lengths import measure_lengths
+from ecomtune.data.prepare.stage_samples import load_stage_samples
 from ecomtune.data.schema import Sample, family_problems
-from ecomtune.data.stage_samples import load_stage_samples
 from ecomtune.errors import DataError
 
 CHAT = [s for s in FAMILIES if s.conversation == "chat" and s.text_only_refusal is None]

@@ -7,10 +7,7 @@ reached fails at once (no minutes of retries) with one message naming the local 
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
@@ -18,17 +15,7 @@ from ecomtune.backbones.registry import ResolvedBackbone, tiny_aliases
 from ecomtune.backbones.spec import BackboneSpec, RoleOverrides, resolve_roles
 from ecomtune.config.schema import BackboneSettings, QuantSettings, ResolutionSettings
 from ecomtune.errors import BackboneError, ConfigError, Problem
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+from ecomtune.runtime import hub_reachable
 
 
 def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
@@ -40,7 +27,7 @@ def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
 
 def check_available(backbone: ResolvedBackbone) -> None:
     """Fail fast, before any download starts, when a hub backbone is neither cached nor reachable."""
-    if backbone.is_local or _in_hub_cache(backbone.source, backbone.revision) or _hub_reachable():
+    if backbone.is_local or _in_hub_cache(backbone.source, backbone.revision) or hub_reachable():
         return
     raise BackboneError(
         f"Cannot load '{backbone.source}': the Hugging Face hub is not reachable from this machine and the model "

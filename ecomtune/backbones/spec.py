@@ -26,7 +26,7 @@ ROLES = ("vision_tower", "projector", "language_model")
 RESOLUTION_KNOBS = ("max_pixels", "min_pixels", "longest_edge", "splitting", "max_tiles")
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 Conversation = Literal["chat", "prefix-suffix"]
-# How packed rows carry positions (see ecomtune.data.packing): "1d" restarts one position per token at each
+# How packed rows carry positions (see ecomtune.data.batches.packing): "1d" restarts one position per token at each
 # sample; "mrope" adds Qwen's per-sample 3-D rows from the model's own rope index.
 PackingPositions = Literal["1d", "mrope"]
 

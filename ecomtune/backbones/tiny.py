@@ -11,7 +11,6 @@ for. One builder (`build_tiny`) turns any of them into a folder that `from_pretr
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ecomtune.runtime import cache_root
 
 QWEN_TOKENS = (
     "<|endoftext|>",
@@ -82,9 +83,8 @@ class TinyTwin:
 
 
 def default_cache_dir() -> Path:
-    """Where built tiny twins live; `ECOMTUNE_CACHE` overrides it."""
-    root = os.environ.get("ECOMTUNE_CACHE") or Path.home() / ".cache" / "ecomtune"
-    return Path(root) / "tiny"
+    """Where built tiny twins live: `tiny/` in ecomtune's cache folder (`ECOMTUNE_CACHE` overrides it)."""
+    return cache_root() / "tiny"
 
 
 def train_tokenizer(special_tokens: tuple[str, ...] = QWEN_TOKENS, eos: str = "<|im_end|>",

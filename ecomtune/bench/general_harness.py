@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ecomtune.errors import ConfigError, EcomtuneError, Problem
+from ecomtune.runtime import hub_reachable
 
 PREFIX = "lmms-eval:"
 INSTALL_FIX = "pip install 'ecomtune[eval]' (lmms-eval 0.7.3 and what its model classes import)"
@@ -172,13 +173,11 @@ def missing_data(manager: Any, leaves: list[str], hub_reachable: bool) -> list[P
 
 def plan_general(model: str, names: list[str]) -> HarnessPlan:
     """Every check, in seconds, before any model loads or any ecomtune task runs."""
-    from ecomtune.backbones.loading import _hub_reachable
-
     require_lmms_eval()
     pretrained, model_class = harness_model(model)
     manager = _task_manager()
     leaves = leaf_tasks(manager, names)
-    problems = missing_data(manager, leaves, _hub_reachable())
+    problems = missing_data(manager, leaves, hub_reachable())
     if problems:
         raise ConfigError(
             f"--general: the data of {len(problems)} lmms-eval task(s) is not on this machine and cannot be "

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from ecomtune.data.images import load_rgb
-from ecomtune.data.item_crops import GROUNDING_PROMPT, parse_grounding_boxes, to_image_pixels
+from ecomtune.data.images.item_crops import GROUNDING_PROMPT, parse_grounding_boxes, to_image_pixels
+from ecomtune.data.images.load import load_rgb
 from ecomtune.errors import ConfigError
 from ecomtune.infer.generate import generate
 from ecomtune.infer.load import load_for_inference

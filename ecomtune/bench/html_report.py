@@ -37,7 +37,7 @@ SCRIPT = ("document.getElementById('failures').addEventListener('change',"
 def _thumbnail(path: str) -> str | None:
     """A JPEG data URI of the image at `path` as the model saw it (`load_rgb`: EXIF orientation, transparency on
     white), or None when it cannot be read (moved or damaged since the bench ran)."""
-    from ecomtune.data.images import UNREADABLE, load_rgb
+    from ecomtune.data.images.load import UNREADABLE, load_rgb
 
     try:
         image = load_rgb(path)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecomtune.bench.lmms_eval_tasks import scalar_metrics
-from ecomtune.bench.records import read_task_records, records_root
 from ecomtune.config.schema import ImageSettings
+from ecomtune.data.task_records import read_task_records, records_root
 from ecomtune.errors import ConfigError, DataError, Problem
 from ecomtune.runs.outputs import Guarded, replacing_folder
 from ecomtune.tasks.registry import Task

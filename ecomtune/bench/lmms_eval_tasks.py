@@ -44,8 +44,8 @@ class Bindings:
     @cache  # noqa: B019 (one Bindings per package; the records of each task are read once)
     def records(self, task_name: str) -> dict[str, dict[str, Any]]:
         """The task's records by id, read and presented as `ecomtune bench` reads them."""
-        from ecomtune.bench.records import read_task_records
         from ecomtune.config.schema import ImageSettings
+        from ecomtune.data.task_records import read_task_records
 
         records = read_task_records(Path(self.data_files[task_name]), TASKS[task_name], ImageSettings(**self.images),
                                     self.root)
@@ -56,7 +56,7 @@ class Bindings:
 
     def doc_to_visual(self, task_name: str) -> Callable[[dict], list]:
         """The record's images as PIL images, in the order and form the strategy presents them."""
-        from ecomtune.data.strategies import open_image
+        from ecomtune.data.images.strategies import open_image
 
         def doc_to_visual(doc: dict) -> list:
             return [open_image(ref) for ref in self.record(task_name, doc)["images"]]

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ecomtune.bench.records import check_records_fit, read_task_records
 from ecomtune.bench.runner import check_records_fit_context
 from ecomtune.config.schema import ImageSettings
-from ecomtune.data.strategies import ref_paths
+from ecomtune.data.images.strategies import ref_paths
+from ecomtune.data.task_records import check_records_fit, read_task_records
 from ecomtune.errors import ConfigError, Problem
 from ecomtune.infer.generate import generate_batches
 from ecomtune.infer.load import load_for_inference, model_backbone, model_fingerprint, run_images

@@ -12,11 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from ecomtune.bench.judges import make_judge
-from ecomtune.bench.records import check_records_fit, read_task_records
 from ecomtune.config.schema import ImageSettings
-from ecomtune.data.strategies import ref_paths
+from ecomtune.data.images.strategies import ref_paths
+from ecomtune.data.task_records import check_records_fit, read_task_records
 from ecomtune.infer.generate import check_prompts_fit, generate, model_context
-from ecomtune.infer.load import load_for_inference, model_backbone, run_images, sha256_files
+from ecomtune.infer.load import (
+    load_for_inference,
+    model_backbone,
+    run_images,
+    sha256_files,
+)
 from ecomtune.runs.manifest import versions, write_json_atomic
 from ecomtune.tasks.judging import Judge
 from ecomtune.tasks.registry import TASKS, resolve_tasks

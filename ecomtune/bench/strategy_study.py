@@ -19,12 +19,12 @@ from rich.console import Console
 from ecomtune.backbones.loading import load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.bench.predict import run_predict
-from ecomtune.bench.records import read_task_records
 from ecomtune.bench.runner import run_bench
 from ecomtune.config.loading import SHIPPED_RECIPES, load_recipe
 from ecomtune.config.schema import ImageSettings
-from ecomtune.data.collator import count_image_tokens
-from ecomtune.data.strategies import open_image
+from ecomtune.data.batches.collator import count_image_tokens
+from ecomtune.data.images.strategies import open_image
+from ecomtune.data.task_records import read_task_records
 from ecomtune.runs.manifest import write_json_atomic
 from ecomtune.runs.outputs import locked, refuse_non_empty
 from ecomtune.synth.catalog import write_catalog

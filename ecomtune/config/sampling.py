@@ -1,6 +1,13 @@
-"""The sampling rules a data source of a stage's mixture may name (`all`, `first:N`, `end:N`, `random:N`, N a count
-or a percentage): their grammar and parsing. The recipe schema checks a rule as it is read, so the grammar lives
-with the schema; which rows a rule takes, and the bounds on a whole mixture, are `ecomtune.data.mixture`'s."""
+"""A data source's sampling rule, LLaVA-OneVision's grammar: which rows of the source a stage takes.
+
+- `all`: every row;
+- `first:N` / `end:N`: the first / last N rows; `random:N`: N rows drawn without replacement, seeded;
+- N is a count or a percentage (`first:10%`, rounded up as OneVision does); a percentage above 100% repeats the
+  source, at most MAX_PASSES times.
+
+A recipe's rules are parsed as it is read, so a typo names its line; taking the rows is
+`ecomtune.data.prepare.mixture`'s.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,6 @@ from fractions import Fraction
 from typing import Literal
 
 MAX_PASSES = 100  # a rule may take its source this many times over (first:10000%)
-
 RULE = re.compile(r"^(first|end|random):(\d+(?:\.\d+)?)(%?)$")
 RULES_HELP = "all, first:N, end:N or random:N, with N a count (first:1000) or a percentage (first:10%)"
 

@@ -275,6 +275,8 @@ class ImageSettings(StrictModel):
                                   "duplicates (crops).")
 
 
+# `auto` and the data formats' names (`ecomtune.data.sources.formats.format_names()`, which config, below data,
+# cannot import; tests/test_format_unit.py keeps the two equal).
 DataFormat = Literal["auto", "canonical", "llava", "sharegpt", "alpaca", "hf"]
 
 
@@ -313,6 +315,7 @@ class DataSource(StrictModel):
     @field_validator("sampling")
     @classmethod
     def _known_rule(cls, value: str) -> str:
+
         parse_rule(value)  # raises ValueError naming the rules there are
         return value
 

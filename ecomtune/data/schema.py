@@ -1,4 +1,4 @@
-"""The canonical sample format and its loader.
+"""The canonical sample format: records parsed and checked into `Sample`s.
 
 One JSON object per line:
 - `images`: list of image paths (or one path), relative to the JSONL file (absolute paths also work);
@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ecomtune.data.images import check_image
-from ecomtune.data.jsonl import read_jsonl
+from ecomtune.data.images.load import check_image
 from ecomtune.errors import DataError, Problem
 
 IMAGE_MARKER = "<image>"
@@ -41,10 +40,10 @@ if TYPE_CHECKING:
 
     from ecomtune.backbones.spec import BackboneSpec
     from ecomtune.config.schema import ImageSettings
-    from ecomtune.data.image_checks import Checked
+    from ecomtune.data.images.checks import Checked
 
 
-# An image as a path, or how to derive one from paths (a crop, a grid; see ecomtune.data.strategies).
+# An image as a path, or how to derive one from paths (a crop, a grid; see ecomtune.data.images.strategies).
 ImageRef = str | dict[str, Any]
 
 
@@ -58,7 +57,7 @@ class Sample:
     boxes: list[list[list[float]]] | None = None  # per image: informative regions [x0, y0, x1, y1] (text, labels)
     origin: int = 0  # which source of the stage's mixture it came from (index), for per-source statistics
     # the chat-template text tokenized once before training, images still placeholders: token ids and the
-    # [start, end) token ranges that are learnt (`ecomtune.data.prepared`); None until prepared
+    # [start, end) token ranges that are learnt (`ecomtune.data.batches.prepared`); None until prepared
     text: PreparedText | None = None
     leading_dropped: int = 0  # assistant turns before the first user turn, dropped when read (see parse_record)
 
@@ -204,7 +203,7 @@ def check_record_images(value: Any, base_dir: Path, where: str, root: Path | Non
     Returns the absolute paths, each image's displayed size (None when unreadable) and every problem, located
     at `where` (the record's file:line). Anything but a string or a list of strings is one problem, not a crash:
     a bare string would otherwise be read one character per path. `checked`: `decode_check` results already at
-    hand by resolved path (`ecomtune.data.image_checks`); other images are decoded here."""
+    hand by resolved path (`ecomtune.data.images.checks`); other images are decoded here."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
@@ -370,27 +369,27 @@ def family_problems(sample: Sample, spec: BackboneSpec) -> list[Problem]:
     return problems
 
 
-def _raise_if_any(problems: list[Problem], title: str) -> None:
+def raise_if_any(problems: list[Problem], title: str) -> None:
     if problems:
         more = f" (first {MAX_REPORTED} shown)" if len(problems) > MAX_REPORTED else ""
         raise DataError(f"{title}: {len(problems)} problem(s) in the data{more}; nothing was trained",
                         problems[:MAX_REPORTED])
 
 
-def present_samples(samples: list[Sample], spec: BackboneSpec | None = None,
-                    images: ImageSettings | None = None, title: str = "data") -> list[Sample]:
+def presented_or_raise(samples: list[Sample], spec: BackboneSpec | None = None,
+                       images: ImageSettings | None = None, title: str = "data") -> list[Sample]:
     """Samples as the multi-image strategy presents them (`images`), checked against the backbone family's
     limits (`spec`); one DataError lists every sample that does not fit."""
-    presented, problems = presented_samples(samples, spec, images)
-    _raise_if_any(problems, title)
+    presented, problems = presented_with_problems(samples, spec, images)
+    raise_if_any(problems, title)
     return presented
 
 
-def presented_samples(samples: list[Sample], spec: BackboneSpec | None = None,
-                      images: ImageSettings | None = None) -> tuple[list[Sample], list[Problem]]:
-    """`present_samples` for a batch of a longer read: the samples that fit, and the problems of those that do
+def presented_with_problems(samples: list[Sample], spec: BackboneSpec | None = None,
+                            images: ImageSettings | None = None) -> tuple[list[Sample], list[Problem]]:
+    """`presented_or_raise` for a batch of a longer read: the samples that fit, and the problems of those that do
     not (the caller reports them with the rest)."""
-    from ecomtune.data.strategies import apply_strategy
+    from ecomtune.data.images.strategies import apply_strategy
 
     presented: list[Sample] = []
     problems: list[Problem] = []
@@ -405,34 +404,3 @@ def presented_samples(samples: list[Sample], spec: BackboneSpec | None = None,
         if not found:
             presented.append(shown)
     return presented, problems
-
-
-def load_samples(path: Path, spec: BackboneSpec | None = None, images: ImageSettings | None = None,
-                 root: Path | None = None) -> list[Sample]:
-    """Read and check a whole JSONL file; raise one DataError listing every bad record. With `images`, each
-    sample is presented by the multi-image strategy; with `spec`, every image and the result are checked against
-    the backbone family's limits (aspect ratio, then `present_samples`). Relative image paths must stay inside
-    `root` (default: the file's folder)."""
-    from rich.progress import track
-
-    path = Path(path)
-    forget_folders()
-    if not path.is_file():
-        raise DataError(f"Data file not found: {path}",
-                        fix="check the path (relative paths start from the current folder)")
-    records = list(read_jsonl(path))
-    samples: list[Sample] = []
-    problems: list[Problem] = []
-    for where, record, problem in track(records, description=f"checking {path.name}", transient=True,
-                                        disable=len(records) < 200):
-        if problem is not None:
-            problems.append(problem)
-            continue
-        sample, found = parse_record(record, path.parent, where, root, spec)
-        problems.extend(found)
-        if sample is not None:
-            samples.append(sample)
-    _raise_if_any(problems, str(path))
-    if not samples:
-        raise DataError(f"{path} has no records", fix="add at least one JSON line")
-    return present_samples(samples, spec, images, str(path)) if spec is not None or images is not None else samples

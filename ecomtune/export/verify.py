@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ecomtune.data.images import load_rgb
+from ecomtune.data.images.load import load_rgb
 from ecomtune.data.schema import checked_image_files
 from ecomtune.infer.generate import encode_turns, greedy_ids
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from ecomtune.data.collator import adds_own_specials, batch_images
+from ecomtune.data.batches.collator import adds_own_specials, batch_images
+from ecomtune.data.images.strategies import open_image
 from ecomtune.data.schema import ImageRef
-from ecomtune.data.strategies import open_image
 from ecomtune.data.turns import image_turn
 from ecomtune.errors import DataError, Problem
 from ecomtune.infer.load import TEXT_LLM, LoadedModel

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
-from ecomtune.tasks.json_repair import parse_json_value
+from ecomtune.tasks.lenient_json import parse_json_value
 
 # Values that mean the same thing in listings; both sides are mapped to the left-hand form.
 SYNONYMS: dict[str, str] = {

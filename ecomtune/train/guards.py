@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ecomtune.config.schema import StageSettings
+from ecomtune.data.prepare.stage_samples import StageSamples
 from ecomtune.data.sources.detect import MIXTURE_SUFFIXES
-from ecomtune.data.stage_samples import StageSamples
 from ecomtune.runs.outputs import Guarded
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ecomtune.data.collator import IGNORE_INDEX
+from ecomtune.data.batches.collator import IGNORE_INDEX
 
 
 def per_sample_mean_loss(logits: torch.Tensor, labels: torch.Tensor,

@@ -26,8 +26,8 @@ from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import BackboneSpec, ResolvedRoles, lora_target_regex, resolve_roles
 from ecomtune.config.schema import LoraStage, Recipe, StageSettings
 from ecomtune.config.stages import stage_settings
-from ecomtune.data.lengths import prepare_store
-from ecomtune.data.packing import packing_stats, plan_packs
+from ecomtune.data.batches.packing import packing_stats, plan_packs
+from ecomtune.data.prepare.lengths import prepare_store
 from ecomtune.train.lora_targets import checked_lora_targets
 from ecomtune.train.memory import GIB, ModelShape, TrainShape, advice, estimate, optimizer_kind
 
@@ -99,16 +99,17 @@ def offline_stand_in(recipe: Recipe) -> tuple[Recipe, str | None]:
     """The recipe a plan measures: the same, except that a hub backbone this machine can neither reach nor find
     in its cache is replaced by its real-size twin (`sized:<alias>`: the checkpoint's published dimensions and
     processor settings) when its dimensions are on record. A plan needs shapes and the processor, not weights."""
-    from ecomtune.backbones.loading import _hub_reachable, _in_hub_cache
+    from ecomtune.backbones.loading import _in_hub_cache
     from ecomtune.backbones.registry import aliases, resolve_backbone
     from ecomtune.backbones.sized import SIZED_PREFIX, checkpoint_of
+    from ecomtune.runtime import hub_reachable
 
     name = recipe.backbone.name
     if name.startswith(SIZED_PREFIX):
         return recipe, None
     backbone = resolve_backbone(name, recipe.backbone.seed, recipe.backbone.revision)
     if backbone.is_local or checkpoint_of(backbone.source) is None or \
-            _in_hub_cache(backbone.source, backbone.revision) or _hub_reachable():
+            _in_hub_cache(backbone.source, backbone.revision) or hub_reachable():
         return recipe, None
     alias = next(a for a, (_, hub) in aliases().items() if hub == backbone.source)
     stand_in = recipe.model_copy(update={"backbone": recipe.backbone.model_copy(update={"name": SIZED_PREFIX + alias})})
@@ -121,7 +122,7 @@ def plan_stage(recipe: Recipe, stage_name: str = "sft") -> dict[str, Any]:
     asked = recipe.backbone.name
     recipe, stand_in = offline_stand_in(recipe)
     stage: StageSettings = stage_settings(recipe, stage_name)
-    from ecomtune.data.stage_samples import mixture_table
+    from ecomtune.data.prepare.stage_samples import mixture_table
     from ecomtune.train.preparation import read_stage
 
     given = read_stage(recipe, stage, stage_name)  # the very path training takes: the same samples, same checks
@@ -212,7 +213,7 @@ def photo_image_tokens(processor, photo: tuple[int, int], spec: BackboneSpec | N
 
     from ecomtune.backbones.loading import apply_resolution
     from ecomtune.config.schema import ResolutionSettings
-    from ecomtune.data.collator import count_image_tokens
+    from ecomtune.data.batches.collator import count_image_tokens
 
     image = Image.new("RGB", photo, (128, 128, 128))
     if max_pixels is None or spec is None:

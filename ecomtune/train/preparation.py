@@ -13,10 +13,10 @@ from typing import Any
 from ecomtune.backbones.loading import load_processor
 from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
 from ecomtune.config.schema import LoraStage, Recipe, StageSettings
-from ecomtune.data.lengths import prepare_store
-from ecomtune.data.packing import check_packable, packing_stats, plan_packs
-from ecomtune.data.sample_store import SampleStore
-from ecomtune.data.stage_samples import StageSamples, load_stage_samples, mixture_table
+from ecomtune.data.batches.packing import check_packable, packing_stats, plan_packs
+from ecomtune.data.prepare.lengths import prepare_store
+from ecomtune.data.prepare.sample_store import SampleStore
+from ecomtune.data.prepare.stage_samples import StageSamples, load_stage_samples, mixture_table
 from ecomtune.errors import ConfigError, DataError, Problem
 from ecomtune.runtime import is_main_process
 from ecomtune.train.lora_targets import check_lora_targets_early
@@ -33,9 +33,9 @@ def stage_console():
 
 def _length_report(processor, read: StageSamples, stage: StageSettings,
                    conversation: str = "chat") -> tuple[SampleStore, dict[str, Any], array]:
-    """Measure every sample (text + image tokens, exact; `ecomtune.data.lengths`), and tokenize its text once for
-    the training steps (`Sample.text`; `read.samples` becomes the store that holds it); over-long samples are an
-    error or dropped, never cut. Returns the samples kept, the stats and the kept samples' lengths."""
+    """Measure every sample (text + image tokens, exact; `ecomtune.data.prepare.lengths`), and tokenize its text
+    once for the training steps (`Sample.text`; `read.samples` becomes the store that holds it); over-long samples
+    are an error or dropped, never cut. Returns the samples kept, the stats and the kept samples' lengths."""
     prepared = prepare_store(processor, read.samples, conversation, workers=stage.prepare_workers)
     samples = read.samples = prepared.samples
     lengths = prepared.totals

@@ -26,9 +26,9 @@ from transformers import TrainerCallback
 
 from ecomtune.config.schema import Recipe
 from ecomtune.config.stages import stage_settings
-from ecomtune.data.packing import plan_packs
+from ecomtune.data.batches.packing import plan_packs
+from ecomtune.data.images.strategies import open_image
 from ecomtune.data.schema import Sample
-from ecomtune.data.strategies import open_image
 from ecomtune.errors import ConfigError
 from ecomtune.train.packed_attention import language_attention
 

@@ -19,7 +19,7 @@ Quirks handled (TRL 1.16, transformers 5.23):
 - SFTTrainer's loss is a mean over answer tokens. `loss_average: sample` swaps in a per-sample mean
   (`ecomtune.train.losses`) through a subclass, and tells Trainer the loss is not yet scaled for
   gradient accumulation (`loss_is_scaled_for_ga = False`), so it divides by the accumulation steps.
-- SFTTrainer refuses `packing` for image datasets; ecomtune packs rows itself (`ecomtune.data.packing`) and
+- SFTTrainer refuses `packing` for image datasets; ecomtune packs rows itself (`ecomtune.data.batches.packing`) and
   hands TRL ready batches without an attention mask, so transformers isolates the samples from the restarting
   position ids. TRL's logged `num_tokens` then reads the width of `position_ids` (its padding-free convention,
   wrong for several rows or 3-D positions); the manifest's `data.tokens.packing` records the packed data.
@@ -35,10 +35,10 @@ import torch
 
 from ecomtune.backbones.spec import PackingPositions
 from ecomtune.config.schema import TrainSettings
-from ecomtune.data.collator import VisionChatCollator
-from ecomtune.data.mapped_rows import mapped_dataset
-from ecomtune.data.packing import PackedCollator, pack_rows, rope_index_of
-from ecomtune.data.sample_store import SampleStore
+from ecomtune.data.batches.collator import VisionChatCollator
+from ecomtune.data.batches.packing import PackedCollator, pack_rows, rope_index_of
+from ecomtune.data.prepare.mapped_rows import mapped_dataset
+from ecomtune.data.prepare.sample_store import SampleStore
 from ecomtune.data.schema import Sample
 from ecomtune.train.checkpoints import SealCheckpoints
 from ecomtune.train.packed_attention import use_packed_attention

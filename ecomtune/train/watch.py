@@ -270,7 +270,7 @@ def quiet_trainer(trainer) -> None:
 
 def probe_records(probe, spec, images) -> dict[str, list[dict[str, Any]]]:
     """The probe's items per task, read and checked like `ecomtune bench` data, before any model loads."""
-    from ecomtune.bench.records import check_records_fit, read_task_records
+    from ecomtune.data.task_records import check_records_fit, read_task_records
     from ecomtune.tasks.registry import resolve_tasks
 
     records = {}

@@ -16,17 +16,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ecomtune.data.sources.alpaca import convert_alpaca
-from ecomtune.data.sources.base import FORMATS, Converter, OpenedSource
-from ecomtune.data.sources.canonical import convert_canonical
-from ecomtune.data.sources.detect import FORMAT_FIX, JSON_SUFFIXES, MIXTURE_SUFFIXES, detect_rows, looks_like_hub_id
+from ecomtune.data.sources.base import Converter, OpenedSource
+from ecomtune.data.sources.detect import JSON_SUFFIXES, MIXTURE_SUFFIXES, detect_rows, format_fix, looks_like_hub_id
 from ecomtune.data.sources.files import JsonArrayReader, JsonLinesReader
+from ecomtune.data.sources.formats import HF, format_names, named_format
 from ecomtune.data.sources.hf import (
     HF_SUFFIXES,
     HfConverter,
     HfReader,
     config_data,
-    ecomtune_cache,
     folder_digest,
     hub_digest,
     load_hub,
@@ -36,14 +34,10 @@ from ecomtune.data.sources.hf import (
 from ecomtune.data.sources.in_memory import PREFIX as IN_MEMORY
 from ecomtune.data.sources.in_memory import HeldRows, RecordsReader, held_rows, not_held
 from ecomtune.data.sources.llamafactory import TAG_DEFAULTS, retagged_turns
-from ecomtune.data.sources.llava import convert_llava
-from ecomtune.data.sources.sharegpt import convert_sharegpt
 from ecomtune.errors import DataError, Problem
+from ecomtune.runtime import cache_root
 
-__all__ = ["FORMATS", "OpenedSource", "open_source"]
-
-CONVERTERS: dict[str, Converter] = {"canonical": convert_canonical, "llava": convert_llava,
-                                    "sharegpt": convert_sharegpt, "alpaca": convert_alpaca}
+__all__ = ["OpenedSource", "format_names", "open_source"]
 
 
 def _image_root(image_root: Path | None, default: Path) -> Path:
@@ -74,8 +68,8 @@ def _open_hf(path: Path | None, name: str, image_root: Path | None, split: str, 
                         f"(its columns: {', '.join(dataset.column_names)})", fix="map to columns the data has")
     layout = row_layout(mapped, shown) if len(dataset) else "conversation"  # no rows: the "no samples" message
     reader = HfReader(dataset, shown, digest)
-    converter = HfConverter(base, ecomtune_cache() / "images", layout)
-    return OpenedSource(shown, "hf", reader.rows, base, base, reader, renamed(converter.convert, columns, tags),
+    converter = HfConverter(base, cache_root() / "images", layout)
+    return OpenedSource(shown, HF, reader.rows, base, base, reader, renamed(converter.convert, columns, tags),
                         notes)
 
 
@@ -136,7 +130,7 @@ def open_source(path: str | Path, format: str = "auto", image_root: Path | None 
                 split: str = "train", config: str | None = None,
                 columns: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> OpenedSource:
     """Open a data source: a JSONL or JSON file, a Hugging Face dataset folder or parquet / arrow file, or a hub
-    id (`owner/name`). `format` is "auto" (detected) or one of FORMATS; `image_root` is where relative image
+    id (`owner/name`). `format` is "auto" (detected) or one of `format_names()`; `image_root` is where relative image
     paths start (default: the data file's folder); `split` and `config` pick a split and a config (subset) of a
     Hugging Face dataset; `columns` maps ecomtune's names to the data's columns, `tags` names the turn keys and
     speakers of ShareGPT data written otherwise (LLaMA-Factory's tags).
@@ -149,20 +143,20 @@ def open_source(path: str | Path, format: str = "auto", image_root: Path | None 
         return _open_held(held, format, image_root, columns, tags)
     location = Path(path)
     suffix = location.suffix.lower()
-    if format not in ("auto", *FORMATS):
-        raise DataError(f"Unknown data format {format!r} for {name}", fix=f"use auto, {', '.join(FORMATS)}")
+    if format not in ("auto", *format_names()):
+        raise DataError(f"Unknown data format {format!r} for {name}", fix=f"use auto, {', '.join(format_names())}")
     if suffix in MIXTURE_SUFFIXES:
         raise DataError(f"{name} is a YAML file, not a data source",
                         fix="a mixture YAML lists data sources: give it where the stage takes a mixture, and give "
                         "single sources as .jsonl / .json files, dataset folders, parquet / arrow files or hub ids")
     if not location.exists():
-        if format in ("auto", "hf") and looks_like_hub_id(name):
+        if format in ("auto", HF) and looks_like_hub_id(name):
             return _open_hf(None, name, image_root, split, config, columns, tags)
         raise DataError(f"Data not found: {name}",
                         fix="check the path (relative paths start from the current folder); a hub dataset is "
                         "named owner/name")
     if location.is_dir() or suffix in HF_SUFFIXES:
-        if format not in ("auto", "hf"):
+        if format not in ("auto", HF):
             raise DataError(f"{name} is a {'folder' if location.is_dir() else suffix + ' file'}, which format "
                             f"{format!r} does not read", fix="use format hf (or auto) for dataset folders and "
                             "parquet / arrow files")
@@ -170,9 +164,9 @@ def open_source(path: str | Path, format: str = "auto", image_root: Path | None 
     if suffix not in JSON_SUFFIXES:
         raise DataError(f"Cannot tell the format of {name} from its suffix {suffix or '(none)'!r}",
                         fix="give a .jsonl or .json file, a dataset folder, or a .parquet / .arrow file")
-    if format == "hf":
+    if format == HF:
         raise DataError(f"{name} is a {suffix} file; format hf reads dataset folders, parquet / arrow files and "
-                        "hub ids", fix=f"use auto; or {FORMAT_FIX}")
+                        "hub ids", fix=f"use auto; or {format_fix()}")
     if config is not None:
         raise DataError(f"{name} is a {suffix} file, which has no configs, but the source names config {config!r}",
                         fix="remove `config:` (configs are subsets of Hugging Face datasets)")
@@ -182,4 +176,5 @@ def open_source(path: str | Path, format: str = "auto", image_root: Path | None 
         first = with_our_columns(first, columns)
     resolved = detect_rows(first, name) if format == "auto" else format
     base = _image_root(image_root, location.parent)
-    return OpenedSource(name, resolved, reader.rows, base, base, reader, renamed(CONVERTERS[resolved], columns, tags))
+    convert = renamed(named_format(resolved).convert, columns, tags)
+    return OpenedSource(name, resolved, reader.rows, base, base, reader, convert)

@@ -3,13 +3,15 @@ answer), and optionally `system`, `history` (earlier `[question, answer]` pairs)
 
 The turns are built as LLaMA-Factory builds them: the history's pairs first, then the instruction with its input,
 then the output. Preference rows (an `output` that is a list, ranking data) are not supervised answers and are
-refused.
+refused. A row with `instruction` and `output` (and no `messages`) is alpaca, whatever else it has, so it is
+detected first.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ecomtune.data.sources.base import RowFormat
 from ecomtune.data.sources.turns import row_images, with_system_column
 from ecomtune.errors import Problem
 
@@ -36,3 +38,10 @@ def convert_alpaca(row: Any, where: str) -> tuple[dict[str, Any] | None, Problem
     if messages is None:
         return None, problem
     return {"images": row_images(row), "messages": messages}, None
+
+
+def is_alpaca(row: dict[str, Any]) -> bool:
+    return "instruction" in row and "output" in row and "messages" not in row
+
+
+ALPACA = RowFormat("alpaca", is_alpaca, convert_alpaca, detect_rank=0)

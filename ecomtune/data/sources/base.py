@@ -2,8 +2,9 @@
 canonical record, and a fingerprint that says when its files change.
 
 A source is split in two so that each format is small: a *reader* knows a storage (JSONL lines, a JSON array,
-an Arrow dataset) and hands out raw rows with their location; a *converter* knows a row layout (canonical,
-LLaVA, ShareGPT, Hugging Face columns) and turns one row into a record. Neither validates: `parse_record` checks
+an Arrow dataset) and hands out raw rows with their location; a *row format* (`RowFormat`: canonical, LLaVA,
+ShareGPT, alpaca, each one module) knows a row layout: whether a row is written in it, and how to turn one row
+into a record. Neither validates: `parse_record` checks
 every record afterwards, whatever its origin, so images from bytes and images from files meet the same checks.
 """
 
@@ -17,13 +18,26 @@ from typing import Any, Protocol
 
 from ecomtune.errors import Problem
 
-FORMATS = ("canonical", "llava", "sharegpt", "alpaca", "hf")
 CHUNK = 1 << 20
 
 # (where, record or None, problem or None): the contract of `read_jsonl`, kept by every source.
 Triple = tuple[str, Any, Problem | None]
 # One raw row and its location -> (canonical record, None) or (None, why the row cannot be converted).
 Converter = Callable[[Any, str], tuple[Any, Problem | None]]
+
+
+@dataclass(frozen=True)
+class RowFormat:
+    """One way the world writes a JSON row, as one unit: its name (a source's `format:`), whether a row is written
+    in it (for `format: auto`), and how a row becomes a canonical record. `ecomtune.data.sources.formats.FORMATS`
+    lists them; detection, `open_source` and the names a source may give all read that list."""
+
+    name: str
+    claims: Callable[[dict[str, Any]], bool]  # an object row: is it written in this format?
+    convert: Converter
+    # Detection asks formats in rank order (ties: in list order) and the first that claims a row wins; a format
+    # whose keys overlap another's (canonical's `messages` / `prompt`) ranks after the more specific ones.
+    detect_rank: int = 1
 
 
 class RowReader(Protocol):
@@ -43,7 +57,7 @@ class OpenedSource:
     """A data source ready to be read: its rows, where its relative image paths start, and its fingerprint."""
 
     name: str  # the path or hub id as the user gave it
-    format: str  # "canonical" | "llava" | "sharegpt" | "hf"
+    format: str  # a RowFormat's name, or "hf"
     rows: int
     base_dir: Path  # where relative image paths start (image_root, else the data file's folder)
     root: Path  # folder relative image paths may not leave (same as base_dir)

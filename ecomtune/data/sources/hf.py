@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image as PILImage
 
-from ecomtune.data.images import UNREADABLE
+from ecomtune.data.images.load import UNREADABLE
 from ecomtune.data.sources.alpaca import convert_alpaca
 from ecomtune.data.sources.base import Triple, check_index, files_digest
 from ecomtune.data.sources.hf_layout import (
@@ -35,6 +35,7 @@ from ecomtune.data.sources.hf_layout import (
 from ecomtune.data.sources.turns import conversation_record
 from ecomtune.errors import DataError, Problem
 from ecomtune.runs.file_modes import write_bytes_atomic
+from ecomtune.runtime import cache_root, hub_reachable
 
 if TYPE_CHECKING:
     from datasets import Dataset, Features
@@ -47,13 +48,6 @@ IMAGE_COLUMNS = ("images", "image")
 ROWS_PER_READ = 64
 SUFFIX_OF_FORMAT = {"JPEG": "jpg", "MPO": "jpg"}
 HF_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError)
-
-
-def ecomtune_cache() -> Path:
-    """ecomtune's cache folder (`ECOMTUNE_CACHE`, else ~/.cache/ecomtune): the one tiny twins are built in."""
-    from ecomtune.backbones.tiny import default_cache_dir
-
-    return default_cache_dir().parent
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -103,7 +97,7 @@ def load_local(path: Path, name: str, split: str, config: str | None = None) -> 
     as one merged source."""
     import datasets
 
-    cache_dir = str(ecomtune_cache() / "datasets")
+    cache_dir = str(cache_root() / "datasets")
     try:
         if path.is_dir() and any((path / marker).is_file() for marker in SAVED_MARKERS):
             _no_config(name, config, "a save_to_disk folder")
@@ -251,10 +245,8 @@ def load_hub(repo_id: str, split: str, config: str | None = None) -> Dataset:
     saved = (f"where there is network, run python -c \"import datasets; datasets.load_dataset({named}, "
              f"split='{split}').save_to_disk('DIR')\", copy DIR here and point the source's path at DIR"
              + (" (no config: the folder holds that config alone)" if config else ""))
-    from ecomtune.backbones.loading import _hub_reachable
-
     what = f"the dataset '{repo_id}'" + (f", config '{config}'," if config else "")
-    if not datasets.config.HF_HUB_OFFLINE and not _hub_reachable():  # checked the way backbones are: seconds
+    if not datasets.config.HF_HUB_OFFLINE and not hub_reachable():  # checked the way backbones are: seconds
         raise DataError(f"Cannot load {what} split '{split}': it is not a local path, and the Hugging Face hub is "
                         "not reachable from this machine (HF_HUB_OFFLINE is set, or there is no network)", fix=saved)
     try:

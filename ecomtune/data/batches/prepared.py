@@ -2,8 +2,8 @@
 
 The collator's full path renders the chat template two or more times per sample, tokenizes with character offsets,
 maps assistant spans to tokens and runs the processor on text and images together, at every step of every epoch.
-A prepared sample (`Sample.text`, made once by `ecomtune.data.lengths`) already holds its placeholder token ids and
-the token ranges that are learnt. A batch of prepared samples is then built as the processor would build it:
+A prepared sample (`Sample.text`, made once by `ecomtune.data.prepare.lengths`) already holds its placeholder token
+ids and the token ranges that are learnt. A batch of prepared samples is then built as the processor would build it:
 
 1. the images go through the real processor with a text made of their placeholders alone, which gives every image
    input (pixel values, grids, sizes) and, per image, the run of tokens its placeholder expands into;
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ecomtune.data.collator import IGNORE_INDEX
+from ecomtune.data.batches.collator import IGNORE_INDEX
 from ecomtune.data.schema import Sample
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask")

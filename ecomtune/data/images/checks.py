@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 
-from ecomtune.data.images import decode_check
-from ecomtune.data.parallel import batches_of, run_batches
-from ecomtune.data.prep_cache import PrepCache, digest, file_identity
+from ecomtune.data.images.load import decode_check
+from ecomtune.data.prepare.cache import PrepCache, digest, file_identity
+from ecomtune.data.prepare.parallel import batches_of, run_batches
 from ecomtune.errors import Problem
 
 # displayed (width, height), or None with what makes the file unusable

@@ -8,7 +8,8 @@ This cache remembers both, in one SQLite file:
   replaced file is a new key, so it is checked again;
 - a sample's length by the processor's fingerprint (its settings, tokenizer, chat template, and ecomtune's way of
   counting) and the sample's content (messages, image references) with the identity of every image it uses: a new
-  resolution setting, an edited record or a changed image misses exactly what it affects.
+  resolution setting, an edited record or a changed image misses exactly what it affects. A new way of counting
+  is a new `lengths.COUNTING`, which is part of that fingerprint, so old lengths are then never looked up.
 
 The file lives in ecomtune's cache folder (`$ECOMTUNE_CACHE`, else `~/.cache/ecomtune`, where tiny twins are
 built too); `ECOMTUNE_PREPARE_CACHE=off` turns it off. It holds nothing that cannot be computed again: a cache
@@ -28,19 +29,17 @@ from pathlib import Path
 
 import orjson
 
+from ecomtune.runtime import cache_root
+
 FILE_NAME = "prepare.sqlite"
-# Bump when what a cached value means changes (a new way of counting, a new check): old entries are then ignored.
-SCHEMA = 1
 _LOOKUP_CHUNK = 900  # SQLite's default limit on bound parameters is 999
 
 
 def cache_folder() -> Path | None:
     """Where the cache lives, or None when `ECOMTUNE_PREPARE_CACHE=off`."""
-    from ecomtune.backbones.tiny import default_cache_dir
-
     if os.environ.get("ECOMTUNE_PREPARE_CACHE", "").strip().lower() in ("off", "0", "false", "no"):
         return None
-    return default_cache_dir().parent
+    return cache_root()
 
 
 def file_identity(path: str | Path) -> str | None:

@@ -100,7 +100,7 @@ def decode_check(path: str | Path) -> tuple[tuple[int, int] | None, Problem | No
     Every pixel is decoded (`load`), because Pillow's `verify` does not decode JPEG data: a truncated JPEG must
     fail here, with its record's file:line, not mid-training. The pixel count is checked from the header first,
     so a decompression bomb is refused without decoding it. The answer depends on the file alone, which is what
-    lets `ecomtune.data.image_checks` cache it by the file's identity and run it in worker processes.
+    lets `ecomtune.data.images.checks` cache it by the file's identity and run it in worker processes.
     """
     path = Path(path)
     if not path.is_file():

@@ -26,8 +26,8 @@ from typing import Any
 from PIL import Image
 
 from ecomtune.config.schema import ImageSettings
-from ecomtune.data.crops import Box, check_box, dedupe, enclosing_square, expand_box, merge_boxes
-from ecomtune.data.images import image_size, load_rgb
+from ecomtune.data.images.crop_boxes import Box, check_box, dedupe, enclosing_square, expand_box, merge_boxes
+from ecomtune.data.images.load import image_size, load_rgb
 from ecomtune.data.schema import ImageRef, Sample
 
 WHITE = (255, 255, 255)

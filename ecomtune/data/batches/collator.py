@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from ecomtune.data.images.strategies import DecodedImages
 from ecomtune.data.schema import Sample
-from ecomtune.data.strategies import DecodedImages
 from ecomtune.data.turns import image_turn
 from ecomtune.errors import DataError, Problem
 
@@ -143,13 +143,13 @@ class VisionChatCollator:
         return batch
 
     def _from_prepared(self, samples: list[Sample], images: list[list[Any]] | None) -> dict[str, Any] | None:
-        """The batch built from the samples' prepared text (`ecomtune.data.prepared`), or None: not prepared, not
-        buildable, or (checked on the first such batch) not what the full path gives for this processor."""
+        """The batch built from the samples' prepared text (`ecomtune.data.batches.prepared`), or None: not prepared,
+        not buildable, or (checked on the first such batch) not what the full path gives for this processor."""
         if self.conversation != "chat" or self.prepared_matches is False or any(s.text is None for s in samples):
             return None
         if self._prepared is None:
-            from ecomtune.data.lengths import TokenCounter
-            from ecomtune.data.prepared import PreparedBatches
+            from ecomtune.data.batches.prepared import PreparedBatches
+            from ecomtune.data.prepare.lengths import TokenCounter
 
             self._prepared = PreparedBatches(self.processor, TokenCounter(self.processor, self.conversation))
         batch = self._prepared.encode(samples, images)

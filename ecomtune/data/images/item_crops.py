@@ -22,14 +22,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from ecomtune.data.collator import count_image_tokens
-from ecomtune.data.crops import dedupe
-from ecomtune.data.images import load_rgb
+from ecomtune.data.batches.collator import count_image_tokens
+from ecomtune.data.canonical_file import load_canonical_file
+from ecomtune.data.images.crop_boxes import dedupe
+from ecomtune.data.images.load import load_rgb
+from ecomtune.data.images.strategies import placeholders_at_first, square_crop
 from ecomtune.data.jsonl import write_jsonl_atomic
-from ecomtune.data.schema import load_samples
-from ecomtune.data.strategies import placeholders_at_first, square_crop
 from ecomtune.errors import DataError, Problem
-from ecomtune.tasks.json_repair import parse_json_value
+from ecomtune.tasks.lenient_json import parse_json_value
 
 GROUNDING_PROMPT = ('Find every region with text or numbers on the product (labels, logos, model numbers, '
                     'barcodes, warnings). Answer as JSON: [{"bbox_2d": [x0, y0, x1, y1], "label": "..."}].')
@@ -196,7 +196,7 @@ def crop_file(items: Path, out_dir: Path, boxes_for: BoxesFile | Callable[[str],
 
     from ecomtune.runs.outputs import Guarded, replacing_folder
 
-    samples = load_samples(items)  # every record checked first (boxes too); a bad file stops here with file:line
+    samples = load_canonical_file(items)  # every record checked first (boxes too); a bad file stops here with file:line
     if isinstance(boxes_for, BoxesFile):
         boxes_for = boxes_for.for_images(Path(items), [p for s in samples for p in s.images],
                                          warn or (lambda text: print(text, file=sys.stderr)))

@@ -25,8 +25,8 @@ import orjson
 import torch
 
 from ecomtune.backbones.spec import BackboneSpec, PackingPositions
-from ecomtune.data.collator import IGNORE_INDEX, VisionChatCollator
-from ecomtune.data.sample_store import SampleStore
+from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator
+from ecomtune.data.prepare.sample_store import SampleStore
 from ecomtune.data.schema import Sample
 from ecomtune.errors import ConfigError, Problem
 

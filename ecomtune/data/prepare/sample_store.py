@@ -18,7 +18,7 @@ from typing import overload
 
 import orjson
 
-from ecomtune.data.mapped_rows import RowWriter, view_of
+from ecomtune.data.prepare.mapped_rows import RowWriter, view_of
 from ecomtune.data.schema import Sample
 
 Size = tuple[int, int]

@@ -8,8 +8,9 @@ Rules (pure functions of the row count and the seed, so every process of a distr
   twice and then the first half.
 An unknown rule is an error: OneVision silently reads a typo as `all`.
 
-Bounds, so that a typo cannot start unbounded work: a rule repeats its source at most MAX_PASSES times (a
-percentage up to MAX_PASSES * 100%; `ecomtune.config.sampling`), and a stage's realised mixture holds at most
+The rules' grammar (`SamplingRule`, `parse_rule`) is the recipe's, in `ecomtune.config.sampling`, which checks
+each rule as the recipe is read. Bounds, so that a typo cannot start unbounded work: a rule repeats its source at
+most MAX_PASSES times (a percentage up to MAX_PASSES * 100%), and a stage's realised mixture holds at most
 MAX_MIXTURE_ROWS rows. Both are known from the rules and the sources' row counts alone (`check_mixture_size`),
 before a single row is read.
 """

@@ -16,7 +16,7 @@ that size; texts are tokenized in batches by the fast tokenizer; image sizes com
 and one decode per file, cached). Where the probe shows the splice does not hold, or for prefix-suffix families
 (PaliGemma's processor builds the whole prompt itself), every sample goes through the collator instead.
 
-Lengths are remembered in the preparation cache (`ecomtune.data.prep_cache`) by the processor's fingerprint and
+Lengths are remembered in the preparation cache (`ecomtune.data.prepare.cache`) by the processor's fingerprint and
 the sample's content and image sizes, and measured in worker processes.
 """
 
@@ -36,12 +36,12 @@ import orjson
 import torch
 from PIL import Image
 
-from ecomtune.data.collator import VisionChatCollator, adds_own_specials, render_with_spans
-from ecomtune.data.parallel import batches_of, progress, run_batches, worker_count, worker_pool
-from ecomtune.data.prep_cache import PrepCache, digest, opened_cache
-from ecomtune.data.sample_store import SampleStore, SampleWriter
+from ecomtune.data.batches.collator import VisionChatCollator, adds_own_specials, render_with_spans
+from ecomtune.data.images.strategies import ref_size
+from ecomtune.data.prepare.cache import PrepCache, digest, opened_cache
+from ecomtune.data.prepare.parallel import batches_of, progress, run_batches, worker_count, worker_pool
+from ecomtune.data.prepare.sample_store import SampleStore, SampleWriter
 from ecomtune.data.schema import PreparedText, Sample
-from ecomtune.data.strategies import ref_size
 
 # Part of every cached length's key: bump it when the way lengths are counted (or kept) changes.
 COUNTING = "lengths-2"

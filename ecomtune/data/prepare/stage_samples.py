@@ -1,7 +1,7 @@
 """A stage's samples from its mixture: open each source, take its rows by its sampling rule, convert, validate.
 
-Readers convert (`ecomtune.data.sources`), the mixture rule picks rows (`ecomtune.data.mixture`), and every record
-is checked by the one validator (`parse_record`), whatever format it came from; all problems of all sources are
+Readers convert (`ecomtune.data.sources`), the mixture rule picks rows (`ecomtune.data.prepare.mixture`), and every
+record is checked by the one validator (`parse_record`), whatever format it came from; all problems of all sources are
 reported together. Only the rows a rule takes are converted and checked. The samples go to a `SampleStore` on
 disk as each batch of records is checked, so a stage of a million samples does not hold them in memory. The result
 keeps, per source, what was available and what was taken, for `ecomtune plan` and the manifest.
@@ -20,22 +20,22 @@ from typing import TYPE_CHECKING, Any
 
 from ecomtune.config.sampling import parse_rule
 from ecomtune.config.schema import DataSource
-from ecomtune.data.image_checks import check_files
-from ecomtune.data.mixture import check_mixture_size, read_onevision_yaml, select_rows
-from ecomtune.data.parallel import progress, worker_count, worker_pool
-from ecomtune.data.prep_cache import PrepCache, opened_cache
-from ecomtune.data.sample_store import SampleStore, SampleWriter
+from ecomtune.data.images.checks import check_files
+from ecomtune.data.images.strategies import ref_paths, ref_size
+from ecomtune.data.prepare.cache import PrepCache, opened_cache
+from ecomtune.data.prepare.mixture import check_mixture_size, read_onevision_yaml, select_rows
+from ecomtune.data.prepare.parallel import progress, worker_count, worker_pool
+from ecomtune.data.prepare.sample_store import SampleStore, SampleWriter
 from ecomtune.data.schema import (
     MAX_REPORTED,
     Sample,
     forget_folders,
     parse_record,
-    presented_samples,
+    presented_with_problems,
     resolve_image_path,
 )
 from ecomtune.data.sources import open_source
 from ecomtune.data.sources.detect import MIXTURE_SUFFIXES
-from ecomtune.data.strategies import ref_paths, ref_size
 from ecomtune.errors import ConfigError, DataError, Problem
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ def load_stage_samples(data: Path | str | list[DataSource], spec: BackboneSpec |
                     kinds.setdefault(bool(sample.images), sample.source)
                     if sample.leading_dropped:
                         leading.append(sample.source)
-                presented, found = presented_samples(samples, spec, images) if spec is not None or \
+                presented, found = presented_with_problems(samples, spec, images) if spec is not None or \
                     images is not None else (samples, [])
                 problems.extend(found)
                 if not problems:  # once the read has failed, nothing more is stored

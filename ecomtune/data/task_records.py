@@ -15,9 +15,9 @@ from typing import Any
 
 from ecomtune.backbones.spec import BackboneSpec
 from ecomtune.config.schema import ImageSettings
+from ecomtune.data.images.strategies import apply_strategy
 from ecomtune.data.jsonl import read_jsonl
 from ecomtune.data.schema import Sample, check_record_images, parse_boxes
-from ecomtune.data.strategies import apply_strategy
 from ecomtune.data.turns import image_turn
 from ecomtune.errors import DataError, Problem
 from ecomtune.tasks.registry import Task
