@@ -101,8 +101,8 @@ def _captions(count: int) -> list[dict]:
 
 
 def _read(data, monkeypatch):
+    from ecomtune.data.prepare.stage_samples import load_stage_samples
     from ecomtune.data.sources.in_memory import holding
-    from ecomtune.data.stage_samples import load_stage_samples
 
     monkeypatch.chdir(REPO)
     with holding(data) as name:

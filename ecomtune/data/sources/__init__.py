@@ -80,7 +80,7 @@ def _open_held(held: HeldRows, format: str, image_root: Path | None, columns: di
     current folder."""
     base = _image_root(image_root, Path.cwd())
     if held.is_dataset:
-        if format not in ("auto", "hf"):
+        if format not in ("auto", HF):
             raise DataError(f"{held.name} is a datasets.Dataset, which format {format!r} does not read",
                             fix="use format hf (or auto) for a Dataset")
         dataset = held.rows
@@ -88,16 +88,17 @@ def _open_held(held: HeldRows, format: str, image_root: Path | None, columns: di
                   for c in dataset.column_names]
         layout = row_layout(mapped, held.name) if len(dataset) else "conversation"
         reader = HfReader(dataset, "dataset", held.fingerprint)
-        converter = HfConverter(base, ecomtune_cache() / "images", layout)
-        return OpenedSource(held.name, "hf", reader.rows, base, base, reader,
+        converter = HfConverter(base, cache_root() / "images", layout)
+        return OpenedSource(held.name, HF, reader.rows, base, base, reader,
                             renamed(converter.convert, columns, tags))
     label = held.name.removeprefix(IN_MEMORY).partition("-")[0]
-    rows = RecordsReader(held.rows, label, held.fingerprint, ecomtune_cache() / "images")
+    rows = RecordsReader(held.rows, label, held.fingerprint, cache_root() / "images")
     first = rows.first()
     if isinstance(first, dict):
         first = with_our_columns(first, columns)
-    resolved = detect_rows(first, held.name) if format in ("auto", "hf") else format
-    return OpenedSource(held.name, resolved, rows.rows, base, base, rows, renamed(CONVERTERS[resolved], columns, tags))
+    resolved = detect_rows(first, held.name) if format in ("auto", HF) else format
+    convert = renamed(named_format(resolved).convert, columns, tags)
+    return OpenedSource(held.name, resolved, rows.rows, base, base, rows, convert)
 
 
 def renamed(convert: Converter, columns: dict[str, str] | None, tags: dict[str, str] | None = None) -> Converter:
@@ -136,6 +137,8 @@ def open_source(path: str | Path, format: str = "auto", image_root: Path | None 
     speakers of ShareGPT data written otherwise (LLaMA-Factory's tags).
     Raises DataError when the source cannot be opened or its format cannot be told."""
     name = str(path)
+    if format not in ("auto", *format_names()):
+        raise DataError(f"Unknown data format {format!r} for {name}", fix=f"use auto, {', '.join(format_names())}")
     if name.startswith(IN_MEMORY):
         held = held_rows(name)
         if held is None:
@@ -143,8 +146,6 @@ def open_source(path: str | Path, format: str = "auto", image_root: Path | None 
         return _open_held(held, format, image_root, columns, tags)
     location = Path(path)
     suffix = location.suffix.lower()
-    if format not in ("auto", *format_names()):
-        raise DataError(f"Unknown data format {format!r} for {name}", fix=f"use auto, {', '.join(format_names())}")
     if suffix in MIXTURE_SUFFIXES:
         raise DataError(f"{name} is a YAML file, not a data source",
                         fix="a mixture YAML lists data sources: give it where the stage takes a mixture, and give "
