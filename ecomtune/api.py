@@ -194,10 +194,6 @@ def _image_settings(model: str, strategy: str | None, max_images: int | None):
                           fix="choose all, primary, grid or crops") from None
 
 
-EXPORT_CHOICES = {"format": ("merged", "vllm"), "merge_base": ("dequantized", "pristine"),
-                  "dtype": ("bfloat16", "float16", "float32")}
-
-
 def export(run: str | Path, out: str | Path, format: str = "merged", merge_base: str = "dequantized",
            dtype: str = "bfloat16", samples: int = 4, images: Sequence[str | Path] | None = None,
            overwrite: bool = False) -> ExportResult:
@@ -212,12 +208,16 @@ def export(run: str | Path, out: str | Path, format: str = "merged", merge_base:
         result = ecomtune.export("runs/sft", "exported")
         result.model_folder
     """
-    from ecomtune.export.runner import run_export
+    from typing import get_args
 
-    for name, value in (("format", format), ("merge_base", merge_base), ("dtype", dtype)):
-        if value not in EXPORT_CHOICES[name]:
-            raise ConfigError(f"{name}={value!r} is not one of {', '.join(EXPORT_CHOICES[name])}",
-                              fix=f"choose {name} from {', '.join(EXPORT_CHOICES[name])}")
+    from ecomtune.export.merge import ExportDtype, MergeBase
+    from ecomtune.export.runner import ExportFormat, run_export
+
+    choices = {"format": (format, ExportFormat), "merge_base": (merge_base, MergeBase), "dtype": (dtype, ExportDtype)}
+    for name, (value, allowed) in choices.items():
+        if value not in get_args(allowed):
+            raise ConfigError(f"{name}={value!r} is not one of {', '.join(get_args(allowed))}",
+                              fix=f"choose {name} from {', '.join(get_args(allowed))}")
     chosen = [Path(image) for image in images] if images else None
     return run_export(Path(run), Path(out), format, merge_base, dtype, samples, chosen, overwrite)  # type: ignore[arg-type]
 
