@@ -25,7 +25,7 @@ from rich.table import Table
 from ecomtune.bench.runner import run_bench
 from ecomtune.bench.tasks import HEADLINE
 from ecomtune.bench.verdicts import IN_DOMAIN
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.demo import DEMO_RECIPE, demo_recipe, replay_share
 from ecomtune.synth.catalog import write_catalog
 from ecomtune.train.stages import run_stage

@@ -50,7 +50,7 @@ def _recipe(recipe: Path | None, sets: list[str] | None, stage: str, backbone: s
     The options go in as values, not `key=value` strings: re-read as YAML, `--data "data #1.jsonl"` would lose
     everything after the `#`.
     """
-    from ecomtune.config.loading import load_recipe
+    from ecomtune.config.recipe_files import load_recipe
 
     options = {"backbone.name": backbone, f"{stage}.data": data, f"{stage}.images.strategy": images}
     return load_recipe(recipe, list(sets or []), {key: value for key, value in options.items() if value})
@@ -75,7 +75,7 @@ def _image_settings(model: str, strategy: str | None, max_images: int | None):
 
 
 def recipe_dirs() -> list[Path]:
-    from ecomtune.config.loading import SHIPPED_RECIPES
+    from ecomtune.config.recipe_files import SHIPPED_RECIPES
 
     return list(dict.fromkeys(p.resolve() for p in (Path.cwd() / "recipes", SHIPPED_RECIPES) if p.is_dir()))
 
@@ -91,13 +91,13 @@ def backbones(
     """The capability matrix of every family, or (--inspect MODEL) what ecomtune finds in one model."""
     if inspect:
         _quiet_libraries()
-        from ecomtune.backbones.report import inspect_backbone, print_inspection
+        from ecomtune.backbones.inspection import inspect_backbone, print_inspection
         from ecomtune.backbones.spec import RoleOverrides
 
         overrides = RoleOverrides(vision_tower, tuple(projector) if projector else None, language_model)
         print_inspection(inspect_backbone(inspect, overrides), stdout)
         return
-    from ecomtune.backbones.report import print_capabilities
+    from ecomtune.backbones.inspection import print_capabilities
 
     print_capabilities(stdout)
 
@@ -123,7 +123,7 @@ def recipes() -> None:
 @app.command()
 def validate(recipe: Path = typer.Argument(..., help="Recipe YAML to check."), sets: list[str] = SetOpt) -> None:
     """Check a recipe: every problem (unknown key, wrong type, impossible combination) at once."""
-    from ecomtune.config.loading import load_recipe
+    from ecomtune.config.recipe_files import load_recipe
 
     load_recipe(recipe, sets)
     stdout.print(f"[green]{recipe}: valid[/green]")
@@ -145,7 +145,7 @@ def _stage_command(name: str, title: str, starts_from: tuple[str, ...]):
 
         set_verbose(verbose)
         _quiet_libraries()
-        from ecomtune.train.report import print_stage_result
+        from ecomtune.train.printouts import print_stage_result
         from ecomtune.train.stages import run_stage
 
         result = run_stage(name, _recipe(recipe, sets, name, backbone, data, images), output, init_from=init_from,
@@ -178,7 +178,7 @@ def plan(recipe: Path = typer.Argument(None, help="Recipe YAML (default: the bui
     _quiet_libraries()
     from ecomtune.runs.manifest import write_json_atomic
     from ecomtune.train.plan import plan_stage, plan_without_data
-    from ecomtune.train.report import print_fit_plan, print_plan
+    from ecomtune.train.printouts import print_fit_plan, print_plan
 
     _check_stage(stage)
     extra = [f"{stage}.gpu_memory_gb={gpu_memory}"] if gpu_memory else []
@@ -215,8 +215,8 @@ def profile(recipe: Path = typer.Argument(..., help="Recipe YAML."),
             overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file.")) -> None:
     """Train N steps with TRL's collator, then ecomtune with packing off and on: tokens/s, padding, memory."""
     _quiet_libraries()
+    from ecomtune.train.printouts import print_profile
     from ecomtune.train.profile import profile_recipe, write_profile
-    from ecomtune.train.report import print_profile
 
     _check_stage(stage)
     chosen = _recipe(recipe, sets, stage, backbone, data, None)
@@ -289,7 +289,7 @@ def bench(
     if model is None:
         raise typer.BadParameter("--model is required", param_hint="--model")
     _quiet_libraries()
-    from ecomtune.bench.report import attribute_table, print_table, results_table
+    from ecomtune.bench.result_tables import attribute_table, print_table, results_table
     from ecomtune.bench.runner import run_bench
 
     data = data or Path("data_samples/bench")
@@ -336,7 +336,7 @@ def bench_export(
 def bench_compare(a: Path = typer.Argument(..., help="Results JSON (before)."),
                   b: Path = typer.Argument(..., help="Results JSON (after).")) -> None:
     """Print two results files side by side with the deltas (B - A)."""
-    from ecomtune.bench.report import compare_table, load_results, print_table
+    from ecomtune.bench.result_tables import compare_table, load_results, print_table
 
     print_table(compare_table(load_results(a), load_results(b)))
 
@@ -351,7 +351,7 @@ def bench_report(
     """One self-contained HTML page: scores per task and attribute as bars, example cards filterable to failures.
     The terminal gets the same files side by side: headline per task, the general suite per skill."""
     from ecomtune.bench.html_report import labels, write_report
-    from ecomtune.bench.report import columns_table, load_results
+    from ecomtune.bench.result_tables import columns_table, load_results
     from ecomtune.runs.outputs import Guarded, check_file_output
 
     check_file_output(out, overwrite, Guarded(files=[("results file", p) for p in results]))
@@ -371,7 +371,7 @@ def bench_strategies(
 ) -> None:
     """Train one tiny model per multi-image strategy and compare visual tokens, items/s and item F1."""
     _quiet_libraries()
-    from ecomtune.bench.report import print_strategy_study
+    from ecomtune.bench.result_tables import print_strategy_study
     from ecomtune.bench.strategy_study import run_strategy_study
 
     chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
@@ -438,8 +438,8 @@ def export(
 ) -> None:
     """A merged model (or vLLM's base + adapter layout) that plain transformers load, verified against the run."""
     _quiet_libraries()
-    from ecomtune.export.report import print_export
     from ecomtune.export.runner import run_export
+    from ecomtune.export.summary import print_export
 
     choices = {"--format": (fmt, ("merged", "vllm")), "--merge-base": (merge_base, ("dequantized", "pristine")),
                "--dtype": (dtype, ("bfloat16", "float16", "float32"))}
@@ -471,7 +471,7 @@ def crop(items: Path = typer.Argument(..., help="Items in the canonical JSONL fo
     """Originals plus one square crop per boxed image, de-duplicated and capped; prints images and visual
     tokens per item before and after."""
     _quiet_libraries()
-    from ecomtune.backbones.loading import load_processor
+    from ecomtune.backbones.model_loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
     from ecomtune.data.item_crops import boxes_from_file, crop_file, print_crop_summary
     from ecomtune.errors import ConfigError
@@ -524,7 +524,7 @@ def curate(
 ) -> None:
     """Visual verification: clean seller aspects, caption, keep only what the image supports, build instructions."""
     _quiet_libraries()
-    from ecomtune.curate.report import render_report
+    from ecomtune.curate.curation_report import render_report
     from ecomtune.curate.runner import CurateOptions, run_curate
 
     options = CurateOptions(captioner, verifier, verify, caption_images, batch_size, seed=0, load_in_4bit=load_in_4bit,

@@ -11,7 +11,7 @@ import pytest
 from ecomtune.bench.judges import EndpointJudge, judge_item
 from ecomtune.bench.runner import run_bench
 from ecomtune.bench.tasks import TASKS
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.errors import ConfigError, DataError
 from ecomtune.train.stages import run_sft
 from tests.conftest import quick_overrides, run_cli

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ecomtune.config.loading import apply_overrides, load_recipe
+from ecomtune.config.recipe_files import apply_overrides, load_recipe
 from ecomtune.config.schema import end_checkpoint_note, optimizer_names_in_source
 from ecomtune.errors import ConfigError
 from tests.conftest import REPO, run_cli

@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 from rich.text import Text
 
-from ecomtune.bench.report import columns_table
+from ecomtune.bench.result_tables import columns_table
 from ecomtune.bench.verdicts import verdicts
 from ecomtune.demo import print_verdicts
 

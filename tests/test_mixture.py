@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.config.schema import DataSource
 from ecomtune.data.mixture import parse_rule, select_rows
 from ecomtune.data.stage_samples import load_stage_samples

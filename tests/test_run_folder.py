@@ -153,7 +153,7 @@ def test_a_setting_added_since_the_run_started_is_not_a_change():
     """A run recorded before `quant.quant_storage` existed resumes: the new key takes its default."""
     import copy
 
-    from ecomtune.config.loading import load_recipe
+    from ecomtune.config.recipe_files import load_recipe
     from ecomtune.train.run_folder import shape_changes
 
     today = load_recipe(None, []).model_dump(mode="json")

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from ecomtune.backbones.spec import ResolvedRoles
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.errors import ConfigError
 from ecomtune.train.stages import PROJECTOR_FILE, run_align, run_sft
 from tests.conftest import quick_overrides

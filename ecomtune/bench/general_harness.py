@@ -172,7 +172,7 @@ def missing_data(manager: Any, leaves: list[str], hub_reachable: bool) -> list[P
 
 def plan_general(model: str, names: list[str]) -> HarnessPlan:
     """Every check, in seconds, before any model loads or any ecomtune task runs."""
-    from ecomtune.backbones.loading import _hub_reachable
+    from ecomtune.backbones.model_loading import _hub_reachable
 
     require_lmms_eval()
     pretrained, model_class = harness_model(model)

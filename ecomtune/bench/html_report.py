@@ -155,7 +155,7 @@ def labels(paths: list[Path]) -> list[str]:
 
 def write_report(paths: list[Path], out: Path, examples_per_task: int = 50) -> Path:
     """Read the results files (checked as `bench compare` checks them) and write the report atomically."""
-    from ecomtune.bench.report import load_results
+    from ecomtune.bench.result_tables import load_results
     from ecomtune.runs.manifest import write_text_atomic
 
     label_results = [(label, load_results(Path(p))) for label, p in zip(labels(paths), paths, strict=True)]

@@ -16,13 +16,13 @@ from typing import Any
 
 from rich.console import Console
 
-from ecomtune.backbones.loading import load_processor
+from ecomtune.backbones.model_loading import load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.bench.predict import run_predict
 from ecomtune.bench.records import read_task_records
 from ecomtune.bench.runner import run_bench
 from ecomtune.bench.tasks import TASKS
-from ecomtune.config.loading import SHIPPED_RECIPES, load_recipe
+from ecomtune.config.recipe_files import SHIPPED_RECIPES, load_recipe
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.collator import count_image_tokens
 from ecomtune.data.strategies import open_image

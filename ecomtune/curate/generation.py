@@ -125,7 +125,7 @@ class TextLLMGenerator:
                 tokenizer.pad_token = tokenizer.eos_token
             import torch
 
-            from ecomtune.backbones.loading import pick_compute_dtype
+            from ecomtune.backbones.model_loading import pick_compute_dtype
 
             kwargs: dict[str, Any] = {"dtype": pick_compute_dtype("auto")}
             if torch.cuda.is_available():

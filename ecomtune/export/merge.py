@@ -55,7 +55,7 @@ def export_source(run: FinishedRun, merge_base: MergeBase, dtype: ExportDtype) -
 
 def full_precision_base(source: ExportSource):
     """The run's base with every weight in the export dtype, the trained projector of an align run in place."""
-    from ecomtune.backbones.loading import load_model
+    from ecomtune.backbones.model_loading import load_model
     from ecomtune.config.schema import QuantSettings
 
     run = source.run

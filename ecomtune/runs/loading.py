@@ -67,7 +67,7 @@ def quant_as_trained(run: FinishedRun | None, load_in_4bit: bool | None = None,
 def reapply_resolution(processor, backbone, run: FinishedRun | None) -> None:
     """The run's resolution settings, set again on its saved processor: some live in processor-level defaults
     that `save_pretrained` does not keep (see `apply_resolution`)."""
-    from ecomtune.backbones.loading import apply_resolution
+    from ecomtune.backbones.model_loading import apply_resolution
     from ecomtune.config.schema import ResolutionSettings
 
     settings = run.manifest.get("recipe", {}).get("backbone", {}).get("resolution") if run else None
@@ -185,7 +185,7 @@ def load_for_inference(spec: str, load_in_4bit: bool | None = None, compute_dtyp
     the run's own quantization settings. `compute_dtype` (e.g. "float32") overrides the dtype it computes in."""
     from transformers import AutoProcessor
 
-    from ecomtune.backbones.loading import load_model, load_processor
+    from ecomtune.backbones.model_loading import load_model, load_processor
 
     folder, run = Path(spec), run_of(spec)
     quant = quant_as_trained(run, load_in_4bit, compute_dtype)

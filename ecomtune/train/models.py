@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ecomtune.backbones.loading import load_model, role_overrides
+from ecomtune.backbones.model_loading import load_model, role_overrides
 from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import ResolvedRoles, resolve_roles
 from ecomtune.config.schema import Recipe

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecomtune.backbones.loading import load_processor, pick_compute_dtype, role_overrides
+from ecomtune.backbones.model_loading import load_processor, pick_compute_dtype, role_overrides
 from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
 from ecomtune.backbones.spec import ResolvedRoles
 from ecomtune.config.schema import LoraStage, Recipe, StageSettings, end_checkpoint_note
