@@ -26,7 +26,7 @@ from ecomtune.bench.runner import run_bench
 from ecomtune.bench.tasks import HEADLINE
 from ecomtune.bench.verdicts import IN_DOMAIN
 from ecomtune.config.recipe_files import load_recipe
-from ecomtune.demo import DEMO_RECIPE, demo_recipe, replay_share
+from ecomtune.studies.demo import DEMO_RECIPE, demo_recipe, replay_share
 from ecomtune.synth.catalog import write_catalog
 from ecomtune.train.stages import run_stage
 

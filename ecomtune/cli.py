@@ -372,7 +372,7 @@ def bench_strategies(
     """Train one tiny model per multi-image strategy and compare visual tokens, items/s and item F1."""
     _quiet_libraries()
     from ecomtune.bench.result_tables import print_strategy_study
-    from ecomtune.bench.strategy_study import run_strategy_study
+    from ecomtune.studies.strategy_study import run_strategy_study
 
     chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
     report = run_strategy_study(output, chosen, items, seed, steps, sets, overwrite)
@@ -540,7 +540,7 @@ def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="
          sets: list[str] = SetOpt, overwrite: bool = OverwriteOpt) -> None:
     """Run the recipe end to end on the embedded default: tiny Qwen2-VL, synthetic catalog, CPU."""
     _quiet_libraries()
-    from ecomtune.demo import run_demo
+    from ecomtune.studies.demo import run_demo
 
     run_demo(output, seed, items, overwrite, sets)
 
