@@ -9,8 +9,9 @@ import pytest
 
 from ecomtune.config.schema import Recipe
 from ecomtune.errors import ConfigError
+from ecomtune.runs.files import CHECKPOINT_SEAL
 from ecomtune.runs.manifest import write_manifest
-from ecomtune.train.checkpoints import SEAL, is_complete, last_complete_checkpoint
+from ecomtune.train.checkpoints import is_complete, last_complete_checkpoint
 from ecomtune.train.run_folder import plan_run_folder, shape_changes
 
 
@@ -30,7 +31,7 @@ def checkpoint(output: Path, step: int, sealed: bool = True) -> Path:
     (folder / "adapter_model.safetensors").write_bytes(b"x" * 10)
     if sealed:
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 4}))
-        (folder / SEAL).write_text(json.dumps({"step": step, "files": {"adapter_model.safetensors": 10}}))
+        (folder / CHECKPOINT_SEAL).write_text(json.dumps({"step": step, "files": {"adapter_model.safetensors": 10}}))
     return folder
 
 

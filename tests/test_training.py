@@ -19,7 +19,8 @@ from transformers import TrainerCallback
 from ecomtune.backbones.spec import ResolvedRoles
 from ecomtune.config.recipe_files import load_recipe
 from ecomtune.errors import ConfigError
-from ecomtune.train.stages import PROJECTOR_FILE, run_align, run_sft
+from ecomtune.runs.files import PROJECTOR_FILE
+from ecomtune.train.stages import run_align, run_sft
 from tests.conftest import quick_overrides
 
 pytestmark = pytest.mark.slow

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ecomtune.errors import ConfigError, EcomtuneError, Problem
+from ecomtune.runs.files import ADAPTER_CONFIG
 
 PREFIX = "lmms-eval:"
 INSTALL_FIX = "pip install 'ecomtune[eval]' (lmms-eval 0.7.3 and what its model classes import)"
@@ -77,7 +78,7 @@ def harness_model(model: str) -> tuple[str, str]:
     from ecomtune.runs.loading import model_backbone, run_of
 
     folder = Path(model)
-    if run_of(model) is not None or (folder / "adapter_config.json").is_file():
+    if run_of(model) is not None or (folder / ADAPTER_CONFIG).is_file():
         raise ConfigError(f"--model {model} is an ecomtune run (an adapter or projector on a base model): lmms-eval "
                           "loads a plain model folder and has no adapter option",
                           fix=f"merge it first: `ecomtune export {model} --out MERGED`, then "

@@ -24,12 +24,12 @@ from typing import Any, Literal
 import torch
 
 from ecomtune.errors import ConfigError, Problem
+from ecomtune.runs.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from ecomtune.runs.loading import load_aligned_projector, quant_as_trained, reapply_resolution, run_roles
 from ecomtune.runs.manifest import FinishedRun
 
 MergeBase = Literal["dequantized", "pristine"]
 ExportDtype = Literal["bfloat16", "float16", "float32"]
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def split_for_vllm(source: ExportSource):
                if ".lora_" in key and any(_under(key.removeprefix(prefix), layer) for layer in lm_layers)}
     if not weights:
         raise ConfigError(f"{run.folder}: the adapter has no LoRA weights on the language model "
-                          f"({language_model})", [Problem("adapter_config.json target_modules", str(run.folder))],
+                          f"({language_model})", [Problem(f"{ADAPTER_CONFIG} target_modules", str(run.folder))],
                           fix="export the merged model instead (without --format vllm)")
     config = model.peft_config["default"]
     config.modules_to_save = None

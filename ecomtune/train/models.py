@@ -21,8 +21,6 @@ from ecomtune.runtime import is_main_process
 from ecomtune.train.components import apply_plan, parameter_table, print_parameter_table
 from ecomtune.train.lora_targets import checked_lora_targets
 
-PROJECTOR_FILE = "projector.safetensors"
-
 
 def align_model(recipe: Recipe, backbone: ResolvedBackbone, show: bool = True):
     """The model as stage 1 trains it: projector full, everything else frozen. Returns (model, roles, rows)."""

@@ -29,7 +29,8 @@ from ecomtune.data.sample_store import SampleStore
 from ecomtune.data.sources.detect import MIXTURE_SUFFIXES
 from ecomtune.data.stage_samples import StageSamples, load_stage_samples, mixture_table
 from ecomtune.errors import ConfigError, DataError, Problem
-from ecomtune.library_output import LOG_FILE, capture_to, verbose
+from ecomtune.library_output import capture_to, verbose
+from ecomtune.runs.files import ADAPTER_WEIGHTS, LIBRARY_LOG, METRICS_FILE, PROJECTOR_FILE, TRAINING_ARGS
 from ecomtune.runs.manifest import finished_run, write_manifest
 from ecomtune.runs.outputs import Guarded, check_location, check_writable, locked, swap_in
 from ecomtune.runtime import decided_by_main, is_main_process
@@ -46,7 +47,6 @@ from ecomtune.train.distributed import (
 )
 from ecomtune.train.lora_targets import check_lora_targets_early
 from ecomtune.train.models import (
-    PROJECTOR_FILE,
     align_model,
     load_aligned_projector,
     lora_model,
@@ -62,7 +62,6 @@ from ecomtune.train.trl_bridge import (
     training_data,
 )
 from ecomtune.train.watch import (
-    METRICS_FILE,
     BenchProbe,
     LiveProgress,
     RecipeToTrackers,
@@ -71,7 +70,7 @@ from ecomtune.train.watch import (
     quiet_trainer,
 )
 
-__all__ = ["PROJECTOR_FILE", "STAGES", "StageResult", "align_model", "load_aligned_projector", "lora_model",
+__all__ = ["STAGES", "StageResult", "align_model", "load_aligned_projector", "lora_model",
            "run_align", "run_sft", "run_stage"]
 
 
@@ -268,7 +267,7 @@ def _save_lora(trainer, model, roles: ResolvedRoles, processor, folder: Path) ->
     gather_full_state_at_save(trainer)  # FSDP: the adapter and projector whole on rank 0, not shards
     trainer.save_model(str(folder))  # the PEFT adapter; every process calls it, the main one writes
     if trainer.is_world_process_zero():
-        (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest has the recipe
+        (folder / TRAINING_ARGS).unlink(missing_ok=True)  # a pickle; the manifest has the recipe
         processor.save_pretrained(folder)
 
 
@@ -293,7 +292,7 @@ class Stage:
 
 
 def _adapter_outputs(backbone: ResolvedBackbone) -> dict[str, str]:
-    return {"adapter": "adapter_model.safetensors", "processor": ".", "base": backbone.source}
+    return {"adapter": ADAPTER_WEIGHTS, "processor": ".", "base": backbone.source}
 
 
 def _lora_build(name: str) -> Callable[..., tuple[Any, ResolvedRoles, list]]:
@@ -425,7 +424,7 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
             write_manifest(folder.write_to, status="running", **common)
         if (note := end_checkpoint_note(stage.train)) is not None:
             console.print(f"[yellow]{name}: {note}[/yellow]")
-        with capture_to(folder.write_to / LOG_FILE) if main else contextlib.nullcontext():
+        with capture_to(folder.write_to / LIBRARY_LOG) if main else contextlib.nullcontext():
             return _train_and_save(stage_def, name, recipe, stage, setup, prepared, start, folder, common, probe,
                                    callbacks, output, console)
 
