@@ -66,7 +66,7 @@ def main() -> None:
 
     from realsize_data import full_size_data
 
-    from ecomtune.config.loading import load_recipe
+    from ecomtune.config.recipe_files import load_recipe
     from ecomtune.train.memory import GIB
     from ecomtune.train.plan import plan_stage
     from ecomtune.train.profile import profile_recipe

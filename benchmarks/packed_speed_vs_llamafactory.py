@@ -204,7 +204,7 @@ def to_llamafactory(data: Path, folder: Path) -> int:
 
 def recipe_settings() -> dict[str, Any]:
     """The shipped tiny recipe's sft settings that LLaMA-Factory is given too."""
-    from ecomtune.config.loading import load_recipe
+    from ecomtune.config.recipe_files import load_recipe
 
     return load_recipe(RECIPE).sft.model_dump(mode="json")
 
@@ -249,7 +249,7 @@ def ecomtune_side(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import TrainerCallback
 
-    from ecomtune.config.loading import load_recipe
+    from ecomtune.config.recipe_files import load_recipe
     from ecomtune.data.batches.packing import PackedCollator
     from ecomtune.train import preparation, stages
 
@@ -439,7 +439,7 @@ def main() -> None:
 
 def bench(args: argparse.Namespace, work: Path) -> None:
     from ecomtune.backbones.registry import resolve_backbone
-    from ecomtune.config.loading import load_recipe
+    from ecomtune.config.recipe_files import load_recipe
 
     backbone = load_recipe(RECIPE).backbone
     model = resolve_backbone(backbone.name, backbone.seed, backbone.revision).source

@@ -143,8 +143,8 @@ def run(args) -> dict[str, Any]:
     import torch
     from realsize_data import full_size_data
 
-    from ecomtune.backbones.loading import pick_compute_dtype
-    from ecomtune.config.loading import load_recipe
+    from ecomtune.backbones.model_loading import pick_compute_dtype
+    from ecomtune.config.recipe_files import load_recipe
     from ecomtune.train.memory import GIB, ModelShape, TrainShape, estimate, weight_parts
     from ecomtune.train.plan import plan_stage
     from ecomtune.train.preparation import prepare_stage

@@ -121,10 +121,13 @@ def sample_memory():
         peak_anonymous[0] = max(peak_anonymous[0], anonymous_mib())
         time.sleep(0.05)
 threading.Thread(target=sample_memory, daemon=True).start()
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.data.prepare.mapped_rows import mapped_dataset
 from ecomtune.data.batches.packing import pack_rows
 from ecomtune.train.preparation import prepare_stage
+from ecomtune.data.prepare.mapped_rows import mapped_dataset
+from ecomtune.data.batches.packing import pack_rows
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.data.prepare.mapped_rows import mapped_dataset
 from ecomtune.data.batches.packing import pack_rows
 from ecomtune.train.stages import prepare_stage

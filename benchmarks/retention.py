@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ecomtune.bench.runner import run_bench
-from ecomtune.config.loading import load_recipe
-from ecomtune.demo import DEMO_RECIPE, demo_recipe, replay_share
+from ecomtune.config.recipe_files import load_recipe
+from ecomtune.studies.demo import DEMO_RECIPE, demo_recipe, replay_share
 from ecomtune.synth.catalog import write_catalog
 from ecomtune.tasks.registry import TASKS
 from ecomtune.train.stages import run_stage

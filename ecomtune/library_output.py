@@ -19,7 +19,6 @@ from pathlib import Path
 LIBRARY_LOGGERS = ("transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "huggingface_hub",
                    "DeepSpeed", "torch", "py.warnings")
 VERBOSE_ENV = "ECOMTUNE_VERBOSE"
-LOG_FILE = "train.log"
 
 
 def verbose() -> bool:

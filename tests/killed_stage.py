@@ -33,7 +33,7 @@ class KillAfterSave(TrainerCallback):
 
 def main() -> None:
     when, output, overrides = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
-    from ecomtune.config.loading import load_recipe
+    from ecomtune.config.recipe_files import load_recipe
     from ecomtune.train import stages
 
     callbacks = []

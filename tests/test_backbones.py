@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 from torch import nn
 
-from ecomtune.backbones.loading import check_available
+from ecomtune.backbones.model_loading import check_available
 from ecomtune.backbones.registry import FAMILIES, aliases, resolve_backbone
 from ecomtune.backbones.spec import lora_target_regex, resolve_roles
 from ecomtune.backbones.tiny import ensure_tiny
@@ -141,7 +141,7 @@ def test_inspect_an_unregistered_model_finds_its_roles(unregistered_model):
 
 @pytest.mark.slow
 def test_unregistered_model_trains_with_qlora_through_the_generic_fallback(unregistered_model, catalog, tmp_path):
-    from ecomtune.config.loading import load_recipe
+    from ecomtune.config.recipe_files import load_recipe
     from ecomtune.train.stages import run_sft
     from tests.conftest import quick_overrides
 
@@ -181,7 +181,7 @@ def test_4bit_layers_compute_in_the_compute_dtype_and_keep_gradients_after_eval(
     import bitsandbytes as bnb
     import torch
 
-    from ecomtune.backbones.loading import load_model
+    from ecomtune.backbones.model_loading import load_model
     from ecomtune.config.schema import QuantSettings
 
     model = load_model(resolve_backbone("tiny-qwen2-vl"), QuantSettings(load_in_4bit=True, compute_dtype="float32"))

@@ -10,7 +10,7 @@ import pytest
 
 from ecomtune.bench.judges import EndpointJudge
 from ecomtune.bench.runner import run_bench
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.errors import ConfigError, DataError
 from ecomtune.tasks.judging import judge_item
 from ecomtune.tasks.registry import TASKS

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ecomtune.config.loading import apply_overrides, load_recipe
+from ecomtune.config.recipe_files import apply_overrides, load_recipe
 from ecomtune.config.schema import end_checkpoint_note, optimizer_names_in_source
 from ecomtune.errors import ConfigError
 from tests.conftest import REPO, run_cli
@@ -230,7 +230,7 @@ def test_non_utf8_recipe_names_file_and_line(tmp_path):
 
 
 def test_typed_values_are_set_as_they_are(tmp_path):
-    from ecomtune.cli import _recipe
+    from ecomtune.config.command_options import recipe_with_options
 
     data = tmp_path / "data #1.jsonl"
     recipe = load_recipe(None, ["sft.data=other.jsonl", "backbone.name=tiny-qwen2-vl"],
@@ -238,8 +238,8 @@ def test_typed_values_are_set_as_they_are(tmp_path):
     assert recipe.sft.data == data  # after the --set of the same key, and the `#` is no YAML comment
     assert recipe.backbone.name == "007"  # not the YAML integer 7
     assert recipe.sft.images.strategy == "crops"
-    chosen = _recipe(REPO / "recipes" / "tiny-qwen2-vl.yaml", ["align.data=a.jsonl"], "align", "tiny-idefics3",
-                     data, "grid")
+    chosen = recipe_with_options(REPO / "recipes" / "tiny-qwen2-vl.yaml", ["align.data=a.jsonl"], "align",
+                                 "tiny-idefics3", data, "grid")
     assert (chosen.align.data, chosen.backbone.name, chosen.align.images.strategy) == (data, "tiny-idefics3", "grid")
     with pytest.raises(ConfigError, match="sft is not a section"):
         load_recipe(None, ["sft=3"], {"sft.data": data})

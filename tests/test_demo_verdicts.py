@@ -7,9 +7,9 @@ import io
 from rich.console import Console
 from rich.text import Text
 
-from ecomtune.bench.report import columns_table
+from ecomtune.bench.result_tables import columns_table
 from ecomtune.bench.verdicts import verdicts
-from ecomtune.demo import print_verdicts
+from ecomtune.studies.demo import print_verdicts
 
 
 def results(general: float, colour: float = 0.2, pattern: float = 0.3, f1: float = 0.1, skills: bool = True) -> dict:

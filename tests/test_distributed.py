@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.config.schema import QuantSettings, Recipe
 from ecomtune.errors import ConfigError
 from ecomtune.train.distributed import (
@@ -274,7 +274,7 @@ def test_the_tiny_backbone_wraps_its_vision_blocks_by_default():
 # --- loading and saving under a sharding engine ------------------------------------------------------------------
 
 def test_quantization_config_stores_4bit_weights_as_resolved():
-    from ecomtune.backbones.loading import quantization_config
+    from ecomtune.backbones.model_loading import quantization_config
 
     assert quantization_config(QuantSettings(), []).bnb_4bit_quant_storage == torch.uint8
     stored = quantization_config(QuantSettings(quant_storage="bfloat16"), []).bnb_4bit_quant_storage

@@ -20,7 +20,7 @@ from PIL import Image
 from ecomtune.backbones.families import FAMILIES
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.backbones.spec import GENERIC, BackboneSpec, resolve_roles
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator
 from ecomtune.data.schema import Sample
 from ecomtune.errors import DataError
@@ -69,7 +69,7 @@ def datasets(pictures, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("spec", FAMILIES, ids=IDS)
 def test_labels_fall_on_the_answer_only(spec, pictures):
-    from ecomtune.backbones.loading import load_processor
+    from ecomtune.backbones.model_loading import load_processor
 
     processor = load_processor(resolve_backbone(tiny(spec)))
     assert processor.image_token == spec.image_placeholder
@@ -180,7 +180,7 @@ KNOB_VALUES = {"max_pixels": 56 * 56, "min_pixels": 112 * 112, "longest_edge": 5
 @pytest.mark.parametrize(("spec", "knob"), [(s, k) for s in FAMILIES for k in s.image_knobs],
                          ids=[f"{s.family}-{k}" for s in FAMILIES for k in s.image_knobs])
 def test_each_resolution_setting_changes_what_the_processor_produces(spec, knob):
-    from ecomtune.backbones.loading import load_processor
+    from ecomtune.backbones.model_loading import load_processor
     from ecomtune.config.schema import BackboneSettings
 
     backbone = resolve_backbone(tiny(spec))
@@ -202,7 +202,7 @@ def test_each_resolution_setting_changes_what_the_processor_produces(spec, knob)
 
 
 def test_unsupported_resolution_setting_is_a_clear_error():
-    from ecomtune.backbones.loading import load_processor
+    from ecomtune.backbones.model_loading import load_processor
     from ecomtune.config.schema import BackboneSettings
     from ecomtune.errors import ConfigError
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.runs.file_modes import plain_file_mode, write_text_atomic
 from ecomtune.runs.manifest import write_json_atomic
 from ecomtune.runs.outputs import locked

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ecomtune.backbones.loading import load_processor
+from ecomtune.backbones.model_loading import load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator, count_tokens
 from ecomtune.data.schema import Sample

@@ -88,7 +88,7 @@ def test_a_hub_config_offline_names_the_config_and_the_command(monkeypatch):
 
 
 def test_trl_prompt_completion_learns_the_completion_only(tmp_path):
-    from ecomtune.backbones.loading import load_processor
+    from ecomtune.backbones.model_loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
     from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from ecomtune.backbones.families import FAMILIES
-from ecomtune.backbones.loading import load_processor
+from ecomtune.backbones.model_loading import load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator
 from ecomtune.data.prepare.stage_samples import load_stage_samples

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from ecomtune.backbones.families import FAMILIES
-from ecomtune.backbones.loading import load_processor
+from ecomtune.backbones.model_loading import load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.config.schema import BackboneSettings
 from ecomtune.data.images.checks import check_files

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig, TrainerCallback
 
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.errors import user_facing
 from ecomtune.library_output import capture_to
 from tests.conftest import quick_overrides

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from ecomtune.backbones.registry import resolve_backbone
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.errors import ConfigError
 from ecomtune.train.models import lora_model
 from ecomtune.train.stages import run_sft

@@ -47,7 +47,7 @@ def test_samples_without_answers_are_skipped_and_all_empty_is_zero():
 
 @pytest.mark.slow
 def test_trainer_uses_the_per_sample_mean(catalog, tmp_path):
-    from ecomtune.backbones.loading import load_model, load_processor
+    from ecomtune.backbones.model_loading import load_model, load_processor
     from ecomtune.backbones.registry import resolve_backbone
     from ecomtune.config.schema import QuantSettings, TrainSettings
     from ecomtune.data.batches.collator import VisionChatCollator

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.config.sampling import parse_rule
 from ecomtune.config.schema import DataSource
 from ecomtune.data.prepare.mixture import select_rows

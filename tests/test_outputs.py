@@ -204,7 +204,7 @@ def test_location_problems_by_hand(tmp_path: Path) -> None:
 def test_crop_boxes_keys_are_image_paths_as_the_items_file_writes_them(tmp_path: Path) -> None:
     """The boxes file sits elsewhere (not beside the items): its keys still mean what the items file writes. A key
     that names no image is reported with the count; a file none of whose keys names one is refused."""
-    from ecomtune.backbones.loading import load_processor
+    from ecomtune.backbones.model_loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
     from ecomtune.data.canonical_file import load_canonical_file
     from ecomtune.data.images.item_crops import boxes_from_file, crop_file

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from ecomtune.backbones.loading import load_model, load_processor
+from ecomtune.backbones.model_loading import load_model, load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.config.schema import QuantSettings
 from ecomtune.data.batches.collator import VisionChatCollator

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ecomtune.backbones.families import FAMILIES, LLAVA_NEXT, QWEN2_VL
-from ecomtune.backbones.loading import load_model, load_processor
+from ecomtune.backbones.model_loading import load_model, load_processor
 from ecomtune.backbones.registry import resolve_backbone
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.config.schema import QuantSettings
 from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator
 from ecomtune.data.batches.packing import (

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.train.plan import plan_stage
 from tests.conftest import REPO
 from tests.layouts import llava_json, onevision_features, onevision_rows, recap_folder, write_shards

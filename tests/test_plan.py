@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.train.memory import GIB, ModelShape, TrainShape, advice, estimate
 from ecomtune.train.plan import padding_fraction, percentile, plan_stage
 from tests.conftest import REPO, run_cli
@@ -81,7 +81,7 @@ def test_the_shipped_7b_recipe_fits_24_gb_only_with_gradient_checkpointing():
 
 @pytest.mark.slow
 def test_plan_measures_every_sample_with_the_real_processor(tmp_path):
-    from ecomtune.backbones.loading import load_processor
+    from ecomtune.backbones.model_loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
     from ecomtune.data.batches.collator import count_tokens
     from ecomtune.data.canonical_file import load_canonical_file

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ecomtune.backbones.families import FAMILIES
-from ecomtune.backbones.loading import load_processor
+from ecomtune.backbones.model_loading import load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.backbones.spec import BackboneSpec
 from ecomtune.config.schema import BackboneSettings

@@ -16,9 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.errors import ConfigError
-from ecomtune.train.checkpoints import SEAL, is_complete
+from ecomtune.runs.files import CHECKPOINT_SEAL
+from ecomtune.train.checkpoints import is_complete
 from ecomtune.train.stages import run_sft
 from tests.conftest import REPO, quick_overrides
 from tests.test_training import Snapshot
@@ -94,7 +95,7 @@ def test_a_half_written_checkpoint_is_skipped(catalog, straight, tmp_path, capsy
     snapshot = Snapshot()
     run_sft(load_recipe(None, overrides(catalog)), output, resume=True, callbacks=[snapshot])
     assert "skipping" in capsys.readouterr().err and snapshot.start_step == 2
-    assert status(output) == "complete" and (output / "checkpoint-4" / SEAL).is_file()
+    assert status(output) == "complete" and (output / "checkpoint-4" / CHECKPOINT_SEAL).is_file()
     assert_same_weights(adapter(straight), adapter(output))
 
 

@@ -9,8 +9,9 @@ import pytest
 
 from ecomtune.config.schema import Recipe
 from ecomtune.errors import ConfigError
+from ecomtune.runs.files import CHECKPOINT_SEAL
 from ecomtune.runs.manifest import write_manifest
-from ecomtune.train.checkpoints import SEAL, is_complete, last_complete_checkpoint
+from ecomtune.train.checkpoints import is_complete, last_complete_checkpoint
 from ecomtune.train.run_folder import plan_run_folder, shape_changes
 
 
@@ -30,7 +31,7 @@ def checkpoint(output: Path, step: int, sealed: bool = True) -> Path:
     (folder / "adapter_model.safetensors").write_bytes(b"x" * 10)
     if sealed:
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 4}))
-        (folder / SEAL).write_text(json.dumps({"step": step, "files": {"adapter_model.safetensors": 10}}))
+        (folder / CHECKPOINT_SEAL).write_text(json.dumps({"step": step, "files": {"adapter_model.safetensors": 10}}))
     return folder
 
 
@@ -153,7 +154,7 @@ def test_a_setting_added_since_the_run_started_is_not_a_change():
     """A run recorded before `quant.quant_storage` existed resumes: the new key takes its default."""
     import copy
 
-    from ecomtune.config.loading import load_recipe
+    from ecomtune.config.recipe_files import load_recipe
     from ecomtune.train.run_folder import shape_changes
 
     today = load_recipe(None, []).model_dump(mode="json")

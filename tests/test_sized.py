@@ -110,7 +110,7 @@ def test_random_weights_load_like_a_checkpoint(tmp_path):
 def test_plan_runs_at_real_size_offline(catalog):
     """`ecomtune plan` on a real-size twin: the model it measures is the published checkpoint, and image tokens
     come from the real processor's settings (the recipe's max_pixels caps them)."""
-    from ecomtune.config.loading import load_recipe
+    from ecomtune.config.recipe_files import load_recipe
     from ecomtune.train.plan import plan_stage
 
     recipe = load_recipe(None, [f"sft.data={catalog['instruct']}", "backbone.name=sized:qwen2-vl-2b",

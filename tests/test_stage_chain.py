@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.errors import ConfigError
 from ecomtune.train.stages import run_stage
 from tests.conftest import quick_overrides
@@ -27,7 +27,7 @@ def overrides(catalog) -> list[str]:
 @pytest.fixture(scope="module")
 def batch(catalog):
     """Two mid-stage samples as one batch, without labels."""
-    from ecomtune.backbones.loading import load_processor
+    from ecomtune.backbones.model_loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
     from ecomtune.data.batches.collator import VisionChatCollator
     from ecomtune.data.canonical_file import load_canonical_file
@@ -80,7 +80,7 @@ def test_sft_starts_exactly_where_mid_ended(chain, batch):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
-    from ecomtune.backbones.loading import same_4bit_math_on_every_cpu
+    from ecomtune.backbones.model_loading import same_4bit_math_on_every_cpu
 
     base = AutoModelForImageTextToText.from_pretrained(
         tuned.manifest["outputs"]["base"], dtype=torch.float32,

@@ -11,7 +11,7 @@ import json
 import pytest
 from pydantic import Field
 
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.config.schema import LoraStage, Recipe
 from ecomtune.config.stages import STAGES, StageInfo, register_stage
 from ecomtune.errors import ConfigError

@@ -210,7 +210,7 @@ def test_single_image_family_with_all_names_the_strategies_to_use(folder):
 def test_training_and_bench_follow_the_strategy(catalog, tmp_path):
     """sft with crops on a multi-image family, sft with grid on a single-image one; bench uses the run's."""
     from ecomtune.bench.runner import run_bench
-    from ecomtune.config.loading import load_recipe
+    from ecomtune.config.recipe_files import load_recipe
     from ecomtune.train.stages import run_sft
     from tests.conftest import quick_overrides
 

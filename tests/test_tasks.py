@@ -12,7 +12,7 @@ from rich.console import Console
 
 from ecomtune.bench.html_report import render_report
 from ecomtune.bench.lmms_eval_tasks import scalar_metrics
-from ecomtune.bench.report import columns_table, results_table
+from ecomtune.bench.result_tables import columns_table, results_table
 from ecomtune.bench.runner import run_bench
 from ecomtune.bench.verdicts import verdicts
 from ecomtune.tasks import metrics

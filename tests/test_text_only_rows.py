@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ecomtune.backbones.families import FAMILIES
-from ecomtune.backbones.loading import load_model, load_processor
+from ecomtune.backbones.model_loading import load_model, load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.config.schema import QuantSettings
 from ecomtune.data.batches.collator import IGNORE_INDEX, VisionChatCollator, same_batch

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from ecomtune.backbones.spec import ResolvedRoles
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.errors import ConfigError
-from ecomtune.train.models import PROJECTOR_FILE
+from ecomtune.runs.files import PROJECTOR_FILE
 from ecomtune.train.stages import run_align, run_sft
 from tests.conftest import quick_overrides
 

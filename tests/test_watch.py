@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ecomtune.config.loading import load_recipe
+from ecomtune.config.recipe_files import load_recipe
 from ecomtune.errors import ConfigError
 from ecomtune.train.stages import run_stage
 from ecomtune.train.watch import BenchProbe

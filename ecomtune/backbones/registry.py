@@ -103,7 +103,7 @@ def _hub_model_type(repo_id: str, revision: str | None) -> str:
     """`model_type` from a hub repository's config.json (cached or downloaded: a few kB)."""
     from transformers import AutoConfig
 
-    from ecomtune.backbones.loading import check_available
+    from ecomtune.backbones.model_loading import check_available
 
     check_available(ResolvedBackbone(GENERIC, repo_id, is_local=False, revision=revision))
     try:

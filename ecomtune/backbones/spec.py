@@ -21,9 +21,6 @@ from ecomtune.backbones.tiny import TinyTwin
 from ecomtune.errors import BackboneError, Problem
 
 ROLES = ("vision_tower", "projector", "language_model")
-# The resolution settings a recipe can give (`backbone.resolution.*`); each family maps the ones it supports
-# to attributes of its image processor ("size.longest_edge" is the `longest_edge` entry of the `size` dict).
-RESOLUTION_KNOBS = ("max_pixels", "min_pixels", "longest_edge", "splitting", "max_tiles")
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 Conversation = Literal["chat", "prefix-suffix"]
 # How packed rows carry positions (see ecomtune.data.batches.packing): "1d" restarts one position per token at each
@@ -58,6 +55,8 @@ class BackboneSpec:
     # handed to the processor as `text` and `suffix` (PaliGemma: the prompt attends bidirectionally).
     conversation: Conversation = "chat"
     chat_template: str | None = None  # used when the processor ships none (PaliGemma checkpoints)
+    # The resolution settings a recipe can give (`backbone.resolution.*`) that this family supports, each mapped
+    # to attributes of its image processor ("size.longest_edge" is the `longest_edge` entry of the `size` dict).
     image_knobs: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     # Sequence packing: set only where the tiny twin's packed loss, gradients and logits match the same samples
     # run one by one (tests/test_packing.py); otherwise `packing_refusal` says why a packing recipe is refused.

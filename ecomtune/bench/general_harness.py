@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ecomtune.errors import ConfigError, EcomtuneError, Problem
+from ecomtune.runs.files import ADAPTER_CONFIG
 from ecomtune.runtime import hub_reachable
 
 PREFIX = "lmms-eval:"
@@ -78,7 +79,7 @@ def harness_model(model: str) -> tuple[str, str]:
     from ecomtune.infer.load import model_backbone, run_of
 
     folder = Path(model)
-    if run_of(model) is not None or (folder / "adapter_config.json").is_file():
+    if run_of(model) is not None or (folder / ADAPTER_CONFIG).is_file():
         raise ConfigError(f"--model {model} is an ecomtune run (an adapter or projector on a base model): lmms-eval "
                           "loads a plain model folder and has no adapter option",
                           fix=f"merge it first: `ecomtune export {model} --out MERGED`, then "
@@ -173,6 +174,7 @@ def missing_data(manager: Any, leaves: list[str], hub_reachable: bool) -> list[P
 
 def plan_general(model: str, names: list[str]) -> HarnessPlan:
     """Every check, in seconds, before any model loads or any ecomtune task runs."""
+
     require_lmms_eval()
     pretrained, model_class = harness_model(model)
     manager = _task_manager()

@@ -139,8 +139,8 @@ def labels(paths: list[Path]) -> list[str]:
 
 def write_report(paths: list[Path], out: Path, examples_per_task: int = 50) -> Path:
     """Read the results files (checked as `bench compare` checks them) and write the report atomically."""
-    from ecomtune.bench.report import load_results
-    from ecomtune.runs.manifest import write_text_atomic
+    from ecomtune.bench.result_tables import load_results
+    from ecomtune.runs.file_modes import write_text_atomic
 
     label_results = [(label, load_results(Path(p))) for label, p in zip(labels(paths), paths, strict=True)]
     write_text_atomic(Path(out), render_report(label_results, examples_per_task))

@@ -1,6 +1,6 @@
-"""Typed recipes: the schema (`schema.py`) and YAML loading with overrides and validation (`loading.py`)."""
+"""Typed recipes: the schema (`schema.py`) and YAML loading with overrides and validation (`recipe_files.py`)."""
 
-from ecomtune.config.loading import apply_overrides, load_recipe, validate_recipe_dict
+from ecomtune.config.recipe_files import apply_overrides, load_recipe, validate_recipe_dict
 from ecomtune.config.schema import (
     AlignStage,
     BackboneSettings,

@@ -27,9 +27,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ecomtune.curate.build import caption_records, listing_instructions
 from ecomtune.curate.clean import clean_aspects, vocabulary
+from ecomtune.curate.curation_report import build_report
 from ecomtune.curate.generation import GenerationCache, Generator, Request, make_generator
 from ecomtune.curate.listings import Listing, read_listings
-from ecomtune.curate.report import build_report
 from ecomtune.curate.steps import StepLog, run_generation_step, step_key
 from ecomtune.curate.truth import read_truth, score_against_truth
 from ecomtune.curate.verify import MODES, caption_verdicts, verify_prompt, vqa_requests, vqa_verdicts

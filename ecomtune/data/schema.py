@@ -277,7 +277,7 @@ def parse_record(record: Any, base_dir: Path, where: str, root: Path | None = No
         raw_messages = prompt + completion
     else:
         return None, [Problem(f"record has neither 'messages' nor 'prompt'+'completion' (keys: {sorted(record)})",
-                              where, "see the data format in README.md")]
+                              where, "see docs/data-formats.md#the-canonical-jsonl")]
     if not isinstance(raw_messages, list) or not raw_messages:
         return None, [Problem("'messages' must be a non-empty list", where, "list the conversation's messages")]
 

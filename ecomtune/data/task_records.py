@@ -18,9 +18,9 @@ from ecomtune.config.schema import ImageSettings
 from ecomtune.data.images.strategies import apply_strategy
 from ecomtune.data.jsonl import read_jsonl
 from ecomtune.data.schema import Sample, check_record_images, parse_boxes
-from ecomtune.data.turns import image_turn
 from ecomtune.errors import DataError, Problem
 from ecomtune.tasks.registry import Task
+from ecomtune.tasks.turns import image_turn
 
 MAX_REPORTED = 20
 ESCAPE_FIX = ("keep images inside the dataset folder (a link there to where they are is followed), give "
@@ -49,8 +49,9 @@ def read_task_records(path: Path, task: Task, images: ImageSettings | None = Non
     refuses (aspect ratio) is named with its file:line before the model loads."""
     if not path.is_file():
         raise DataError(f"No data for task {task.name}: {path} does not exist",
-                        fix=f"pass --data FOLDER holding {path.name} (formats in README, 'Benchmark'), or make a "
-                        "compact instance with `ecomtune synth --out catalog` and use --data catalog/bench")
+                        fix=f"pass --data FOLDER holding {path.name} (formats in "
+                        "docs/benchmark.md#your-own-labelled-data), or make a compact instance with "
+                        "`ecomtune synth --out catalog` and use --data catalog/bench")
     needed = task.prompt_fields + (task.reference_fields if scored else ())
     records, problems = [], []
     for where, record, problem in read_jsonl(path):
@@ -63,8 +64,8 @@ def read_task_records(path: Path, task: Task, images: ImageSettings | None = Non
             continue
         missing = [key for key in needed if key not in record]
         if missing:
-            problems.append(Problem(f"{task.name} record lacks {missing}", where, "see README, 'Benchmark', for the "
-                                    "fields each task reads"))
+            problems.append(Problem(f"{task.name} record lacks {missing}", where,
+                                    "see docs/benchmark.md#your-own-labelled-data for the fields each task reads"))
         paths, sizes, image_problems = check_record_images(record["images"], path.parent, where,
                                                            root or records_root(path), spec, ESCAPE_FIX)
         problems.extend(image_problems)

@@ -25,11 +25,11 @@ import torch
 
 from ecomtune.errors import ConfigError, Problem
 from ecomtune.infer.load import load_aligned_projector, quant_as_trained, reapply_resolution, run_roles
+from ecomtune.runs.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from ecomtune.runs.manifest import FinishedRun
 
 MergeBase = Literal["dequantized", "pristine"]
 ExportDtype = Literal["bfloat16", "float16", "float32"]
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def export_source(run: FinishedRun, merge_base: MergeBase, dtype: ExportDtype) -
 
 def full_precision_base(source: ExportSource):
     """The run's base with every weight in the export dtype, the trained projector of an align run in place."""
-    from ecomtune.backbones.loading import load_model
+    from ecomtune.backbones.model_loading import load_model
     from ecomtune.config.schema import QuantSettings
 
     run = source.run
@@ -120,7 +120,7 @@ def split_for_vllm(source: ExportSource):
                if ".lora_" in key and any(_under(key.removeprefix(prefix), layer) for layer in lm_layers)}
     if not weights:
         raise ConfigError(f"{run.folder}: the adapter has no LoRA weights on the language model "
-                          f"({language_model})", [Problem("adapter_config.json target_modules", str(run.folder))],
+                          f"({language_model})", [Problem(f"{ADAPTER_CONFIG} target_modules", str(run.folder))],
                           fix="export the merged model instead (without --format vllm)")
     config = model.peft_config["default"]
     config.modules_to_save = None

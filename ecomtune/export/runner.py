@@ -36,6 +36,7 @@ from ecomtune.export.merge import (
 )
 from ecomtune.export.verify import Verification, compare, load_exported, reference, verification_samples
 from ecomtune.infer.load import load_for_inference
+from ecomtune.runs.files import MANIFEST
 from ecomtune.runs.manifest import finished_run, versions, write_json_atomic
 from ecomtune.runs.outputs import Guarded, check_writable, real_path, replacing_folder
 
@@ -165,7 +166,7 @@ def run_export(run_folder: Path, out: Path, fmt: ExportFormat = "merged", merge_
                     "adapter_folder": str(adapter_folder.relative_to(staging)) if adapter_folder else None,
                     "verification": verification.as_dict(),
                     "finished_at": datetime.now(timezone.utc).isoformat(), "versions": versions()}
-        write_json_atomic(staging / "manifest.json", manifest)
+        write_json_atomic(staging / MANIFEST, manifest)
     adapter = final / manifest["adapter_folder"] if adapter_folder else None
     return ExportResult(Path(out), fmt, final / manifest["model_folder"], adapter, verification,
                         time.perf_counter() - started, manifest)

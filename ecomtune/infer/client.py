@@ -16,8 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ecomtune.data.turns import image_turn
 from ecomtune.errors import ConfigError, EcomtuneError
+from ecomtune.tasks.turns import image_turn
 
 
 def is_endpoint(spec: str | None) -> bool:

@@ -17,9 +17,9 @@ import torch
 from ecomtune.data.batches.collator import adds_own_specials, batch_images
 from ecomtune.data.images.strategies import open_image
 from ecomtune.data.schema import ImageRef
-from ecomtune.data.turns import image_turn
 from ecomtune.errors import DataError, Problem
 from ecomtune.infer.load import TEXT_LLM, LoadedModel
+from ecomtune.tasks.turns import image_turn
 
 
 def model_context(config) -> int | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ecomtune.config.schema import ImageSettings, QuantSettings
 from ecomtune.errors import ConfigError, Problem
+from ecomtune.runs.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from ecomtune.runs.manifest import FinishedRun, finished_run, is_run_folder, weights_problem
 
 TEXT_LLM = "text-llm"  # the `kind` of a text-only LLM (`load_text_llm`): its processor is its tokenizer
@@ -64,7 +65,7 @@ def quant_as_trained(run: FinishedRun | None, load_in_4bit: bool | None = None,
 def reapply_resolution(processor, backbone, run: FinishedRun | None) -> None:
     """The run's resolution settings, set again on its saved processor: some live in processor-level defaults
     that `save_pretrained` does not keep (see `apply_resolution`)."""
-    from ecomtune.backbones.loading import apply_resolution
+    from ecomtune.backbones.model_loading import apply_resolution
     from ecomtune.config.schema import ResolutionSettings
 
     settings = run.manifest.get("recipe", {}).get("backbone", {}).get("resolution") if run else None
@@ -87,9 +88,9 @@ def run_images(model: str) -> ImageSettings:
 
 def _adapter_base(folder: Path) -> str:
     try:
-        return str(json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"])
+        return str(json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{folder / 'adapter_config.json'} does not name its base model ({exc})",
+        raise ConfigError(f"{folder / ADAPTER_CONFIG} does not name its base model ({exc})",
                           fix="a PEFT adapter folder needs adapter_config.json with base_model_name_or_path") from None
 
 
@@ -101,7 +102,7 @@ def model_backbone(spec: str):
     run, folder = run_of(spec), Path(spec)
     if run is not None:
         return resolve_backbone(run.base)
-    if folder.is_dir() and (folder / "adapter_config.json").is_file():
+    if folder.is_dir() and (folder / ADAPTER_CONFIG).is_file():
         return resolve_backbone(_adapter_base(folder))
     return resolve_backbone(spec)
 
@@ -110,8 +111,8 @@ def model_fingerprint(spec: str) -> str:
     """What tells this model's weights apart, without loading them: the adapter or aligned projector of a run,
     the config and weight-file heads of a local folder, the id and revision of a hub model."""
     run, folder = run_of(spec), Path(spec)
-    if folder.is_dir() and (folder / "adapter_config.json").is_file():
-        return sha256_files([folder / "adapter_model.safetensors"])
+    if folder.is_dir() and (folder / ADAPTER_CONFIG).is_file():
+        return sha256_files([folder / ADAPTER_WEIGHTS])
     if run is not None and run.projector:
         return sha256_files([folder / run.projector])
     backbone = model_backbone(spec)
@@ -169,7 +170,7 @@ def run_roles(run: FinishedRun):
 
 
 def check_adapter_file(folder: Path) -> None:
-    adapter = folder / "adapter_model.safetensors"
+    adapter = folder / ADAPTER_WEIGHTS
     problem = weights_problem(adapter) if adapter.is_file() else "it is missing"
     if problem:
         raise ConfigError(f"--model {folder}: the adapter {adapter.name} cannot be used ({problem})",
@@ -182,12 +183,12 @@ def load_for_inference(spec: str, load_in_4bit: bool | None = None, compute_dtyp
     the run's own quantization settings. `compute_dtype` (e.g. "float32") overrides the dtype it computes in."""
     from transformers import AutoProcessor
 
-    from ecomtune.backbones.loading import load_model, load_processor
+    from ecomtune.backbones.model_loading import load_model, load_processor
 
     folder, run = Path(spec), run_of(spec)
     quant = quant_as_trained(run, load_in_4bit, compute_dtype)
     backbone = model_backbone(spec)
-    if folder.is_dir() and (folder / "adapter_config.json").is_file():
+    if folder.is_dir() and (folder / ADAPTER_CONFIG).is_file():
         from peft import PeftModel
 
         check_adapter_file(folder)
@@ -219,7 +220,7 @@ def load_text_llm(spec: str) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ecomtune.backbones.loading import pick_compute_dtype
+    from ecomtune.backbones.model_loading import pick_compute_dtype
 
     tokenizer = AutoTokenizer.from_pretrained(spec)
     if tokenizer.pad_token is None:

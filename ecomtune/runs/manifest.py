@@ -19,8 +19,8 @@ from typing import Any
 
 from ecomtune.errors import ConfigError
 from ecomtune.runs.file_modes import write_text_atomic
+from ecomtune.runs.files import MANIFEST
 
-MANIFEST = "manifest.json"
 PACKAGES = ("ecomtune", "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
 
 

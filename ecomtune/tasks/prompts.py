@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import random
 
+from ecomtune.tasks.turns import image_turn
+
 COMPLIANCE_SECTIONS = ("identifiers", "attributes", "origin", "safety")
 
 
@@ -72,10 +74,9 @@ def general_question(record: dict) -> str:
 
 
 def chat_record(images: list[str], question: str, answer: str, boxes: list | None = None) -> dict:
-    """A canonical training record (README, 'Data format'): one user turn with its images, one answer.
-    `boxes` (one list per image) where the text on the views matters."""
-    blocks = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
-    record = {"images": images, "messages": [{"role": "user", "content": blocks},
+    """A canonical training record (docs/data-formats.md#the-canonical-jsonl): one user turn with its images,
+    one answer. `boxes` (one list per image) where the text on the views matters."""
+    record = {"images": images, "messages": [image_turn(len(images), question),
                                              {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}
     if boxes is not None:
         record["boxes"] = boxes

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ecomtune.runs.files import CHECKPOINT_SEAL, TRAINER_STATE
 from ecomtune.runs.manifest import write_json_atomic
 from ecomtune.runtime import is_main_process
 
-SEAL = "ecomtune-checkpoint.json"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -39,10 +39,10 @@ def is_complete(checkpoint: Path) -> bool:
     unsealed checkpoint (written before seals existed, or killed while sealing) counts when its trainer state,
     the file the Trainer writes last, is whole JSON."""
     try:
-        if not (checkpoint / SEAL).is_file():
-            json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        if not (checkpoint / CHECKPOINT_SEAL).is_file():
+            json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
             return True
-        seal = json.loads((checkpoint / SEAL).read_text(encoding="utf-8"))
+        seal = json.loads((checkpoint / CHECKPOINT_SEAL).read_text(encoding="utf-8"))
         return all((checkpoint / name).stat().st_size == size for name, size in seal["files"].items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
@@ -65,7 +65,7 @@ def last_complete_checkpoint(output: Path, warn: Callable[[str], None] | None = 
 def _sync_files(folder: Path) -> dict[str, int]:
     """fsync every file under `folder` (so a seal never outlives the data it vouches for); name -> size."""
     sizes = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SEAL):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKPOINT_SEAL):
         with path.open("rb") as handle:
             os.fsync(handle.fileno())
         sizes[str(path.relative_to(folder))] = path.stat().st_size
@@ -83,5 +83,5 @@ class SealCheckpoints(TrainerCallback):
         if is_main_process():
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                write_json_atomic(folder / SEAL, {"step": state.global_step, "files": _sync_files(folder)})
+                write_json_atomic(folder / CHECKPOINT_SEAL, {"step": state.global_step, "files": _sync_files(folder)})
         return control

@@ -162,7 +162,7 @@ def resolved_quant_storage(quant: QuantSettings, setup: LaunchSetup) -> str:
         return quant.quant_storage
     if not setup.shards_parameters:
         return "uint8"
-    from ecomtune.backbones.loading import pick_compute_dtype
+    from ecomtune.backbones.model_loading import pick_compute_dtype
 
     return str(pick_compute_dtype(quant.compute_dtype)).removeprefix("torch.")
 
@@ -218,7 +218,7 @@ def _precision_problems(quant: QuantSettings, stage_name: str, setup: LaunchSetu
     arguments that differ; ecomtune's come from the hardware and `quant.compute_dtype`."""
     if setup.engine != "deepspeed":
         return []
-    from ecomtune.backbones.loading import pick_compute_dtype
+    from ecomtune.backbones.model_loading import pick_compute_dtype
     from ecomtune.train.trl_bridge import mixed_precision
 
     wanted = mixed_precision(pick_compute_dtype(quant.compute_dtype))
@@ -299,7 +299,7 @@ class ModelClasses:
 def module_classes(backbone, overrides=None) -> ModelClasses:
     """The backbone's `ModelClasses`, from a weightless skeleton built on the meta device: the wrap list is
     checked before any weights load."""
-    from ecomtune.backbones.loading import weightless_skeleton
+    from ecomtune.backbones.model_loading import weightless_skeleton
     from ecomtune.backbones.spec import resolve_roles
 
     skeleton = weightless_skeleton(backbone)

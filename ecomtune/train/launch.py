@@ -9,7 +9,7 @@ import bisect
 import itertools
 from array import array
 
-from ecomtune.backbones.loading import pick_compute_dtype, role_overrides
+from ecomtune.backbones.model_loading import pick_compute_dtype, role_overrides
 from ecomtune.config.schema import Recipe
 from ecomtune.errors import Problem
 from ecomtune.train.distributed import (

@@ -97,7 +97,7 @@ def checked_lora_targets(model: nn.Module, roles: ResolvedRoles, spec: BackboneS
 def check_lora_targets_early(recipe, stage, stage_name: str, backbone) -> None:
     """The same check on the backbone's weightless skeleton (config only, meta device): a misspelt target is
     refused in seconds, before the data is measured and before any weights load."""
-    from ecomtune.backbones.loading import check_available, role_overrides, weightless_skeleton
+    from ecomtune.backbones.model_loading import check_available, role_overrides, weightless_skeleton
     from ecomtune.backbones.spec import resolve_roles
 
     check_available(backbone)  # a hub model that cannot be fetched: its one message, not the config loader's

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ecomtune.backbones.loading import load_model, role_overrides
+from ecomtune.backbones.model_loading import load_model, role_overrides
 from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import ResolvedRoles, resolve_roles
 from ecomtune.config.schema import LoraStage, Recipe
@@ -23,7 +23,6 @@ from ecomtune.runtime import is_main_process
 from ecomtune.train.components import apply_plan, parameter_table, print_parameter_table
 from ecomtune.train.lora_targets import checked_lora_targets
 
-PROJECTOR_FILE = "projector.safetensors"
 PROJECTOR_ONLY = {"vision_tower": "frozen", "projector": "full", "language_model": "frozen"}
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ecomtune.backbones.loading import check_available, pick_compute_dtype, role_overrides
+from ecomtune.backbones.model_loading import check_available, pick_compute_dtype, role_overrides
 from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import BackboneSpec, ResolvedRoles, lora_target_regex, resolve_roles
 from ecomtune.config.schema import LoraStage, Recipe, StageSettings
@@ -99,7 +99,7 @@ def offline_stand_in(recipe: Recipe) -> tuple[Recipe, str | None]:
     """The recipe a plan measures: the same, except that a hub backbone this machine can neither reach nor find
     in its cache is replaced by its real-size twin (`sized:<alias>`: the checkpoint's published dimensions and
     processor settings) when its dimensions are on record. A plan needs shapes and the processor, not weights."""
-    from ecomtune.backbones.loading import _in_hub_cache
+    from ecomtune.backbones.model_loading import _in_hub_cache
     from ecomtune.backbones.registry import aliases, resolve_backbone
     from ecomtune.backbones.sized import SIZED_PREFIX, checkpoint_of
     from ecomtune.runtime import hub_reachable
@@ -211,7 +211,7 @@ def photo_image_tokens(processor, photo: tuple[int, int], spec: BackboneSpec | N
     given `max_pixels`, at that cap, set through the family's own knob (`apply_resolution`) and then undone."""
     from PIL import Image
 
-    from ecomtune.backbones.loading import apply_resolution
+    from ecomtune.backbones.model_loading import apply_resolution
     from ecomtune.config.schema import ResolutionSettings
     from ecomtune.data.batches.collator import count_image_tokens
 
@@ -238,7 +238,7 @@ def plan_without_data(recipe: Recipe, stage_name: str = "sft", photo: tuple[int,
     `photo` pixels (image tokens from the real processor at the recipe's resolution): the estimate, whether it
     fits, the largest max_length / images per sample / batch that fit, and the knob to turn
     (`ecomtune.train.fit`)."""
-    from ecomtune.backbones.loading import load_processor
+    from ecomtune.backbones.model_loading import load_processor
     from ecomtune.backbones.registry import resolve_backbone
     from ecomtune.train.fit import PlannedSample, RecipeKnobs, knobs, largest_settings, step_for, turn_first
 

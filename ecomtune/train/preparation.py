@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ecomtune.backbones.loading import load_processor
+from ecomtune.backbones.model_loading import load_processor
 from ecomtune.backbones.registry import ResolvedBackbone, resolve_backbone
 from ecomtune.config.schema import LoraStage, Recipe, StageSettings
 from ecomtune.data.batches.packing import check_packable, packing_stats, plan_packs

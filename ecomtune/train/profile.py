@@ -169,7 +169,7 @@ def _collator(mode: str, model, prepared, stage) -> tuple[Any, Any]:
 
 def profile_mode(mode: str, recipe: Recipe, stage_name: str, prepared, steps: int) -> ProfileRow:
     """Train `steps` optimizer steps in one mode and measure steps 2..N."""
-    from ecomtune.backbones.loading import pick_compute_dtype
+    from ecomtune.backbones.model_loading import pick_compute_dtype
     from ecomtune.train.stage_units import stage_unit
     from ecomtune.train.trl_bridge import build_trainer
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ecomtune.errors import ConfigError, Problem
-from ecomtune.runs.manifest import MANIFEST, read_manifest
+from ecomtune.runs.files import MANIFEST
+from ecomtune.runs.manifest import read_manifest
 from ecomtune.runs.outputs import is_empty, recover_interrupted_swap, staging_path
 from ecomtune.train.checkpoints import incomplete_checkpoints, last_complete_checkpoint
 

@@ -10,8 +10,9 @@ from typing import Any
 from ecomtune.backbones.registry import ResolvedBackbone
 from ecomtune.backbones.spec import ResolvedRoles
 from ecomtune.config.schema import Recipe
+from ecomtune.runs.files import ADAPTER_WEIGHTS, PROJECTOR_FILE, TRAINING_ARGS
 from ecomtune.train.distributed import gather_full_state_at_save
-from ecomtune.train.models import PROJECTOR_FILE, projector_state
+from ecomtune.train.models import projector_state
 
 
 def save_projector(trainer, model, roles: ResolvedRoles, processor, folder: Path) -> None:
@@ -29,7 +30,7 @@ def save_adapter(trainer, model, roles: ResolvedRoles, processor, folder: Path) 
     gather_full_state_at_save(trainer)  # FSDP: the adapter and projector whole on rank 0, not shards
     trainer.save_model(str(folder))  # the PEFT adapter; every process calls it, the main one writes
     if trainer.is_world_process_zero():
-        (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest has the recipe
+        (folder / TRAINING_ARGS).unlink(missing_ok=True)  # a pickle; the manifest has the recipe
         processor.save_pretrained(folder)
 
 
@@ -40,7 +41,7 @@ def projector_outputs(backbone: ResolvedBackbone) -> dict[str, str]:
 
 def adapter_outputs(backbone: ResolvedBackbone) -> dict[str, str]:
     """The outputs a LoRA stage's manifest names: its adapter, the processor and the base it loads on."""
-    return {"adapter": "adapter_model.safetensors", "processor": ".", "base": backbone.source}
+    return {"adapter": ADAPTER_WEIGHTS, "processor": ".", "base": backbone.source}
 
 
 def common_manifest(stage: str, recipe: Recipe, backbone: ResolvedBackbone, init_from: Path | None) -> dict[str, Any]:

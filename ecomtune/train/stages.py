@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecomtune.backbones.loading import pick_compute_dtype
+from ecomtune.backbones.model_loading import pick_compute_dtype
 from ecomtune.config.schema import Recipe, StageSettings, end_checkpoint_note
 from ecomtune.errors import ConfigError
-from ecomtune.library_output import LOG_FILE, capture_to, verbose
+from ecomtune.library_output import capture_to, verbose
+from ecomtune.runs.files import LIBRARY_LOG, METRICS_FILE
 from ecomtune.runs.manifest import finished_run, write_manifest
 from ecomtune.runs.outputs import check_location, check_writable, locked, swap_in
 from ecomtune.runtime import decided_by_main, is_main_process
@@ -38,7 +39,6 @@ from ecomtune.train.saving import common_manifest
 from ecomtune.train.stage_units import StageUnit, stage_unit
 from ecomtune.train.trl_bridge import build_trainer, checkpoint_steps, restore_finished_checkpoint, sft_config
 from ecomtune.train.watch import (
-    METRICS_FILE,
     BenchProbe,
     LiveProgress,
     RecipeToTrackers,
@@ -90,7 +90,7 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
             write_manifest(folder.write_to, status="running", **common)
         if (note := end_checkpoint_note(stage.train)) is not None:
             console.print(f"[yellow]{name}: {note}[/yellow]")
-        with capture_to(folder.write_to / LOG_FILE) if main else contextlib.nullcontext():
+        with capture_to(folder.write_to / LIBRARY_LOG) if main else contextlib.nullcontext():
             return _train_and_save(unit, recipe, stage, setup, prepared, start, folder, common, probe,
                                    callbacks, output, console)
 

@@ -40,6 +40,7 @@ from ecomtune.data.batches.packing import PackedCollator, pack_rows, rope_index_
 from ecomtune.data.prepare.mapped_rows import mapped_dataset
 from ecomtune.data.prepare.sample_store import SampleStore
 from ecomtune.data.schema import Sample
+from ecomtune.runs.files import TRAINER_STATE
 from ecomtune.train.checkpoints import SealCheckpoints
 from ecomtune.train.packed_attention import use_packed_attention
 
@@ -209,7 +210,7 @@ def checkpoint_steps(checkpoint: Path) -> tuple[int, int]:
     """(global_step, max_steps) a checkpoint was saved at, from the Trainer's own state file."""
     import json
 
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    state = json.loads((Path(checkpoint) / TRAINER_STATE).read_text(encoding="utf-8"))
     return int(state["global_step"]), int(state["max_steps"])
 
 
@@ -224,7 +225,7 @@ def restore_finished_checkpoint(trainer, checkpoint: Path, planned_steps: int) -
     from transformers.trainer_callback import TrainerState
 
     trainer._load_from_checkpoint(str(checkpoint))
-    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
     if planned_steps > 0:  # the plan as the recipe has it now (a resume may have lowered it to this step)
         trainer.state.max_steps = planned_steps
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

@@ -25,8 +25,6 @@ from transformers import TrainerCallback
 
 from ecomtune.runtime import is_main_process
 
-METRICS_FILE = "metrics.jsonl"
-
 
 def _same_on_every_process(scores: dict[str, float]) -> dict[str, float]:
     """The main process's scores, on every process of a multi-process run: each generated on its own, and one

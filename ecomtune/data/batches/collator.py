@@ -21,8 +21,8 @@ import torch
 
 from ecomtune.data.images.strategies import DecodedImages
 from ecomtune.data.schema import Sample
-from ecomtune.data.turns import image_turn
 from ecomtune.errors import DataError, Problem
+from ecomtune.tasks.turns import image_turn
 
 IGNORE_INDEX = -100
 

@@ -27,7 +27,8 @@ def looks_like_hub_id(text: str) -> bool:
 def format_fix() -> str:
     """How to name a format by hand, listing every format."""
     *formats, last = format_names()
-    return f"name the format explicitly ({', '.join(formats)} or {last}); the layouts are in README.md, Data format"
+    return (f"name the format explicitly ({', '.join(formats)} or {last}); the layouts are in "
+            "docs/data-formats.md#layouts-read")
 
 
 def detect_rows(first: Any, name: str) -> str:

@@ -245,6 +245,7 @@ def load_hub(repo_id: str, split: str, config: str | None = None) -> Dataset:
     saved = (f"where there is network, run python -c \"import datasets; datasets.load_dataset({named}, "
              f"split='{split}').save_to_disk('DIR')\", copy DIR here and point the source's path at DIR"
              + (" (no config: the folder holds that config alone)" if config else ""))
+
     what = f"the dataset '{repo_id}'" + (f", config '{config}'," if config else "")
     if not datasets.config.HF_HUB_OFFLINE and not hub_reachable():  # checked the way backbones are: seconds
         raise DataError(f"Cannot load {what} split '{split}': it is not a local path, and the Hugging Face hub is "

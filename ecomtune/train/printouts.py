@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ecomtune.config.schema import Recipe
+from ecomtune.runs.files import MANIFEST
 from ecomtune.runtime import is_main_process
 
 
@@ -28,7 +29,7 @@ def print_stage_result(result, stdout: Console) -> None:
     loss = "-" if metrics.get("train_loss") is None else f"{metrics['train_loss']:.4f}"
     stdout.print(f"  steps {metrics['global_step']}, final mean train loss {loss}, "
                  f"{metrics.get('train_runtime', 0):.1f}s")
-    stdout.print(f"  saved to {result.output} (manifest.json, {', '.join(m['outputs'])})")
+    stdout.print(f"  saved to {result.output} ({MANIFEST}, {', '.join(m['outputs'])})")
 
 
 def print_profile(rows: list, chosen: Recipe, stage: str, steps: int, repeats: int, stdout: Console) -> None:

@@ -63,7 +63,7 @@ def inspect_backbone(name: str, overrides: RoleOverrides | None = None) -> Inspe
     import torch
     from transformers import AutoConfig
 
-    from ecomtune.backbones.loading import check_available
+    from ecomtune.backbones.model_loading import check_available
     from ecomtune.backbones.registry import resolve_backbone
 
     backbone = resolve_backbone(name)

@@ -1,7 +1,8 @@
 """The one way a user turn that shows images is written: one image block per image, then the question's text.
 
-Generation, the collator's image-token count, the benchmark records' image strategy and the chat-endpoint client
-all build their turns here, so a prompt is laid out the same way wherever a model sees it.
+Training records (`ecomtune.tasks.prompts.chat_record`), generation, the collator's image-token count, the
+benchmark records' image strategy and the chat-endpoint client all build their turns here, so a prompt is laid out
+the same way wherever a model sees it. It sits with the task vocabulary, below every layer that writes a turn.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def results_table(results: dict[str, Any], title: str = "ecomtune bench") -> Tab
     return table
 
 
-def attribute_table(results: dict[str, Any], task: str = "deep-fashion") -> Table:
+def attribute_table(results: dict[str, Any], task: str) -> Table:
     """Accuracy per attribute beside the majority-class and random-choice baselines."""
     table = Table(title=f"{task} per attribute: {results['model']['spec']}")
     for column in ("attribute", "n", "accuracy", "majority", "random", "beats majority"):

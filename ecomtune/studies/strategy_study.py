@@ -16,11 +16,11 @@ from typing import Any
 
 from rich.console import Console
 
-from ecomtune.backbones.loading import load_processor
+from ecomtune.backbones.model_loading import load_processor
 from ecomtune.backbones.registry import resolve_backbone
 from ecomtune.bench.predict import run_predict
 from ecomtune.bench.runner import run_bench
-from ecomtune.config.loading import SHIPPED_RECIPES, load_recipe
+from ecomtune.config.recipe_files import SHIPPED_RECIPES, load_recipe
 from ecomtune.config.schema import ImageSettings
 from ecomtune.data.batches.collator import count_image_tokens
 from ecomtune.data.images.strategies import open_image
@@ -33,6 +33,7 @@ from ecomtune.train.stages import run_align, run_sft
 
 RECIPE = SHIPPED_RECIPES / "tiny-qwen2-vl.yaml"
 TASK = "item-intelligence"
+STUDY_FILE = "study.json"  # in the output folder: the study's figures, as the command prints them
 
 
 def visual_tokens(processor, records: list[dict[str, Any]]) -> list[int]:
@@ -89,5 +90,5 @@ def _study(output: Path, strategies: tuple[str, ...], items: int, seed: int, sft
             "steps": tuned.manifest["metrics"]["global_step"],
         }
     report = {"items": len(records), "catalog": {"items": items, "seed": seed}, "strategies": rows}
-    write_json_atomic(output / "study.json", report)
+    write_json_atomic(output / STUDY_FILE, report)
     return report

@@ -17,10 +17,10 @@ from pathlib import Path
 from rich.console import Console
 
 from ecomtune.bench.html_report import write_report
-from ecomtune.bench.report import columns_table
+from ecomtune.bench.result_tables import columns_table
 from ecomtune.bench.runner import run_bench
 from ecomtune.bench.verdicts import Verdict, verdicts
-from ecomtune.config.loading import SHIPPED_RECIPES, load_recipe
+from ecomtune.config.recipe_files import SHIPPED_RECIPES, load_recipe
 from ecomtune.export.runner import run_export
 from ecomtune.runs.outputs import locked, refuse_non_empty
 from ecomtune.synth.catalog import write_catalog
