@@ -40,7 +40,7 @@ def load_recipe(source: RecipeSource = None, overrides: Sequence[str] | Mapping[
         recipe = ecomtune.load_recipe("tiny-qwen2-vl", {"align.train.max_steps": 2})
         recipe.align.train.max_steps  # 2
     """
-    from ecomtune.config.loading import apply_overrides, apply_values, read_yaml, validate_recipe_dict
+    from ecomtune.config.recipe_files import apply_overrides, apply_values, read_yaml, validate_recipe_dict
 
     data, lines, where = _recipe_mapping(source, read_yaml)
     if isinstance(overrides, Mapping):
@@ -82,7 +82,7 @@ def _recipe_file(source: RecipeSource) -> Path | None:
     """The file a recipe was read from (the output may not hold it), when it was given as one."""
     if not isinstance(source, str | Path):
         return None
-    from ecomtune.config.loading import find_recipe
+    from ecomtune.config.recipe_files import find_recipe
 
     return find_recipe(Path(source))
 
@@ -131,7 +131,7 @@ def _is_mixture(data: Any) -> bool:
 
 def _with_data(recipe: Recipe, stage: str, data: Any) -> Recipe:
     """`recipe` with the stage's data replaced, validated again (a mixture's sources are checked like a file's)."""
-    from ecomtune.config.loading import validate_recipe_dict
+    from ecomtune.config.recipe_files import validate_recipe_dict
 
     mapping = recipe.model_dump(exclude_unset=True)
     mapping[stage] = {**mapping.get(stage, {}), "data": data}
@@ -146,7 +146,7 @@ def _run_stage(stage: str, recipe: Recipe, output: str | Path, init_from: str | 
                resume=resume, overwrite=overwrite, recipe_file=recipe_file)
 
 
-def bench(model: str | Path, tasks: str | Sequence[str] = "all", data: str | Path = "data_samples/bench",
+def bench(model: str | Path, tasks: str | Sequence[str] = "all", data: str | Path | None = None,
           out: str | Path | None = None, limit: int | None = None, batch_size: int = 16, judge: str | None = None,
           load_in_4bit: bool | None = None, images: str | None = None, max_images: int | None = None,
           general: str | None = None, judge_plain_http: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -154,7 +154,8 @@ def bench(model: str | Path, tasks: str | Sequence[str] = "all", data: str | Pat
     `ecomtune bench` does; returns the results (`results["tasks"][name]["scores"]`, per-example records, the
     model's fingerprint) and writes them to `out` when given.
 
-    `tasks`: "all", a comma list or a list of task names. `data`: the folder of `<task>.jsonl` files. `limit`: at
+    `tasks`: "all", a comma list or a list of task names. `data`: the folder of `<task>.jsonl` files (default: the
+    sample benchmark, `data_samples/bench` of the current folder, as for the command). `limit`: at
     most N examples per task. `images` / `max_images`: the multi-image strategy (default: the run's). `judge`:
     the item-intelligence judge (field-match, a URL or a model). `general`: lmms-eval tasks to add
     (`"lmms-eval:mme"`). Raises ConfigError, DataError, BackboneError.
@@ -162,36 +163,13 @@ def bench(model: str | Path, tasks: str | Sequence[str] = "all", data: str | Pat
         results = ecomtune.bench("runs/sft", tasks="deep-fashion", data="catalog/bench", limit=8)
         results["tasks"]["deep-fashion"]["scores"]["accuracy"]
     """
-    from ecomtune.bench.runner import run_bench
+    from ecomtune.bench.run_options import bench_from_options
 
     tasks = tasks if isinstance(tasks, str) else ",".join(tasks)
-    settings = dict(limit=limit, batch_size=batch_size, judge=judge, load_in_4bit=load_in_4bit,
-                    images=_image_settings(str(model), images, max_images), judge_plain_http=judge_plain_http)
-    target = Path(out) if out is not None else None
-    if general:
-        from ecomtune.bench.general_harness import run_bench_with_general
-
-        return run_bench_with_general(general, str(model), tasks, Path(data), out=target, overwrite=overwrite,
-                                      **settings)
-    return run_bench(str(model), tasks, Path(data), out=target, overwrite=overwrite, **settings)
-
-
-def _image_settings(model: str, strategy: str | None, max_images: int | None):
-    """The run's multi-image strategy (or the default) with `images` / `max_images` changed; None when neither is
-    given (the runner then takes the run's)."""
-    from pydantic import ValidationError
-
-    from ecomtune.config.schema import ImageSettings
-    from ecomtune.infer.load import run_images
-
-    if strategy is None and max_images is None:
-        return None
-    changes = {k: v for k, v in (("strategy", strategy), ("max_images", max_images)) if v is not None}
-    try:
-        return ImageSettings(**{**run_images(model).model_dump(), **changes})
-    except ValidationError as exc:
-        raise ConfigError(f"images={strategy!r}: {exc.errors()[0]['msg']}",
-                          fix="choose all, primary, grid or crops") from None
+    return bench_from_options(str(model), tasks, Path(data) if data is not None else None,
+                              Path(out) if out is not None else None, overwrite, general, images, max_images,
+                              limit=limit, batch_size=batch_size, judge=judge, load_in_4bit=load_in_4bit,
+                              judge_plain_http=judge_plain_http)
 
 
 def export(run: str | Path, out: str | Path, format: str = "merged", merge_base: str = "dequantized",
