@@ -176,3 +176,9 @@ def test_errors_are_typed_never_exits(tmp_path, monkeypatch) -> None:
         ecomtune.export(tmp_path / "no-run", "out")
     with pytest.raises(ecomtune.EcomtuneError):
         ecomtune.run_stage("sft", "tiny-qwen2-vl", "out", data=tmp_path / "missing.jsonl")
+
+
+def test_a_list_of_sources_is_a_mixture_not_rows(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ecomtune.DataError, match=r"Data not found: missing\.jsonl"):
+        ecomtune.run_stage("align", "tiny-qwen2-vl", "out", data=[{"path": "missing.jsonl", "sampling": "first:2"}])
