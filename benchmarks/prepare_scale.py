@@ -122,15 +122,9 @@ def sample_memory():
         time.sleep(0.05)
 threading.Thread(target=sample_memory, daemon=True).start()
 from ecomtune.config.recipe_files import load_recipe
-from ecomtune.data.prepare.mapped_rows import mapped_dataset
 from ecomtune.data.batches.packing import pack_rows
+from ecomtune.data.prepare.mapped_rows import mapped_dataset
 from ecomtune.train.preparation import prepare_stage
-from ecomtune.data.prepare.mapped_rows import mapped_dataset
-from ecomtune.data.batches.packing import pack_rows
-from ecomtune.config.recipe_files import load_recipe
-from ecomtune.data.prepare.mapped_rows import mapped_dataset
-from ecomtune.data.batches.packing import pack_rows
-from ecomtune.train.stages import prepare_stage
 recipe = load_recipe(sys.argv[1], [f"sft.data={sys.argv[2]}", *sys.argv[3:]])
 started = time.perf_counter()
 prepared = prepare_stage(recipe, recipe.sft, "sft")

@@ -137,7 +137,6 @@ def pretrain(start: Path, out: Path, seed: int, plan: Pretraining) -> dict:
     processor and `pretraining.json` (the plan, the loss at the start and the end, the time it took)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-
     processor = AutoProcessor.from_pretrained(start)
     model = AutoModelForImageTextToText.from_pretrained(start, dtype=torch.float32)
     model.train()

@@ -174,7 +174,6 @@ def missing_data(manager: Any, leaves: list[str], hub_reachable: bool) -> list[P
 
 def plan_general(model: str, names: list[str]) -> HarnessPlan:
     """Every check, in seconds, before any model loads or any ecomtune task runs."""
-
     require_lmms_eval()
     pretrained, model_class = harness_model(model)
     manager = _task_manager()

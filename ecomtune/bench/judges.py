@@ -71,4 +71,3 @@ def make_judge(spec: str | None, allow_plain_http_key: bool = False) -> Judge:
                               "private network you trust), or unset ECOMTUNE_JUDGE_API_KEY")
         return EndpointJudge(spec)
     return LocalModelJudge(spec)
-

@@ -59,4 +59,3 @@ def main() -> None:
             console.print(f"process {os.environ.get('RANK', '?')}: stopped: {error.title.splitlines()[0]} (the "
                           "machine's first process prints it in full)", markup=False, highlight=False)
         sys.exit(2)
-

@@ -315,7 +315,6 @@ class DataSource(StrictModel):
     @field_validator("sampling")
     @classmethod
     def _known_rule(cls, value: str) -> str:
-
         parse_rule(value)  # raises ValueError naming the rules there are
         return value
 

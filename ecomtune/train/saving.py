@@ -25,7 +25,7 @@ def save_projector(trainer, model, roles: ResolvedRoles, processor, folder: Path
         processor.save_pretrained(folder)
 
 
-def save_adapter(trainer, model, roles: ResolvedRoles, processor, folder: Path) -> None:
+def save_stage_adapter(trainer, model, roles: ResolvedRoles, processor, folder: Path) -> None:
     """The PEFT adapter (gathered whole under FSDP) and the processor; no pickled training arguments."""
     gather_full_state_at_save(trainer)  # FSDP: the adapter and projector whole on rank 0, not shards
     trainer.save_model(str(folder))  # the PEFT adapter; every process calls it, the main one writes

@@ -21,7 +21,7 @@ from ecomtune.errors import Problem
 from ecomtune.runs.manifest import FinishedRun
 from ecomtune.train.distributed import LaunchSetup
 from ecomtune.train.models import PROJECTOR_ONLY, lora_model, lora_plan, projector_model
-from ecomtune.train.saving import adapter_outputs, projector_outputs, save_adapter, save_projector
+from ecomtune.train.saving import adapter_outputs, projector_outputs, save_projector, save_stage_adapter
 
 
 class StageUnit:
@@ -100,7 +100,7 @@ class LoraStageUnit(StageUnit):
         return lora_model(recipe, self.name, backbone, start, show)
 
     def save(self, trainer, model, roles, processor, folder):
-        save_adapter(trainer, model, roles, processor, folder)
+        save_stage_adapter(trainer, model, roles, processor, folder)
 
     def outputs(self, backbone):
         return adapter_outputs(backbone)

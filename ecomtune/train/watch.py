@@ -100,6 +100,15 @@ class LiveProgress(TrainerCallback):
             self.progress = None
 
 
+def watched_score(scores: dict[str, float], prefix: str = "") -> float | None:
+    """The score the guard watches in `scores` (keys `prefix + task name`): that of the first task the registry
+    marks `retention` (general skill) that was probed; None when none was."""
+    from ecomtune.tasks.registry import TASKS
+
+    return next((float(scores[prefix + name]) for name, task in TASKS.items()
+                 if task.retention and prefix + name in scores), None)
+
+
 class BenchProbe(TrainerCallback):
     """Bench tasks on a few items during training, and the general-skill guard (see the module docstring)."""
 
@@ -149,7 +158,7 @@ class BenchProbe(TrainerCallback):
         self.history.append(entry)
         if self.trainer is not None:
             self._log({f"probe/{name}": value for name, value in scores.items()}, control)
-        general = scores.get("general")
+        general = watched_score(scores)
         if general is None or self.limit is None:
             return
         if self.baseline is None:
@@ -191,7 +200,7 @@ class BenchProbe(TrainerCallback):
         earlier = [e for e in state.log_history if any(k.startswith("probe/") for k in e)]
         self.history = [{"step": e.get("step", 0), **{k.removeprefix("probe/"): v for k, v in e.items()
                                                       if k.startswith("probe/")}} for e in earlier]
-        general = [e["probe/general"] for e in earlier if "probe/general" in e]
+        general = [value for e in earlier if (value := watched_score(e, "probe/")) is not None]
         if general:
             self.baseline = float(general[0])
         self._probe(state, control, model)
