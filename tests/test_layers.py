@@ -32,7 +32,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "runtime", "library_output"),
 ]
 # Imports between units of one layer that are allowed: (importer, imported). Kept short and acyclic.
-SAME_LAYER = {("data", "runs"), ("runtime", "errors"), ("__main__", "ecomtune")}
+# The package's own names resolve to the Python API on first use (`ecomtune/__init__.py` -> api).
+SAME_LAYER = {("data", "runs"), ("runtime", "errors"), ("__main__", "ecomtune"), ("ecomtune", "api")}
 
 LEVEL = {unit: depth for depth, row in enumerate(LAYERS) for unit in row}
 

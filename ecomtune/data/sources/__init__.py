@@ -31,6 +31,8 @@ from ecomtune.data.sources.hf import (
     load_local,
     row_layout,
 )
+from ecomtune.data.sources.in_memory import PREFIX as IN_MEMORY
+from ecomtune.data.sources.in_memory import HeldRows, RecordsReader, held_rows, not_held
 from ecomtune.data.sources.llamafactory import TAG_DEFAULTS, retagged_turns
 from ecomtune.errors import DataError, Problem
 from ecomtune.runtime import cache_root
@@ -71,6 +73,34 @@ def _open_hf(path: Path | None, name: str, image_root: Path | None, split: str, 
                         notes)
 
 
+def _open_held(held: HeldRows, format: str, image_root: Path | None, columns: dict[str, str] | None,
+               tags: dict[str, str] | None) -> OpenedSource:
+    """Rows held in memory (`in_memory`): a Dataset read like one from disk (its columns say the layout), a list of
+    rows like a JSON file (its first row says the format). Relative image paths start from `image_root`, else the
+    current folder."""
+    base = _image_root(image_root, Path.cwd())
+    if held.is_dataset:
+        if format not in ("auto", HF):
+            raise DataError(f"{held.name} is a datasets.Dataset, which format {format!r} does not read",
+                            fix="use format hf (or auto) for a Dataset")
+        dataset = held.rows
+        mapped = [next((ours for ours, theirs in (columns or {}).items() if theirs == c), c)
+                  for c in dataset.column_names]
+        layout = row_layout(mapped, held.name) if len(dataset) else "conversation"
+        reader = HfReader(dataset, "dataset", held.fingerprint)
+        converter = HfConverter(base, cache_root() / "images", layout)
+        return OpenedSource(held.name, HF, reader.rows, base, base, reader,
+                            renamed(converter.convert, columns, tags))
+    label = held.name.removeprefix(IN_MEMORY).partition("-")[0]
+    rows = RecordsReader(held.rows, label, held.fingerprint, cache_root() / "images")
+    first = rows.first()
+    if isinstance(first, dict):
+        first = with_our_columns(first, columns)
+    resolved = detect_rows(first, held.name) if format in ("auto", HF) else format
+    convert = renamed(named_format(resolved).convert, columns, tags)
+    return OpenedSource(held.name, resolved, rows.rows, base, base, rows, convert)
+
+
 def renamed(convert: Converter, columns: dict[str, str] | None, tags: dict[str, str] | None = None) -> Converter:
     """`convert` applied to rows whose mapped columns carry ecomtune's names (`columns`: ecomtune name -> the data's
     column) and whose turns use `from`/`value` when `tags` names other keys (LLaMA-Factory's sharegpt tags); the one
@@ -107,10 +137,15 @@ def open_source(path: str | Path, format: str = "auto", image_root: Path | None 
     speakers of ShareGPT data written otherwise (LLaMA-Factory's tags).
     Raises DataError when the source cannot be opened or its format cannot be told."""
     name = str(path)
-    location = Path(path)
-    suffix = location.suffix.lower()
     if format not in ("auto", *format_names()):
         raise DataError(f"Unknown data format {format!r} for {name}", fix=f"use auto, {', '.join(format_names())}")
+    if name.startswith(IN_MEMORY):
+        held = held_rows(name)
+        if held is None:
+            raise not_held(name)
+        return _open_held(held, format, image_root, columns, tags)
+    location = Path(path)
+    suffix = location.suffix.lower()
     if suffix in MIXTURE_SUFFIXES:
         raise DataError(f"{name} is a YAML file, not a data source",
                         fix="a mixture YAML lists data sources: give it where the stage takes a mixture, and give "
