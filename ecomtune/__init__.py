@@ -9,13 +9,10 @@ stays cheap (no torch, no transformers):
     ecomtune.run_stage("align", recipe, "runs/align", data="captions.jsonl")
 """
 
-import sys as _sys
-from types import ModuleType as _ModuleType
-
 __version__ = "0.1.0"
 
 # The names `ecomtune.api` offers here (PEP 562): resolved by `__getattr__` when first asked for.
-_API = ("load_recipe", "Recipe", "run_stage", "bench", "export", "load_model", "generate",
+_API = ("load_recipe", "Recipe", "run_stage", "run_bench", "export_run", "load_model", "generate",
        "EcomtuneError", "ConfigError", "DataError", "BackboneError", "ExportError")
 
 __all__ = [*_API, "__version__"]
@@ -31,17 +28,3 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted({*(name for name in globals() if not name.startswith("_")), *_API, "__version__"})
-
-
-class _Package(_ModuleType):
-    """The package, keeping `ecomtune.bench` and `ecomtune.export` the functions: importing the subpackages of the
-    same names (`import ecomtune.bench.runner`) would otherwise bind them over the functions. The subpackages stay
-    importable by their dotted names (`from ecomtune.bench.runner import run_bench`)."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in _API and isinstance(value, _ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from ecomtune.infer.load import LoadedModel
     from ecomtune.train.stages import StageResult
 
-__all__ = ["BackboneError", "ConfigError", "DataError", "EcomtuneError", "ExportError", "Recipe", "bench", "export",
-           "generate", "load_model", "load_recipe", "run_stage"]
+__all__ = ["BackboneError", "ConfigError", "DataError", "EcomtuneError", "ExportError", "Recipe", "export_run",
+           "generate", "load_model", "load_recipe", "run_bench", "run_stage"]
 
 RecipeSource = str | Path | Mapping[str, Any] | Recipe | None
 # The keys a row of data has and a mixture source has not: a list of dicts with none of them is a mixture.
@@ -146,7 +146,7 @@ def _run_stage(stage: str, recipe: Recipe, output: str | Path, init_from: str | 
                resume=resume, overwrite=overwrite, recipe_file=recipe_file)
 
 
-def bench(model: str | Path, tasks: str | Sequence[str] = "all", data: str | Path | None = None,
+def run_bench(model: str | Path, tasks: str | Sequence[str] = "all", data: str | Path | None = None,
           out: str | Path | None = None, limit: int | None = None, batch_size: int = 16, judge: str | None = None,
           load_in_4bit: bool | None = None, images: str | None = None, max_images: int | None = None,
           general: str | None = None, judge_plain_http: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -160,7 +160,7 @@ def bench(model: str | Path, tasks: str | Sequence[str] = "all", data: str | Pat
     the item-intelligence judge (field-match, a URL or a model). `general`: lmms-eval tasks to add
     (`"lmms-eval:mme"`). Raises ConfigError, DataError, BackboneError.
 
-        results = ecomtune.bench("runs/sft", tasks="deep-fashion", data="catalog/bench", limit=8)
+        results = ecomtune.run_bench("runs/sft", tasks="deep-fashion", data="catalog/bench", limit=8)
         results["tasks"]["deep-fashion"]["scores"]["accuracy"]
     """
     from ecomtune.bench.run_options import bench_from_options
@@ -172,7 +172,7 @@ def bench(model: str | Path, tasks: str | Sequence[str] = "all", data: str | Pat
                               judge_plain_http=judge_plain_http)
 
 
-def export(run: str | Path, out: str | Path, format: str = "merged", merge_base: str = "dequantized",
+def export_run(run: str | Path, out: str | Path, format: str = "merged", merge_base: str = "dequantized",
            dtype: str = "bfloat16", samples: int = 4, images: Sequence[str | Path] | None = None,
            overwrite: bool = False) -> ExportResult:
     """Export the finished run `run` into `out` as one model folder (`format="merged"`: transformers, vLLM,
@@ -183,7 +183,7 @@ def export(run: str | Path, out: str | Path, format: str = "merged", merge_base:
     `dtype`: bfloat16, float16 or float32. `samples`: rendered images to verify on, or your own `images`.
     Raises ConfigError, ExportError (the export does not reproduce the run; nothing is written).
 
-        result = ecomtune.export("runs/sft", "exported")
+        result = ecomtune.export_run("runs/sft", "exported")
         result.model_folder
     """
     from typing import get_args

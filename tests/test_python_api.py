@@ -62,7 +62,7 @@ def test_import_is_lazy() -> None:
 
 
 def test_every_function_has_an_example() -> None:
-    for name in ("load_recipe", "run_stage", "bench", "export", "load_model", "generate"):
+    for name in ("load_recipe", "run_stage", "run_bench", "export_run", "load_model", "generate"):
         doc = getattr(ecomtune, name).__doc__
         assert doc and f"ecomtune.{name}(" in doc, name
 
@@ -171,9 +171,9 @@ def test_errors_are_typed_never_exits(tmp_path, monkeypatch) -> None:
     with pytest.raises(ecomtune.ConfigError, match="not a stage"):
         ecomtune.run_stage("pretrain", None, "out")
     with pytest.raises(ecomtune.ConfigError, match="format="):
-        ecomtune.export("run", "out", format="gguf")
+        ecomtune.export_run("run", "out", format="gguf")
     with pytest.raises(ecomtune.EcomtuneError):
-        ecomtune.export(tmp_path / "no-run", "out")
+        ecomtune.export_run(tmp_path / "no-run", "out")
     with pytest.raises(ecomtune.EcomtuneError):
         ecomtune.run_stage("sft", "tiny-qwen2-vl", "out", data=tmp_path / "missing.jsonl")
 
