@@ -6,7 +6,7 @@ import pytest
 
 from ecomtune.infer.client import image_part
 from ecomtune.infer.generate import padded_left
-from ecomtune.tasks.turns import image_turn
+from ecomtune.tasks.image_turn import image_turn
 
 
 def test_an_image_turn_holds_one_placeholder_per_image_then_the_text(tmp_path):

@@ -19,8 +19,8 @@ from ecomtune.data.images.strategies import apply_strategy
 from ecomtune.data.jsonl import read_jsonl
 from ecomtune.data.schema import Sample, check_record_images, parse_boxes
 from ecomtune.errors import DataError, Problem
+from ecomtune.tasks.image_turn import image_turn
 from ecomtune.tasks.registry import Task
-from ecomtune.tasks.turns import image_turn
 
 MAX_REPORTED = 20
 ESCAPE_FIX = ("keep images inside the dataset folder (a link there to where they are is followed), give "

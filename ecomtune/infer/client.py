@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecomtune.errors import ConfigError, EcomtuneError
-from ecomtune.tasks.turns import image_turn
+from ecomtune.tasks.image_turn import image_turn
 
 
 def is_endpoint(spec: str | None) -> bool:

@@ -19,7 +19,7 @@ from ecomtune.data.images.strategies import open_image
 from ecomtune.data.schema import ImageRef
 from ecomtune.errors import DataError, Problem
 from ecomtune.infer.load import TEXT_LLM, LoadedModel
-from ecomtune.tasks.turns import image_turn
+from ecomtune.tasks.image_turn import image_turn
 
 
 def model_context(config) -> int | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 
-from ecomtune.tasks.turns import image_turn
+from ecomtune.tasks.image_turn import image_turn
 
 COMPLIANCE_SECTIONS = ("identifiers", "attributes", "origin", "safety")
 

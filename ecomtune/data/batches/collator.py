@@ -22,7 +22,7 @@ import torch
 from ecomtune.data.images.strategies import DecodedImages
 from ecomtune.data.schema import Sample
 from ecomtune.errors import DataError, Problem
-from ecomtune.tasks.turns import image_turn
+from ecomtune.tasks.image_turn import image_turn
 
 IGNORE_INDEX = -100
 
