@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data", "runs"),
     ("backbones",),
     ("tasks", "config"),
-    ("errors", "runtime", "library_output"),
+    ("errors", "runtime", "library_output", "registries"),
 ]
 # Imports between units of one layer that are allowed: (importer, imported). Kept short and acyclic.
 # The package's own names resolve to the Python API on first use (`ecomtune/__init__.py` -> api).

@@ -42,7 +42,7 @@ def colour_word():
 
 def test_a_name_is_registered_once(colour_word):
     assert task(NAME) is colour_word and colour_word in resolve_tasks("all")
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="registered already"):
         register(colour_word)
 
 

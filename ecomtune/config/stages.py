@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ecomtune.config.schema import AlignStage, MidStage, Recipe, SftStage, StageSettings
 from ecomtune.errors import ConfigError
+from ecomtune.registries import Registry
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,12 @@ class StageInfo:
         return getattr(recipe, self.field)
 
 
-STAGES: dict[str, StageInfo] = {}
+STAGES: Registry[StageInfo] = Registry("stage")
 
 
 def register_stage(info: StageInfo) -> StageInfo:
     """Add a stage to `STAGES` (in the order stages run); a name is registered once."""
-    if info.name in STAGES:
-        raise ValueError(f"stage {info.name} is registered already")
-    STAGES[info.name] = info
-    return info
+    return STAGES.register(info)
 
 
 def stage_info(name: str) -> StageInfo:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ecomtune.errors import ConfigError
+from ecomtune.registries import Registry
 from ecomtune.tasks import metrics, prompts, scoring
 from ecomtune.tasks.judging import Judge
 from ecomtune.tasks.scoring import Scored
@@ -40,15 +41,12 @@ class Task:
     retention: bool = False  # a general-skill probe: adapting should keep its score, not raise it (not in-domain)
 
 
-TASKS: dict[str, Task] = {}
+TASKS: Registry[Task] = Registry("task")
 
 
 def register(task: Task) -> Task:
     """Add a benchmark task; its name must be new."""
-    if task.name in TASKS:
-        raise ValueError(f"a task named {task.name!r} is already registered")
-    TASKS[task.name] = task
-    return task
+    return TASKS.register(task)
 
 
 def task(name: str) -> Task:
