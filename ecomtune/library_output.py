@@ -30,6 +30,10 @@ def set_verbose(on: bool) -> None:
     os.environ[VERBOSE_ENV] = "1" if on else "0"
 
 
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
 def quiet_libraries() -> None:
     """Unless verbose: no library progress bars, library log records only at ERROR on the terminal, Python
     warnings routed to logging (a log file, when `capture_to` holds one, keeps them)."""
@@ -51,6 +55,9 @@ def quiet_libraries() -> None:
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").propagate = False  # kept for the log file, not the terminal
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # DeepSpeed sets its logger's level and a stdout handler of its own when imported (it warns on every CPU-only
+    # machine that it found no GPU); a filter, unlike a level, outlives that.
+    logging.getLogger("DeepSpeed").addFilter(_errors_only)
     # transformers 5.23 renames gradient_checkpointing; TRL 1.16 still reads the old name, so it stays.
     warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning)
 

@@ -1,5 +1,6 @@
 """The libraries' log (`train.log`) on a full disk: it stops quietly at its first failed write, and the command's
-final message says so, instead of a "--- Logging error ---" traceback per record on the terminal."""
+final message says so, instead of a "--- Logging error ---" traceback per record on the terminal; and what
+quieted libraries keep off the terminal."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import errno
 import logging
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,22 @@ def test_training_onto_a_disk_that_fills_up_ends_in_one_message(catalog, tmp_pat
     finally:
         subprocess.run(["umount", str(disk)], check=False)
     assert not os.path.ismount(disk)
+
+
+
+
+def test_deepspeed_s_cpu_warning_stays_off_a_quiet_terminal():
+    """DeepSpeed, imported on a machine without a GPU, prints "Setting accelerator to CPU ..." through a stdout
+    handler of its own; quieted libraries keep its warnings off the terminal, never its errors."""
+    script = ("import os\nos.environ.pop('ECOMTUNE_VERBOSE', None)\n"
+              "from ecomtune.library_output import quiet_libraries\nquiet_libraries()\n"
+              "from deepspeed.accelerator import get_accelerator\nfrom deepspeed.utils import logger\n"
+              "print(type(get_accelerator()).__name__)\n"
+              "logger.warning('a deepspeed warning')\nlogger.error('a deepspeed error')")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert run.returncode == 0, run.stderr
+    shown = run.stdout + run.stderr
+    assert "CPU_Accelerator" in run.stdout
+    assert "Setting accelerator to CPU" not in shown and "a deepspeed warning" not in shown
+    assert "a deepspeed error" in shown
