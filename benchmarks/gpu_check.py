@@ -12,7 +12,7 @@ tokens/s over steps 2..N, padding, torch's peak allocated GPU memory and `ecomtu
 (packed rows for the packed run), and their ratio. The bar is the estimate within 10% of the measured peak.
 
 Without a GPU it runs the same on a CPU at 2B size (`sized:qwen2-vl-2b`, recipes/qwen2-vl.yaml) with 2 steps of
-1 sample (or packed row), float32, and, to keep it near half an hour on two cores, photos at 256 x 28 x 28 pixels
+1 sample (or packed row), float32, and, to keep it under half an hour on two cores, photos at 256 x 28 x 28 pixels
 at most (256 image tokens) and rows of 1024 tokens: the peak is then the process's resident set (it holds the
 model and the data), shown beside the estimate for reference only.
 
@@ -23,7 +23,7 @@ installed first, e.g.:
     python benchmarks/gpu_check.py            # not yet timed on a GPU: 16.6 GB of weights written once, three
                                               # 4-bit loads of the 7B, 3 x 20 steps
 
-    nice -n 10 flock /tmp/ecomtune-heavy.lock .venv/bin/python benchmarks/gpu_check.py   # CPU, minutes
+    nice -n 10 flock /tmp/ecomtune-heavy.lock .venv/bin/python benchmarks/gpu_check.py   # CPU: 16 min, 2 cores
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
 GPU = {"backbone": "sized:qwen2.5-vl-7b", "recipe": "qwen2.5-vl.yaml", "steps": 20, "batch": 2, "items": 24,
        "max_images": 2, "sets": []}
-# A CPU step of the 2B at 512 image tokens takes minutes: 256 per photo and rows of 1024 keep the run near half an hour.
+# A CPU step of the 2B at 512 image tokens takes minutes: 256 per photo and rows of 1024 keep it under half an hour.
 CPU = {"backbone": "sized:qwen2-vl-2b", "recipe": "qwen2-vl.yaml", "steps": 2, "batch": 1, "items": 8,
        "max_images": 1, "sets": ["sft.max_length=1024", "backbone.resolution.max_pixels=200704",
                                  "backbone.resolution.min_pixels=100352"]}
