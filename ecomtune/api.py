@@ -103,23 +103,21 @@ def run_stage(stage: str, recipe: RecipeSource, output: str | Path, init_from: s
         result = ecomtune.run_stage("align", "tiny-qwen2-vl", "runs/align", data="captions.jsonl")
         result.manifest["metrics"]["global_step"]
     """
-    from ecomtune.config.stages import STAGES
+    from ecomtune.config.stages import stage_info
 
-    if stage not in STAGES:
-        raise ConfigError(f"{stage!r} is not a stage", fix=f"use one of {', '.join(STAGES)}")
-    chosen = load_recipe(recipe)
+    stage_info(stage)  # refuses a name that is not a stage, naming those there are
+    chosen, recipe_file = load_recipe(recipe), _recipe_file(recipe)
     if data is None:
-        return _run_stage(stage, chosen, output, init_from, resume, overwrite, _recipe_file(recipe))
+        return _run_stage(stage, chosen, output, init_from, resume, overwrite, recipe_file)
     from ecomtune.data.sources.in_memory import holding, is_in_memory
 
     if is_in_memory(data) and not _is_mixture(data):
         with holding(data) as name:
             return _run_stage(stage, _with_data(chosen, stage, name), output, init_from, resume, overwrite,
-                              _recipe_file(recipe))
+                              recipe_file)
     given = [s.model_dump(exclude_unset=True) if isinstance(s, DataSource) else s for s in data] \
         if isinstance(data, list) else Path(data)
-    return _run_stage(stage, _with_data(chosen, stage, given), output, init_from, resume, overwrite,
-                      _recipe_file(recipe))
+    return _run_stage(stage, _with_data(chosen, stage, given), output, init_from, resume, overwrite, recipe_file)
 
 
 def _is_mixture(data: Any) -> bool:
@@ -147,9 +145,10 @@ def _run_stage(stage: str, recipe: Recipe, output: str | Path, init_from: str | 
 
 
 def run_bench(model: str | Path, tasks: str | Sequence[str] = "all", data: str | Path | None = None,
-          out: str | Path | None = None, limit: int | None = None, batch_size: int = 16, judge: str | None = None,
-          load_in_4bit: bool | None = None, images: str | None = None, max_images: int | None = None,
-          general: str | None = None, judge_plain_http: bool = False, overwrite: bool = False) -> dict[str, Any]:
+              out: str | Path | None = None, limit: int | None = None, batch_size: int = 16,
+              judge: str | None = None, load_in_4bit: bool | None = None, images: str | None = None,
+              max_images: int | None = None, general: str | None = None, judge_plain_http: bool = False,
+              overwrite: bool = False) -> dict[str, Any]:
     """Run the benchmark tasks on `model` (a run folder, an exported folder, a backbone alias or hub id), as
     `ecomtune bench` does; returns the results (`results["tasks"][name]["scores"]`, per-example records, the
     model's fingerprint) and writes them to `out` when given.
@@ -173,8 +172,8 @@ def run_bench(model: str | Path, tasks: str | Sequence[str] = "all", data: str |
 
 
 def export_run(run: str | Path, out: str | Path, format: str = "merged", merge_base: str = "dequantized",
-           dtype: str = "bfloat16", samples: int = 4, images: Sequence[str | Path] | None = None,
-           overwrite: bool = False) -> ExportResult:
+               dtype: str = "bfloat16", samples: int = 4, images: Sequence[str | Path] | None = None,
+               overwrite: bool = False) -> ExportResult:
     """Export the finished run `run` into `out` as one model folder (`format="merged"`: transformers, vLLM,
     lmms-eval) or vLLM's base + LoRA layout (`"vllm"`), verified against the run before it lands, as
     `ecomtune export` does; returns the `ExportResult` (`model_folder`, `adapter_folder`, `verification`).
