@@ -61,16 +61,23 @@ def _open_hf(path: Path | None, name: str, image_root: Path | None, split: str, 
         base = _image_root(image_root, path if path.is_dir() else path.parent)
         digest = folder_digest(config_data(path, config))
     shown = f"{name} (config {config})" if config else name
+    return _dataset_source(dataset, shown, shown, digest, base, columns, tags, notes)
+
+
+def _dataset_source(dataset, shown: str, label: str, digest: str, base: Path, columns: dict[str, str] | None,
+                    tags: dict[str, str] | None, notes: list[str] | None = None) -> OpenedSource:
+    """A `datasets.Dataset`, from disk, the hub or memory, as a source: its columns (through the source's `columns`
+    mapping, checked against them) say the layout. `label` names its rows in problems."""
     mapped = [next((ours for ours, theirs in (columns or {}).items() if theirs == c), c) for c in dataset.column_names]
     missing = [theirs for theirs in (columns or {}).values() if theirs not in dataset.column_names]
     if missing:
         raise DataError(f"{shown}: the source's columns mapping names {', '.join(missing)}, which it does not have "
                         f"(its columns: {', '.join(dataset.column_names)})", fix="map to columns the data has")
     layout = row_layout(mapped, shown) if len(dataset) else "conversation"  # no rows: the "no samples" message
-    reader = HfReader(dataset, shown, digest)
+    reader = HfReader(dataset, label, digest)
     converter = HfConverter(base, cache_root() / "images", layout)
     return OpenedSource(shown, HF, reader.rows, base, base, reader, renamed(converter.convert, columns, tags),
-                        notes)
+                        notes or [])
 
 
 def _open_held(held: HeldRows, format: str, image_root: Path | None, columns: dict[str, str] | None,
@@ -83,14 +90,7 @@ def _open_held(held: HeldRows, format: str, image_root: Path | None, columns: di
         if format not in ("auto", HF):
             raise DataError(f"{held.name} is a datasets.Dataset, which format {format!r} does not read",
                             fix="use format hf (or auto) for a Dataset")
-        dataset = held.rows
-        mapped = [next((ours for ours, theirs in (columns or {}).items() if theirs == c), c)
-                  for c in dataset.column_names]
-        layout = row_layout(mapped, held.name) if len(dataset) else "conversation"
-        reader = HfReader(dataset, "dataset", held.fingerprint)
-        converter = HfConverter(base, cache_root() / "images", layout)
-        return OpenedSource(held.name, HF, reader.rows, base, base, reader,
-                            renamed(converter.convert, columns, tags))
+        return _dataset_source(held.rows, held.name, "dataset", held.fingerprint, base, columns, tags)
     label = held.name.removeprefix(IN_MEMORY).partition("-")[0]
     rows = RecordsReader(held.rows, label, held.fingerprint, cache_root() / "images")
     first = rows.first()
