@@ -179,7 +179,3 @@ CHECKPOINTS: dict[str, PublishedCheckpoint] = {c.hub_id: c for c in (
         video_processor=("InternVLVideoProcessor", {"size": {"height": 448, "width": 448}}),
         processor_extra={"image_seq_length": 256}),
 )}
-
-
-def published(hub_id: str) -> PublishedCheckpoint | None:
-    return CHECKPOINTS.get(hub_id)

@@ -27,9 +27,9 @@ from ecomtune.backbones.tiny import (
     _transformers_class,
     build_into,
     chat_template_text,
-    default_cache_dir,
     train_tokenizer,
 )
+from ecomtune.runtime import cache_root
 
 SIZED_PREFIX = "sized:"
 SIZED_VERSION = 1  # part of the cache key: bump when the builder changes
@@ -107,7 +107,7 @@ def build_sized(checkpoint: PublishedCheckpoint, twin: TinyTwin, out: Path) -> N
 
 def ensure_sized(alias: str, checkpoint: PublishedCheckpoint, twin: TinyTwin, cache_dir: Path | None = None) -> Path:
     """Build a sized twin's folder once per alias (config and processor: seconds) and return it."""
-    root = (cache_dir or default_cache_dir().parent) / "sized"
+    root = (cache_dir or cache_root()) / "sized"
     target = root / f"{alias}-v{SIZED_VERSION}"
     if (target / MARKER).is_file():
         return target

@@ -83,11 +83,7 @@ def print_plan(report: dict, stdout: Console) -> None:
     if report["over_image_cap"]:
         stdout.print(f"{report['over_image_cap']} sample(s) have more than {report['image_cap']} images: the cap "
                      f"keeps {report['images']['keep']} ones")
-    terms = Table(title=f"estimated peak GPU memory (GiB), budget {memory['budget_gib']:g}")
-    for name in memory["terms_gib"]:
-        terms.add_column(name, justify="right")
-    terms.add_row(*(f"{v:.2f}" for v in memory["terms_gib"].values()))
-    stdout.print(terms)
+    _print_memory(memory, stdout)
     if memory["fits"]:
         stdout.print(f"[green]fits: {memory['terms_gib']['total']:.1f} of {memory['budget_gib']:g} GiB[/green]")
     else:
@@ -95,7 +91,6 @@ def print_plan(report: dict, stdout: Console) -> None:
                      "lower, largest first:[/red]")
         for line in memory["advice"]:
             stdout.print(f"  - {line}")
-
 
 
 def _print_memory(memory: dict, stdout: Console) -> None:

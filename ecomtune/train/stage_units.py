@@ -20,13 +20,14 @@ from ecomtune.config.stages import StageInfo, stage_info
 from ecomtune.errors import Problem
 from ecomtune.runs.manifest import FinishedRun
 from ecomtune.train.distributed import LaunchSetup
-from ecomtune.train.models import PROJECTOR_ONLY, lora_model, lora_plan, projector_model
+from ecomtune.train.models import lora_model, projector_model
 from ecomtune.train.saving import adapter_outputs, projector_outputs, save_projector, save_stage_adapter
 
 
 class StageUnit:
-    """One stage's behaviour; `info` is its declaration. Subclasses say what trains (`plan`), build the model
-    (`build`), save it (`save`), name the outputs (`outputs`) and may refuse a launch (`launch_problems`)."""
+    """One stage's behaviour; `info` is its declaration. Subclasses build the model with what trains per
+    component (`build`: `ecomtune.train.models` applies the stage's plan), save it (`save`), name the outputs
+    (`outputs`) and may refuse a launch (`launch_problems`)."""
 
     def __init__(self, info: StageInfo) -> None:
         self.info = info
@@ -41,10 +42,6 @@ class StageUnit:
 
     def settings(self, recipe: Recipe) -> StageSettings:
         return self.info.settings_of(recipe)
-
-    def plan(self, settings: StageSettings) -> dict[str, str]:
-        """Mode per component (frozen, full, lora; `ecomtune.train.components`)."""
-        raise NotImplementedError
 
     def build(self, recipe: Recipe, backbone: ResolvedBackbone, start: FinishedRun | None,
               show: bool) -> tuple[Any, ResolvedRoles, list]:
@@ -66,9 +63,6 @@ class StageUnit:
 
 class ProjectorStageUnit(StageUnit):
     """A stage that trains the projector alone (everything else frozen) and saves just its weights."""
-
-    def plan(self, settings: StageSettings) -> dict[str, str]:
-        return dict(PROJECTOR_ONLY)
 
     def build(self, recipe, backbone, start, show):
         return projector_model(recipe, self.name, backbone, show)
@@ -92,9 +86,6 @@ class ProjectorStageUnit(StageUnit):
 
 class LoraStageUnit(StageUnit):
     """A stage that trains a LoRA adapter on a (4-bit) base (`ecomtune.train.models.lora_model`) and saves it."""
-
-    def plan(self, settings: StageSettings) -> dict[str, str]:
-        return lora_plan(settings)
 
     def build(self, recipe, backbone, start, show):
         return lora_model(recipe, self.name, backbone, start, show)
