@@ -83,6 +83,7 @@ def measure(args: argparse.Namespace) -> None:
     import torch
     from realsize_data import full_size_data
 
+    from ecomtune.config.command_options import photo_size
     from ecomtune.config.recipe_files import load_recipe
     from ecomtune.train.memory import GIB
     from ecomtune.train.plan import plan_stage
@@ -94,7 +95,7 @@ def measure(args: argparse.Namespace) -> None:
         defaults[name] if getattr(args, name) is None else getattr(args, name)
         for name in ("backbone", "recipe", "steps", "batch", "items", "max_images"))
     recipe_path = Path(args.recipe) if args.recipe else REPO / "recipes" / recipe_name
-    photo = tuple(int(v) for v in args.photo.lower().split("x"))
+    photo = photo_size(args.photo)
     data = full_size_data(Path(args.work), photo, items=items, max_images=max_images)
     sets = [f"backbone.name={backbone}", f"sft.data={data}", "sft.train.grad_accum=1",
             f"sft.train.batch_size={batch}", "sft.train.dataloader_workers=0", "sft.on_overlong=drop",

@@ -144,6 +144,7 @@ def run(args) -> dict[str, Any]:
     from realsize_data import full_size_data
 
     from ecomtune.backbones.model_loading import pick_compute_dtype
+    from ecomtune.config.command_options import photo_size
     from ecomtune.config.recipe_files import load_recipe
     from ecomtune.train.memory import GIB, ModelShape, TrainShape, estimate, weight_parts
     from ecomtune.train.plan import plan_stage
@@ -152,7 +153,7 @@ def run(args) -> dict[str, Any]:
     from ecomtune.train.trl_bridge import build_trainer, training_data
 
     torch.manual_seed(0)
-    photo = tuple(int(v) for v in args.photo.lower().split("x"))
+    photo = photo_size(args.photo)
     data = full_size_data(Path(args.work), photo, items=args.items, max_images=1)
     sets = [f"backbone.name={args.backbone}", f"sft.data={data}", f"sft.train.max_steps={args.steps}",
             f"sft.train.save_steps={args.steps}", "sft.train.grad_accum=1", f"sft.train.batch_size={args.batch}",

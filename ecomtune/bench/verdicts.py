@@ -51,8 +51,7 @@ def verdicts(base: dict[str, Any], base_4bit: dict[str, Any], after: dict[str, A
                                row["accuracy"] > row["majority_baseline"],
                                f"{row['accuracy']:.3f} vs majority {row['majority_baseline']:.3f}"))
     for task in (t for t in TASKS.values() if t.retention):
-        general, general_4bit, general_base = (headline_score(r, task.name) if task.name in r["tasks"] else None
-                                               for r in (after, base_4bit, base))
+        general, general_4bit, general_base = (headline_score(r, task.name) for r in (after, base_4bit, base))
         if general_base is not None:
             out.append(Verdict(f"the base has general skill (>= {GENERAL_BASE_MIN:.2f})",
                                general_base >= GENERAL_BASE_MIN, f"{task.name} {general_base:.3f} in full precision"))

@@ -14,6 +14,7 @@ from typing import Any
 
 from ecomtune.config.command_options import check_stage, photo_size, recipe_with_options
 from ecomtune.config.schema import Recipe
+from ecomtune.config.stages import stage_settings
 from ecomtune.runs.outputs import Guarded, check_file_output
 from ecomtune.train.plan import plan_stage, plan_without_data
 from ecomtune.train.profile import ProfileRow, profile_recipe
@@ -49,8 +50,9 @@ def plan_from_options(recipe: Path | None, stage: str, backbone: str | None, dat
     check_stage(stage)
     extra = [f"{stage}.gpu_memory_gb={gpu_memory}"] if gpu_memory else []
     chosen = recipe_with_options(recipe, [*(sets or []), *extra], stage, backbone, data, images)
-    check_results_file(out, overwrite, recipe, getattr(chosen, stage).data)
-    if getattr(chosen, stage).data is None:
+    data = stage_settings(chosen, stage).data
+    check_results_file(out, overwrite, recipe, data)
+    if data is None:
         return PlanResult(plan_without_data(chosen, stage, photo_size(photo), images_per_sample, text_tokens), True)
     return PlanResult(plan_stage(chosen, stage), False)
 
@@ -61,7 +63,7 @@ def profile_from_options(recipe: Path, stage: str, backbone: str | None, data: P
     """`steps` optimizer steps of each mode, `repeats` rounds (see `profile_recipe`)."""
     check_stage(stage)
     chosen = recipe_with_options(recipe, sets, stage, backbone, data, None)
-    check_results_file(out, overwrite, recipe, getattr(chosen, stage).data)
+    check_results_file(out, overwrite, recipe, stage_settings(chosen, stage).data)
     return ProfileResult(profile_recipe(chosen, stage, steps, progress=progress, repeats=repeats), chosen)
 
 
