@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 
 from ecomtune.config.recipe_files import load_recipe
 from ecomtune.errors import ConfigError
+from ecomtune.runs.manifest import FinishedRun
 from ecomtune.train.stages import run_stage
-from ecomtune.train.watch import BenchProbe
+from ecomtune.train.watch import BenchProbe, ChainBaseline, chain_baseline, probe_identity
 from tests.conftest import quick_overrides, run_cli
 
 pytestmark = pytest.mark.slow
@@ -64,8 +65,8 @@ class ScriptedScores(BenchProbe):
     """The guard's decisions given a known sequence of general scores (the probe's own scoring is the real one in
     the test above): the weights restored, training stopped, the run saved."""
 
-    def __init__(self, sequence: list[float], every: int = 1) -> None:
-        super().__init__(None, {}, every=every, general_drop_limit=0.05, on_general_drop="stop")
+    def __init__(self, sequence: list[float], every: int = 1, chain: ChainBaseline | None = None) -> None:
+        super().__init__(None, {}, every=every, general_drop_limit=0.05, on_general_drop="stop", chain=chain)
         self.sequence = sequence
 
     def scores(self, model) -> dict[str, float]:
@@ -103,6 +104,64 @@ def test_the_last_step_is_always_probed_so_the_saved_weights_are_guarded(catalog
     assert [entry["step"] for entry in guard.history] == [0, 3, 4]
     assert guard.stopped is not None and (guard.stopped["step"], guard.stopped["weights_from_step"]) == (4, 3)
     assert result.manifest["stopped_early"]["weights_from_step"] == 3
+
+
+def _drive(guard: BenchProbe, steps: int) -> torch.nn.Linear:
+    """Run the guard's callbacks over `steps` steps of a model whose one weight is the step number, with the
+    Trainer's own state and control objects and no training: the guard's decisions alone."""
+    from transformers import TrainerControl, TrainerState
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    state, control = TrainerState(max_steps=steps), TrainerControl()
+    with torch.no_grad():
+        model.weight.fill_(0)
+    guard.on_train_begin(None, state, control, model=model)
+    for step in range(1, steps + 1):
+        if control.should_training_stop:
+            break
+        state.global_step = step
+        with torch.no_grad():
+            model.weight.fill_(step)
+        guard.on_step_end(None, state, control, model=model)
+    return model
+
+
+def test_a_chain_baseline_holds_the_stage_to_where_the_chain_began():
+    """0.58 -> 0.54 is within 0.05 of the stage's own start, but 0.06 below the chain's 0.60: stopped at step 1,
+    the weights of step 0 put back. The same scores against the stage's step 0 train to the end."""
+    chained = ScriptedScores([0.58, 0.54], chain=ChainBaseline(0.60, "step 0 of runs/align"))
+    model = _drive(chained, 3)
+    assert chained.stopped is not None and (chained.stopped["step"], chained.stopped["weights_from_step"]) == (1, 0)
+    assert "the chain's baseline (from step 0 of runs/align) 0.600" in chained.stopped["reason"]
+    assert float(model.weight) == 0.0
+    assert chained.summary()["baseline_from"] == "step 0 of runs/align"
+
+    own = ScriptedScores([0.58, 0.54])
+    _drive(own, 3)
+    assert own.stopped is None and own.summary()["baseline_general"] == 0.58
+    assert own.summary()["baseline_from"] == "step 0"
+
+
+def test_a_stage_that_starts_past_the_chain_limit_warns_and_has_nothing_to_keep(capsys):
+    guard = ScriptedScores([0.40, 0.30], chain=ChainBaseline(0.60, "step 0 of runs/align"))
+    _drive(guard, 2)
+    assert guard.stopped is None
+    assert "there are no weights to keep; training goes on" in capsys.readouterr().out
+
+
+def test_the_chain_baseline_is_taken_only_from_a_run_that_probed_the_same_items(tmp_path):
+    probe = load_recipe(None, [f"sft.probe.data={tmp_path}", "sft.probe.items=60",
+                               "sft.probe.general_drop_limit=0.05"]).sft.probe
+    same = {"baseline_general": 0.6, "baseline_from": "step 0", "probed": probe_identity(probe)}
+    start = FinishedRun(tmp_path / "align", {"probe": same})
+    assert chain_baseline(probe, start) == ChainBaseline(0.6, f"step 0 of {(tmp_path / 'align').resolve()}")
+    inherited = FinishedRun(tmp_path / "mid", {"probe": {**same, "baseline_from": "step 0 of runs/align"}})
+    assert chain_baseline(probe, inherited) == ChainBaseline(0.6, "step 0 of runs/align")
+    other_items = FinishedRun(tmp_path / "align", {"probe": {**same, "probed": {**same["probed"], "items": 16}}})
+    assert chain_baseline(probe, other_items) is None
+    assert chain_baseline(probe, FinishedRun(tmp_path / "align", {})) is None
+    assert chain_baseline(probe, None) is None
+    assert chain_baseline(probe.model_copy(update={"baseline": "stage"}), start) is None
 
 
 def test_guard_settings_that_guard_nothing_are_refused():

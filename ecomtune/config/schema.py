@@ -342,11 +342,15 @@ class ProbeSettings(StrictModel):
     every: int = Field(50, ge=1, description="Probe every N optimizer steps (and at step 0).")
     batch_size: int = Field(8, ge=1, description="Prompts per generation batch.")
     general_drop_limit: float | None = Field(
-        None, gt=0, le=1, description="Largest allowed fall of the general score below its step-0 value "
-        "(accuracy points, e.g. 0.05). None = no guard.",
+        None, gt=0, le=1, description="Largest allowed fall of the general score below the guard's baseline "
+        "(accuracy points, e.g. 0.05; see `baseline`). None = no guard.",
     )
     on_general_drop: Literal["warn", "stop"] = Field(
         "warn", description="Past the limit: warn, or stop and keep the weights of the last probe within it.")
+    baseline: Literal["chain", "stage"] = Field(
+        "chain", description="Where the guard measures the fall from. chain: the general score the --init-from "
+        "run's guard measured from, when it probed the same items (so align -> mid -> sft together lose at most the "
+        "limit), else this stage's step 0. stage: this stage's own step-0 value.")
 
     @model_validator(mode="after")
     def _guard_needs_general(self) -> ProbeSettings:

@@ -42,7 +42,9 @@ from ecomtune.train.watch import (
     BenchProbe,
     LiveProgress,
     RecipeToTrackers,
+    chain_baseline,
     check_trackers,
+    probe_identity,
     probe_records,
     quiet_trainer,
 )
@@ -80,7 +82,7 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
         start = finished_run(init_from, "--init-from", unit.init_from) if init_from is not None else None
         check_trackers(stage.train.report_to, f"{name}.train.report_to")
         prepared = prepare_stage(recipe, stage, name)
-        probe = _probe(stage, prepared, console)
+        probe = _probe(stage, prepared, start, console)
         check_data_for_launch(setup, prepared, name, recipe)
         check_location(output, guarded_inputs(stage, prepared.read, recipe_file, init_from))
         common = common_manifest(name, recipe, prepared.backbone, init_from)
@@ -95,13 +97,15 @@ def run_stage(name: str, recipe: Recipe, output: Path, init_from: Path | None = 
                                    callbacks, output, console)
 
 
-def _probe(stage: StageSettings, prepared: PreparedData, console) -> BenchProbe | None:
-    """The stage's in-training bench probe, its items read and checked now, before any model loads."""
+def _probe(stage: StageSettings, prepared: PreparedData, start, console) -> BenchProbe | None:
+    """The stage's in-training bench probe, its items read and checked now, before any model loads; its guard
+    measures from the `--init-from` chain's baseline when the probe says so (`chain_baseline`)."""
     if stage.probe is None:
         return None
     probe = stage.probe
     return BenchProbe(prepared.processor, probe_records(probe, prepared.backbone.spec, stage.images), probe.every,
-                      probe.general_drop_limit, probe.on_general_drop, probe.batch_size, console)
+                      probe.general_drop_limit, probe.on_general_drop, probe.batch_size, console,
+                      chain_baseline(probe, start), probe_identity(probe))
 
 
 def _train_and_save(unit: StageUnit, recipe: Recipe, stage: StageSettings, setup: LaunchSetup,

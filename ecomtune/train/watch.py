@@ -7,8 +7,11 @@ probe of chosen benchmark tasks with a guard on general skill.
 - `BenchProbe` runs the chosen `ecomtune bench` tasks on a few items at step 0, every `every` steps and at the
   last step, on the model as it trains (greedy, batched, the bench's own prompts and scorers), and logs
   `probe/<task>` to the Trainer (so to every tracker). With `general_drop_limit`, a general score more than the
-  limit below its step-0 value warns, or (`on_general_drop: stop`) ends training with the weights of the last
+  limit below the guard's baseline warns, or (`on_general_drop: stop`) ends training with the weights of the last
   probe that was within the limit put back, so the run's outputs are the last weights that kept general skill.
+  The baseline is the stage's step-0 value, or, along an `--init-from` chain (`chain_baseline`), the one the
+  chain's first guarded stage measured: each stage of align -> mid -> sft starting where the last one ended would
+  otherwise allow the limit again, and the chain could lose it three times over.
   Under DDP the main process's scores go to every process, so all reach the same decision (sharded engines refuse
   the probe: `ecomtune.train.distributed`).
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,13 +118,13 @@ class BenchProbe(TrainerCallback):
 
     def __init__(self, processor, records: dict[str, list[dict[str, Any]]], every: int,
                  general_drop_limit: float | None = None, on_general_drop: str = "warn", batch_size: int = 8,
-                 console=None) -> None:
+                 console=None, chain: ChainBaseline | None = None, probed: dict[str, Any] | None = None) -> None:
         self.processor, self.records, self.every = processor, records, every
         self.limit, self.on_drop, self.batch_size = general_drop_limit, on_general_drop, batch_size
-        self.console = console
+        self.console, self.chain, self.probed = console, chain, probed or {}
         self.trainer = None
         self.history: list[dict[str, Any]] = []
-        self.baseline: float | None = None
+        self.baseline: float | None = chain.value if chain is not None else None
         self.kept: dict[str, torch.Tensor] | None = None  # trainable weights at the last probe within the limit
         self.kept_step: int | None = None
         self.stopped: dict[str, Any] | None = None
@@ -164,11 +168,12 @@ class BenchProbe(TrainerCallback):
         if self.baseline is None:
             self.baseline = general
         drop = self.baseline - general
+        where = "its step-0 value" if self.chain is None else f"the chain's baseline (from {self.chain.source})"
         if drop <= self.limit:
             self.kept = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
             self.kept_step = state.global_step
             return
-        message = (f"general skill fell {drop:.3f} below its step-0 value {self.baseline:.3f} at step "
+        message = (f"general skill fell {drop:.3f} below {where} {self.baseline:.3f} at step "
                    f"{state.global_step} (limit {self.limit})")
         if self.on_drop == "stop" and self.kept is not None:
             with torch.no_grad():
@@ -178,6 +183,9 @@ class BenchProbe(TrainerCallback):
             self.stopped = {"step": state.global_step, "weights_from_step": self.kept_step, "reason": message}
             control.should_training_stop = True
             message += f": training stopped, weights of step {self.kept_step} kept"
+        elif self.on_drop == "stop":
+            message += (": no probe of this stage was within the limit, so there are no weights to keep; training "
+                        "goes on")
         if is_main_process():
             if self.console is not None:
                 self.console.print(f"[yellow]warning: {message}[/yellow]")
@@ -201,7 +209,7 @@ class BenchProbe(TrainerCallback):
         self.history = [{"step": e.get("step", 0), **{k.removeprefix("probe/"): v for k, v in e.items()
                                                       if k.startswith("probe/")}} for e in earlier]
         general = [value for e in earlier if (value := watched_score(e, "probe/")) is not None]
-        if general:
+        if general and self.chain is None:
             self.baseline = float(general[0])
         self._probe(state, control, model)
 
@@ -212,7 +220,36 @@ class BenchProbe(TrainerCallback):
             self._probe(state, control, model)
 
     def summary(self) -> dict[str, Any]:
-        return {"history": self.history, "baseline_general": self.baseline, "stopped": self.stopped}
+        return {"history": self.history, "baseline_general": self.baseline,
+                "baseline_from": "step 0" if self.chain is None else self.chain.source, "probed": self.probed,
+                "stopped": self.stopped}
+
+
+@dataclass(frozen=True)
+class ChainBaseline:
+    """The general score a guard measures from when it is not the stage's own step 0, and where it came from."""
+
+    value: float
+    source: str
+
+
+def probe_identity(probe) -> dict[str, Any]:
+    """What decides whether two probes' scores compare: the same items of the same benchmark files."""
+    return {"data": str(Path(probe.data).resolve()), "items": probe.items}
+
+
+def chain_baseline(probe, start) -> ChainBaseline | None:
+    """The baseline the `--init-from` run's guard measured from (`start`: its FinishedRun), for a probe set to
+    `baseline: chain` that asks the same items of the same data; None (the stage's own step 0) otherwise, and for
+    a stage that starts from the backbone."""
+    if probe.baseline != "chain" or start is None:
+        return None
+    earlier = start.manifest.get("probe") or {}
+    value = earlier.get("baseline_general")
+    if value is None or earlier.get("probed") != probe_identity(probe):
+        return None
+    origin = earlier.get("baseline_from", "step 0")
+    return ChainBaseline(float(value), f"step 0 of {Path(start.folder).resolve()}" if origin == "step 0" else origin)
 
 
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "trackio": ("trackio",),
