@@ -61,9 +61,16 @@ def test_the_demo_runs_from_an_installed_wheel(installed, tmp_path):
     assert "base 4-bit" in result.stdout and "general probe" in result.stdout and "general skill kept" in result.stdout
     after = json.loads((tmp_path / "demo" / "bench-after.json").read_text())
     assert after["model"]["kind"] == "adapter" and set(after["tasks"]) >= {"deep-fashion", "item-intelligence"}
+    probes = {}
     for stage in ("align", "mid", "sft"):
         manifest = json.loads((tmp_path / "demo" / stage / "manifest.json").read_text())
         assert manifest["status"] == "complete" and manifest["metrics"]["global_step"] == 2
+        probes[stage] = manifest["probe"]
+    # every stage's guard measures from align's step 0 (baseline: chain), not from where it began itself
+    assert probes["align"]["baseline_from"] == "step 0"
+    align_start = f"step 0 of {(tmp_path / 'demo' / 'align').resolve()}"
+    assert probes["mid"]["baseline_from"] == probes["sft"]["baseline_from"] == align_start
+    assert probes["mid"]["baseline_general"] == probes["sft"]["baseline_general"] == probes["align"]["baseline_general"]
     exported = json.loads((tmp_path / "demo" / "export" / "manifest.json").read_text())
     assert exported["kind"] == "export" and exported["verification"]["ok"] and "verified against" in result.stdout
     assert "<h1>ecomtune bench report</h1>" in (tmp_path / "demo" / "report.html").read_text()

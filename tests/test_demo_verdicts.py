@@ -9,7 +9,7 @@ from rich.text import Text
 
 from ecomtune.bench.result_tables import columns_table
 from ecomtune.bench.verdicts import verdicts
-from ecomtune.studies.demo import print_verdicts
+from ecomtune.studies.demo import print_verdicts, probe_story
 
 
 def results(general: float, colour: float = 0.2, pattern: float = 0.3, f1: float = 0.1, skills: bool = True) -> dict:
@@ -65,3 +65,18 @@ def test_a_failed_verdict_is_printed_in_red_and_the_table_shows_three_columns_an
     table = stream.getvalue()
     assert "base 4-bit" in table and "general: count" in table and "0.250 / 0.250" in table
     assert "0.800" in table and "0.780" in table and "0.750" in table
+
+
+def test_the_probe_story_says_what_the_guard_decided_and_from_which_baseline():
+    history = [{"step": 0, "general": 0.6}, {"step": 50, "general": 0.48}]
+    probe = {"history": history, "baseline_general": 0.6, "baseline_from": "step 0 of runs/align", "warned": [],
+             "stopped": None}
+    assert probe_story({}) == "no probe"
+    within = Text.from_markup(probe_story({"probe": probe})).plain
+    assert within == ("general probe 0.60@0, 0.48@50 (baseline 0.60, step 0 of runs/align); guard: within the limit "
+                      "throughout, trained to the end")
+    warned = Text.from_markup(probe_story({"probe": {**probe, "warned": [{"step": 50, "drop": 0.12}]}})).plain
+    assert warned.endswith("guard warned (fell 0.12 at step 50 below the baseline), trained to the end")
+    stopped = {**probe, "stopped": {"step": 50, "weights_from_step": 0, "reason": "fell"}}
+    assert Text.from_markup(probe_story({"probe": stopped})).plain.endswith("guard stopped at step 50, weights of "
+                                                                          "step 0 kept")

@@ -138,7 +138,7 @@ def test_a_chain_baseline_holds_the_stage_to_where_the_chain_began():
 
     own = ScriptedScores([0.58, 0.54])
     _drive(own, 3)
-    assert own.stopped is None and own.summary()["baseline_general"] == 0.58
+    assert own.stopped is None and own.summary()["baseline_general"] == 0.58 and own.summary()["warned"] == []
     assert own.summary()["baseline_from"] == "step 0"
 
 
@@ -147,6 +147,7 @@ def test_a_stage_that_starts_past_the_chain_limit_warns_and_has_nothing_to_keep(
     _drive(guard, 2)
     assert guard.stopped is None
     assert "there are no weights to keep; training goes on" in capsys.readouterr().out
+    assert [(w["step"], round(w["drop"], 2)) for w in guard.summary()["warned"]] == [(0, 0.2), (1, 0.3), (2, 0.3)]
 
 
 def test_the_chain_baseline_is_taken_only_from_a_run_that_probed_the_same_items(tmp_path):

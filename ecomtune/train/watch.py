@@ -128,6 +128,7 @@ class BenchProbe(TrainerCallback):
         self.kept: dict[str, torch.Tensor] | None = None  # trainable weights at the last probe within the limit
         self.kept_step: int | None = None
         self.stopped: dict[str, Any] | None = None
+        self.warned: list[dict[str, Any]] = []  # the probes past the limit that did not stop training
 
     def attach(self, trainer) -> BenchProbe:
         self.trainer = trainer
@@ -183,7 +184,9 @@ class BenchProbe(TrainerCallback):
             self.stopped = {"step": state.global_step, "weights_from_step": self.kept_step, "reason": message}
             control.should_training_stop = True
             message += f": training stopped, weights of step {self.kept_step} kept"
-        elif self.on_drop == "stop":
+        else:
+            self.warned.append({"step": state.global_step, "drop": round(drop, 6)})
+        if self.on_drop == "stop" and self.kept is None:
             message += (": no probe of this stage was within the limit, so there are no weights to keep; training "
                         "goes on")
         if is_main_process():
@@ -222,7 +225,7 @@ class BenchProbe(TrainerCallback):
     def summary(self) -> dict[str, Any]:
         return {"history": self.history, "baseline_general": self.baseline,
                 "baseline_from": "step 0" if self.chain is None else self.chain.source, "probed": self.probed,
-                "stopped": self.stopped}
+                "warned": self.warned, "stopped": self.stopped}
 
 
 @dataclass(frozen=True)
