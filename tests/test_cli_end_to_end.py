@@ -41,7 +41,7 @@ def test_align_then_sft_with_the_shipped_sample_data(align_run):
     assert manifest["init_from"] == str(align_run)
     sources = manifest["data"]["sources"]  # the shipped mixture: the catalog's instructions + general replay
     assert [s["path"] for s in sources] == ["data_samples/instruct.jsonl", "data_samples/general-train.jsonl"]
-    assert sources[1]["sampling"] == "random:900" and sources[1]["taken"] == 120, "a rule above the rows takes them all"
+    assert sources[1]["sampling"] == "random:200%" and sources[1]["taken"] == 240, "200% takes every row twice"
     assert (out / "adapter_model.safetensors").is_file()
 
 

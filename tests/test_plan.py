@@ -90,14 +90,17 @@ def test_plan_measures_every_sample_with_the_real_processor(tmp_path):
                          ["sft.max_length=200", "sft.on_overlong=drop", "sft.images.max_images=3"])
     report = plan_stage(recipe, "sft")
     processor = load_processor(resolve_backbone("tiny-qwen2-vl"))
-    # the shipped sft data is a mixture whose rules take every row of both sources (random:900 of 120 replay rows)
-    sources = [source.path for source in recipe.sft.data]
-    samples = [s for path in sources for s in load_canonical_file(path, images=recipe.sft.images)]
+    # the shipped sft data is a mixture: every instruction once, the 120 replay rows twice over (random:200%)
+    assert [source.sampling for source in recipe.sft.data] == ["all", "random:200%"]
+    sources, passes = [source.path for source in recipe.sft.data], (1, 2)
+    samples = [s for path, times in zip(sources, passes, strict=True)
+               for s in load_canonical_file(path, images=recipe.sft.images) for _ in range(times)]
     lengths = sorted(count_tokens(processor, s) for s in samples)
     assert report["samples"] == len(samples)
     assert (report["tokens"]["min"], report["tokens"]["max"]) == (lengths[0], lengths[-1])
     assert report["over_max_length"] == sum(n > 200 for n in lengths)
-    listed = [s for path in sources for s in load_canonical_file(path)]
+    listed = [s for path, times in zip(sources, passes, strict=True) for s in load_canonical_file(path)
+              for _ in range(times)]
     assert report["over_image_cap"] == sum(len(s.images) > 3 for s in listed) > 0
     assert 0 < report["padding"]["fraction"] < 1 and report["memory"]["fits"]
 
