@@ -30,8 +30,9 @@ from ecomtune.train.stages import run_stage
 DEMO_RECIPE = SHIPPED_RECIPES / "tiny-qwen2-vl.yaml"
 GENERAL_BASE = "tiny-qwen2-vl-general"
 # The retention probe during every stage: the first 60 general probe items (10 per skill), how often per stage
-# (align's 300 steps move the projector every general answer goes through, so it is probed more often: a guard
-# that stops keeps the last probed weights within the limit), and the guard's limit.
+# (align's 300 steps move the projector every general answer goes through, so it is probed more often), and the
+# guard's limit. The guard warns: sft's high rate costs general skill early and its replay wins it back, so
+# stopping at the first fall would keep sft's step-0 weights (docs/benchmark.md#what-replay-buys measures it).
 PROBE_ITEMS, DROP_LIMIT = 60, 0.05
 PROBE_EVERY = {"align": 50, "mid": 250, "sft": 250}
 PROBED_STAGES = tuple(PROBE_EVERY)
