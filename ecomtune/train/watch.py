@@ -125,7 +125,8 @@ class BenchProbe(TrainerCallback):
         self.trainer = None
         self.history: list[dict[str, Any]] = []
         self.baseline: float | None = chain.value if chain is not None else None
-        self.kept: dict[str, torch.Tensor] | None = None  # trainable weights at the last probe within the limit
+        # trainable weights at the last probe within the limit (a guard that stops only)
+        self.kept: dict[str, torch.Tensor] | None = None
         self.kept_step: int | None = None
         self.stopped: dict[str, Any] | None = None
         self.warned: list[dict[str, Any]] = []  # the probes past the limit that did not stop training
@@ -169,11 +170,13 @@ class BenchProbe(TrainerCallback):
         if self.baseline is None:
             self.baseline = general
         drop = self.baseline - general
-        where = "its step-0 value" if self.chain is None else f"the chain's baseline (from {self.chain.source})"
         if drop <= self.limit:
-            self.kept = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-            self.kept_step = state.global_step
+            if self.on_drop == "stop":  # only a guard that stops puts weights back: a warning one copies nothing
+                self.kept = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
+                             if p.requires_grad}
+                self.kept_step = state.global_step
             return
+        where = "its step-0 value" if self.chain is None else f"the chain's baseline (from {self.chain.source})"
         message = (f"general skill fell {drop:.3f} below {where} {self.baseline:.3f} at step "
                    f"{state.global_step} (limit {self.limit})")
         if self.on_drop == "stop" and self.kept is not None:
@@ -186,9 +189,9 @@ class BenchProbe(TrainerCallback):
             message += f": training stopped, weights of step {self.kept_step} kept"
         else:
             self.warned.append({"step": state.global_step, "drop": round(drop, 6)})
-        if self.on_drop == "stop" and self.kept is None:
-            message += (": no probe of this stage was within the limit, so there are no weights to keep; training "
-                        "goes on")
+            if self.on_drop == "stop":
+                message += (": no probe of this stage was within the limit, so there are no weights to keep; "
+                            "training goes on")
         if is_main_process():
             if self.console is not None:
                 self.console.print(f"[yellow]warning: {message}[/yellow]")
@@ -252,7 +255,7 @@ def chain_baseline(probe, start) -> ChainBaseline | None:
     if value is None or earlier.get("probed") != probe_identity(probe):
         return None
     origin = earlier.get("baseline_from", "step 0")
-    return ChainBaseline(float(value), f"step 0 of {Path(start.folder).resolve()}" if origin == "step 0" else origin)
+    return ChainBaseline(float(value), f"step 0 of {start.folder.resolve()}" if origin == "step 0" else origin)
 
 
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "trackio": ("trackio",),
