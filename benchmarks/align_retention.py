@@ -10,7 +10,7 @@ Measured on 2 shared cores after a fresh `make demo` with the earlier align (rep
 loss; base in full precision: general 0.644): lr 5e-3 (then shipped)
 general 0.461, 1e-3 0.467, 2e-4 0.500; count, reading and spatial fall even at 2e-4, colour comes back (0.967).
 The shipped align now (1e-3, `loss_average: sample`, replay `random:600`) leaves 0.550 after align alone (count
-1.00 -> 0.67); mid and sft's replay win it back (the demo ends at 0.650).
+1.00 -> 0.67); mid and sft's replay win back some or all of it (0.594 to 0.667 after the recipe in three runs).
 """
 
 from __future__ import annotations
