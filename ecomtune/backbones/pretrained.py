@@ -28,7 +28,7 @@ from ecomtune.backbones.tiny import TINY_VERSION, TinyTwin, build_into, default_
 from ecomtune.errors import DataError
 
 # Part of the cache key: bump it whenever the pretraining (data, schedule, sizes) changes.
-PRETRAINED_VERSION = 1
+PRETRAINED_VERSION = 2
 DONE_FILE = "pretraining.json"
 
 
@@ -50,7 +50,8 @@ class Pretraining:
 # The general base is wider and deeper than the random twin (about 1.09M parameters against 0.53M): a language model
 # of width 128 in 3 layers with 8 heads, and a 2-block vision tower whose merger feeds it. At the twin's own size
 # (width 64, 2 layers, 1 vision block) 600 steps reached 0.53 general accuracy, this size 0.59, at 1.8x the time
-# per step; both leave existence, spatial relations and reading near chance.
+# per step (on the general world before shapes and words were put on the patch grid). It does not learn spatial
+# relations: they stay at chance (docs/backbones.md).
 GENERAL_SIZES = {"text": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3,
                           "num_attention_heads": 8, "num_key_value_heads": 4},
                  "vision": {"depth": 2, "hidden_size": 128}}
