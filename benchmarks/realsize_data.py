@@ -27,7 +27,7 @@ def full_size_data(work: Path, photo: tuple[int, int] = (1200, 1600), items: int
     for path in sorted((folder / "images").glob("*.png")):
         with Image.open(path) as image:
             image.convert("RGB").resize(photo, Image.Resampling.BICUBIC).save(path)
-    kept = [line for line in paths["instruct"].read_text().splitlines()
+    kept = [line for name in ("instruct", "compliance") for line in paths[name].read_text().splitlines()
             if line.strip() and len(json.loads(line).get("images", [])) in range(1, max_images + 1)]
     if not kept:
         raise SystemExit(f"no instruction record with 1 to {max_images} images among {items} items: raise --items")

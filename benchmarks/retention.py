@@ -25,7 +25,7 @@ from rich.table import Table
 import ecomtune
 from ecomtune.bench.runner import run_bench
 from ecomtune.config.recipe_files import load_recipe
-from ecomtune.studies.demo import DEMO_RECIPE, demo_recipe, replay_share
+from ecomtune.studies.demo import DEMO_RECIPE, demo_recipe, is_replay, replay_share
 from ecomtune.synth.catalog import write_catalog
 from ecomtune.tasks.registry import TASKS
 from ecomtune.train.stages import run_stage
@@ -44,7 +44,7 @@ def variant_recipe(variant: str, data: dict[str, Path], overrides: list[str]):
     for stage in ("align", "mid", "sft"):
         data_of = getattr(recipe, stage).data
         sources = [s.model_dump(mode="json") for s in data_of] if isinstance(data_of, list) else [{"path": data_of}]
-        values[f"{stage}.data"] = sources[:1] if variant == "a" else sources
+        values[f"{stage}.data"] = [s for s in sources if not is_replay(s)] if variant == "a" else sources
     return load_recipe(DEMO_RECIPE, overrides, values=values)
 
 

@@ -39,9 +39,11 @@ def test_align_then_sft_with_the_shipped_sample_data(align_run):
     assert "trained projector" in result.stdout and "lora" in result.stdout and str(out) in result.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["init_from"] == str(align_run)
-    sources = manifest["data"]["sources"]  # the shipped mixture: the catalog's instructions + general replay
-    assert [s["path"] for s in sources] == ["data_samples/instruct.jsonl", "data_samples/general-train.jsonl"]
-    assert sources[1]["sampling"] == "random:200%" and sources[1]["taken"] == 240, "200% takes every row twice"
+    sources = manifest["data"]["sources"]  # the shipped mixture: instructions, compliance, general replay
+    assert [s["path"] for s in sources] == ["data_samples/instruct.jsonl", "data_samples/compliance.jsonl",
+                                            "data_samples/general-train.jsonl"]
+    assert sources[1]["sampling"] == "first:400%" and sources[1]["taken"] == 44, "400% takes every row 4 times"
+    assert sources[2]["sampling"] == "random:200%" and sources[2]["taken"] == 240, "200% takes every row twice"
     assert (out / "adapter_model.safetensors").is_file()
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
+import pytest
 from rich.console import Console
 from rich.text import Text
 
 from ecomtune.bench.result_tables import columns_table
 from ecomtune.bench.verdicts import verdicts
-from ecomtune.studies.demo import print_verdicts, probe_story
+from ecomtune.studies.demo import catalog_sources, demo_recipe, is_replay, print_verdicts, probe_story, replay_share
 
 
 def results(general: float, colour: float = 0.2, pattern: float = 0.3, f1: float = 0.1, skills: bool = True) -> dict:
@@ -80,3 +82,18 @@ def test_the_probe_story_says_what_the_guard_decided_and_from_which_baseline():
     stopped = {**probe, "stopped": {"step": 50, "weights_from_step": 0, "reason": "fell"}}
     assert Text.from_markup(probe_story({"probe": stopped})).plain.endswith("guard stopped at step 50, weights of "
                                                                           "step 0 kept")
+
+
+def test_the_demo_points_every_shipped_source_at_the_catalog_file_of_the_same_name(tmp_path):
+    names = {"captions": "captions.jsonl", "mid": "mid.jsonl", "instruct": "instruct.jsonl",
+             "compliance": "compliance.jsonl", "general_train": "general-train.jsonl"}
+    data = {key: tmp_path / name for key, name in names.items()} | {"bench": tmp_path / "bench"}
+    recipe = demo_recipe(data, [])
+    sft = [source.model_dump(mode="json") for source in recipe.sft.data]
+    assert [Path(s["path"]) for s in sft] == [data["instruct"], data["compliance"], data["general_train"]]
+    assert [s["sampling"] for s in sft] == ["all", "first:400%", "random:200%"], "sampling rules are kept"
+    assert [is_replay(s) for s in sft] == [False, False, True]
+    manifest = {"data": {"sources": [{**s, "share": share} for s, share in zip(sft, (0.5, 0.2, 0.3), strict=True)]}}
+    assert replay_share(manifest) == 0.3
+    with pytest.raises(ValueError, match=r"writes no listings\.jsonl"):
+        catalog_sources("data/listings.jsonl", data)

@@ -90,9 +90,10 @@ def test_plan_measures_every_sample_with_the_real_processor(tmp_path):
                          ["sft.max_length=200", "sft.on_overlong=drop", "sft.images.max_images=3"])
     report = plan_stage(recipe, "sft")
     processor = load_processor(resolve_backbone("tiny-qwen2-vl"))
-    # the shipped sft data is a mixture: every instruction once, the 120 replay rows twice over (random:200%)
-    assert [source.sampling for source in recipe.sft.data] == ["all", "random:200%"]
-    sources, passes = [source.path for source in recipe.sft.data], (1, 2)
+    # the shipped sft data is a mixture: every instruction once, every compliance record four times over
+    # (first:400%), the 120 replay rows twice over (random:200%)
+    assert [source.sampling for source in recipe.sft.data] == ["all", "first:400%", "random:200%"]
+    sources, passes = [source.path for source in recipe.sft.data], (1, 4, 2)
     samples = [s for path, times in zip(sources, passes, strict=True)
                for s in load_canonical_file(path, images=recipe.sft.images) for _ in range(times)]
     lengths = sorted(count_tokens(processor, s) for s in samples)
@@ -113,7 +114,7 @@ def test_plan_command_prints_the_budget_and_writes_json(tmp_path):
     assert "tokens per sample" in result.stdout and "over budget" in result.stdout
     report = json.loads(out.read_text())
     assert report["memory"]["fits"] is False and report["memory"]["advice"]
-    assert "mixture" in result.stdout and len(report["mixture"]) == 2, "the catalog and general replay"
+    assert "mixture" in result.stdout and len(report["mixture"]) == 3, "instructions, compliance, general replay"
     assert sum(m["share"] for m in report["mixture"]) == pytest.approx(1.0)
     bad = run_cli("plan", "recipes/tiny-qwen2-vl.yaml", "--stage", "final")
     assert bad.returncode == 2 and "--stage align or mid or sft" in bad.stderr

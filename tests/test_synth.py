@@ -28,16 +28,19 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 def test_training_files_pass_the_data_checks(catalog):
     captions = load_canonical_file(catalog["captions"])
     instruct = load_canonical_file(catalog["instruct"])
-    assert captions and instruct
-    multi = [s for s in instruct if len(s.images) > 1]
-    assert multi, "multi-image item-intelligence instructions are present"
+    compliance = load_canonical_file(catalog["compliance"])
+    assert captions and instruct and compliance
+    assert all(len(s.images) > 1 for s in compliance), "item intelligence fills its JSON from all of an item's views"
+    assert not {s.messages[0]["content"][-1]["text"] for s in compliance} & {
+        s.messages[0]["content"][-1]["text"] for s in instruct}, "each compliance record is in compliance.jsonl alone"
 
 
 def test_bench_split_is_disjoint_from_training_by_item(catalog):
     def item_ids(paths):
         return {Path(p).name.split("_")[0] for p in paths}
 
-    trained = {i for s in load_canonical_file(catalog["instruct"]) for i in item_ids(s.images)}
+    trained = {i for name in ("instruct", "compliance") for s in load_canonical_file(catalog[name])
+               for i in item_ids(s.images)}
     benched = set()
     for path in catalog["bench"].glob("*.jsonl"):
         for line in path.read_text().splitlines():

@@ -24,7 +24,7 @@ from ecomtune.bench.verdicts import Verdict, verdicts
 from ecomtune.config.recipe_files import SHIPPED_RECIPES, load_recipe
 from ecomtune.export.runner import run_export
 from ecomtune.runs.outputs import locked, refuse_non_empty
-from ecomtune.synth.catalog import write_catalog
+from ecomtune.synth.catalog import GENERAL_TRAIN_FILE, write_catalog
 from ecomtune.train.stages import run_stage
 
 DEMO_RECIPE = SHIPPED_RECIPES / "tiny-qwen2-vl.yaml"
@@ -58,19 +58,32 @@ def demo_recipe(data: dict[str, Path], overrides: list[str]):
     probe = [f"{stage}.probe={{tasks: [general], items: {PROBE_ITEMS}, every: {every}, "
              f"general_drop_limit: {DROP_LIMIT}, on_general_drop: warn}}" for stage, every in PROBE_EVERY.items()]
     values: dict = {f"{stage}.probe.data": data["bench"] for stage in PROBED_STAGES}  # a path, never read as YAML
-    for stage, own in (("align", data["captions"]), ("mid", data["mid"]), ("sft", data["instruct"])):
-        values[f"{stage}.data"] = catalog_sources(getattr(shipped, stage).data, own, data["general_train"])
+    for stage in ("align", "mid", "sft"):
+        values[f"{stage}.data"] = catalog_sources(getattr(shipped, stage).data, data)
     recipe = load_recipe(DEMO_RECIPE, [f"backbone.name={GENERAL_BASE}", *probe, *overrides], values=values)
     return recipe
 
 
-def catalog_sources(sources, own: Path, replay: Path):
-    """A stage's data pointed at the catalog: one path becomes `own`; a mixture keeps its sampling rules, its first
-    source becomes `own` (the catalog's data) and the others `replay` (the general world's training split)."""
+def catalog_sources(sources, catalog: dict[str, Path]):
+    """A stage's data pointed at the catalog: each path becomes the catalog's file of the same name
+    (`data_samples/compliance.jsonl` -> the catalog's `compliance.jsonl`); a mixture keeps its sampling rules."""
+    files = {path.name: path for path in catalog.values() if path.suffix == ".jsonl"}
+
+    def catalog_file(path) -> Path:
+        name = Path(path).name
+        if name not in files:  # only an edited shipped recipe gets here: say which file the demo cannot stand in for
+            raise ValueError(f"{DEMO_RECIPE} reads {path}, but the synthetic catalog writes no {name} "
+                             f"(it writes {', '.join(sorted(files))}): point that source at one of these")
+        return files[name]
+
     if not isinstance(sources, list):
-        return own
-    return [{**source.model_dump(mode="json"), "path": str(own if i == 0 else replay)}
-            for i, source in enumerate(sources)]
+        return catalog_file(sources)
+    return [{**source.model_dump(mode="json"), "path": str(catalog_file(source.path))} for source in sources]
+
+
+def is_replay(source: dict) -> bool:
+    """Whether a manifest's or recipe's source is the general world's training split (general replay)."""
+    return Path(source["path"]).name == GENERAL_TRAIN_FILE
 
 
 def print_verdicts(console: Console, found: list[Verdict]) -> bool:
@@ -107,8 +120,8 @@ def _run_demo(output: Path, seed: int, items: int, overrides: list[str]) -> dict
     console = Console()
     console.rule("[bold]1/8 synthetic catalog and general world")
     data = write_catalog(output / "catalog", items, seed, overwrite=True)
-    console.print(f"{items} items -> {data['captions']}, {data['instruct']}, general replay {data['general_train']}, "
-                  f"benchmark in {data['bench']}")
+    console.print(f"{items} items -> {data['captions']}, {data['instruct']}, {data['compliance']}, "
+                  f"general replay {data['general_train']}, benchmark in {data['bench']}")
     recipe = demo_recipe(data, overrides)
 
     console.rule(f"[bold]2/8 bench: the pretrained base {recipe.backbone.name}, full precision and 4-bit")
@@ -138,7 +151,7 @@ def _run_demo(output: Path, seed: int, items: int, overrides: list[str]) -> dict
     for result in (aligned, mid, tuned):
         m = result.manifest
         trained = ", ".join(f"{r['component']} {r['trainable']:,}" for r in m["parameters"] if r["trainable"])
-        replay = next((s for s in m["data"].get("sources", [])[1:]), None)
+        replay = any(is_replay(s) for s in m["data"].get("sources", []))
         share = f"; general replay {replay_share(m):.0%} of tokens" if replay else ""
         console.print(f"{m['stage']}: trained {trained} params in {m['metrics']['global_step']} steps "
                       f"({m['metrics'].get('train_runtime', 0):.0f}s){share} -> {result.output}")
@@ -156,6 +169,5 @@ def _run_demo(output: Path, seed: int, items: int, overrides: list[str]) -> dict
 
 
 def replay_share(manifest: dict) -> float:
-    """The share of a stage's tokens that came from its general replay (every source after the first)."""
-    sources = manifest["data"].get("sources", [])
-    return sum(s.get("share", 0.0) for s in sources[1:])
+    """The share of a stage's tokens that came from its general replay (`general-train.jsonl`)."""
+    return sum(s.get("share", 0.0) for s in manifest["data"].get("sources", []) if is_replay(s))

@@ -56,11 +56,13 @@ def _study(output: Path, strategies: tuple[str, ...], items: int, seed: int, sft
            overrides: list[str] | None) -> dict[str, Any]:
     console = Console()
     catalog = write_catalog(output / "catalog", items, seed, overwrite=True)
-    settings = [f"align.data={catalog['captions']}", f"sft.data={catalog['instruct']}", *(overrides or [])]
+    # sft learns item intelligence from compliance.jsonl, beside the single-item instructions
+    sft_data = [{"path": str(catalog["instruct"])}, {"path": str(catalog["compliance"])}]
+    settings = [f"align.data={catalog['captions']}", *(overrides or [])]
     if sft_steps is not None:
         settings += [f"sft.train.max_steps={sft_steps}", f"sft.train.save_steps={sft_steps}"]
     base = load_recipe(RECIPE if RECIPE.is_file() else None, settings,
-                       {"align.data": catalog["captions"], "sft.data": catalog["instruct"]})
+                       {"align.data": catalog["captions"], "sft.data": sft_data})
     console.rule("[bold]align (shared)")
     aligned = run_align(base, output / "align", overwrite=True)
     processor = load_processor(resolve_backbone(base.backbone.name, base.backbone.seed), base.backbone)
@@ -69,7 +71,7 @@ def _study(output: Path, strategies: tuple[str, ...], items: int, seed: int, sft
     for strategy in strategies:
         console.rule(f"[bold]sft with images: {strategy}")
         recipe = load_recipe(RECIPE if RECIPE.is_file() else None, settings,
-                             {"align.data": catalog["captions"], "sft.data": catalog["instruct"],
+                             {"align.data": catalog["captions"], "sft.data": sft_data,
                               "sft.images.strategy": strategy})
         tuned = run_sft(recipe, output / f"sft-{strategy}", init_from=aligned.output, overwrite=True)
         images = ImageSettings(**recipe.sft.images.model_dump())

@@ -5,9 +5,11 @@ Output folder:
 - `captions.jsonl`: stage-1 captions (primary images of training items);
 - `mid.jsonl`: stage-1.5 data from every view of the training items: a detailed re-caption of each view and
   OCR-style reading of the text drawn on it (see `ecomtune/synth/mid.py`);
-- `instruct.jsonl`: stage-3 instructions in the paper's families: VQA (choice, yes/no, with and
-  without title & category), attribute extraction, precise instruction following, listings, and
-  multi-image item intelligence;
+- `instruct.jsonl`: stage-3 instructions in the paper's single-item families: VQA (choice, yes/no, with and
+  without title & category), attribute extraction, precise instruction following, listings;
+- `compliance.jsonl`: stage-3 multi-image item intelligence, the compliance JSON from all of a packaged item's
+  views. A file of its own so that a mixture can give it its own sampling rule: its answers are the longest and
+  its records the fewest (one per packaged item), and the tiny recipe takes them four times over;
 - `bench/<task>.jsonl`: benchmark records for held-out items (disjoint from training by item); `bench/general.jsonl`
   is the general world's probe split (`ecomtune/tasks/general_world.py`);
 - `general-train.jsonl`: the general world's training split, general replay to mix into mid and sft (its scenes
@@ -49,6 +51,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
 # answers) and training items for general replay.
 GENERAL_PROBE_ITEMS = 180
 GENERAL_TRAIN_ITEMS = 1200
+GENERAL_TRAIN_FILE = "general-train.jsonl"  # general replay: the general world's training split
 FASHION_ATTRIBUTES = {"shirts": ("sleeve length", "neckline", "pattern", "colour"),
                       "tops": ("sleeve length", "neckline", "pattern", "colour"),
                       "handbags": ("colour", "brand"), "sneakers": ("colour", "brand")}
@@ -66,12 +69,16 @@ def caption(item: Item) -> str:
 def instructions(item: Item, rng: random.Random, boxes: list) -> list[dict]:
     """Training instructions for one item, one or more per family. Multi-image records carry the text boxes of
     every view (`boxes`), as a grounding model would have marked them."""
-    records = prompts.instruction_records(image_paths(item), item.attributes, item.aspects, item.title, item.category,
-                                          OPTIONS, list(FASHION_ATTRIBUTES.get(item.subset, ())), rng, boxes)
-    if item.compliance:
-        records.append(chat(image_paths(item), prompts.compliance_prompt(len(item.views)), compact(item.compliance),
-                            boxes))
-    return records
+    return prompts.instruction_records(image_paths(item), item.attributes, item.aspects, item.title, item.category,
+                                       OPTIONS, list(FASHION_ATTRIBUTES.get(item.subset, ())), rng, boxes)
+
+
+def compliance_records(item: Item, boxes: list) -> list[dict]:
+    """The multi-image item-intelligence instruction of a packaged item (none for other items): fill the
+    compliance JSON from every view."""
+    if not item.compliance:
+        return []
+    return [chat(image_paths(item), prompts.compliance_prompt(len(item.views)), compact(item.compliance), boxes)]
 
 
 def bench_records(item: Item, boxes: list) -> dict[str, list[dict]]:
@@ -117,7 +124,7 @@ def _write_catalog_files(out_dir: Path, count: int, seed: int, general: int, gen
     rng = random.Random(seed + 1)
     # The mid set draws from its own generator, so adding it left every other file's bytes as they were.
     mid_rng = random.Random(f"mid:{seed}")
-    captions, mid, instruct, bench = [], [], [], {}
+    captions, mid, instruct, compliance, bench = [], [], [], [], {}
     for item in track(items, description="rendering catalog", transient=True, disable=count < 200):
         boxes, marks = [], []
         for index, (view, path) in enumerate(zip(item.views, image_paths(item), strict=True)):
@@ -130,17 +137,20 @@ def _write_catalog_files(out_dir: Path, count: int, seed: int, general: int, gen
             for view, path, view_marks in zip(item.views, image_paths(item), marks, strict=True):
                 mid.extend(chat([path], q, a) for q, a in view_pairs(item, view, view_marks, mid_rng))
             instruct.extend(instructions(item, rng, boxes))
+            compliance.extend(compliance_records(item, boxes))
         else:
             for task, records in bench_records(item, boxes).items():
                 bench.setdefault(task, []).extend(records)
     bench["general"] = write_general(out_dir, "probe", general, seed)
     paths = {"captions": out_dir / "captions.jsonl", "mid": out_dir / "mid.jsonl",
-             "general_train": out_dir / "general-train.jsonl",
-             "instruct": out_dir / "instruct.jsonl", "items": out_dir / "items.jsonl", "bench": out_dir / "bench",
+             "general_train": out_dir / GENERAL_TRAIN_FILE,
+             "instruct": out_dir / "instruct.jsonl", "compliance": out_dir / "compliance.jsonl",
+             "items": out_dir / "items.jsonl", "bench": out_dir / "bench",
              "listings": out_dir / "listings.jsonl", "listings_truth": out_dir / "listings-truth.jsonl"}
     write_jsonl_atomic(paths["captions"], captions)
     write_jsonl_atomic(paths["mid"], mid)
     write_jsonl_atomic(paths["instruct"], instruct)
+    write_jsonl_atomic(paths["compliance"], compliance)
     write_jsonl_atomic(paths["general_train"], write_general(out_dir, "train", general_train, seed))
     write_jsonl_atomic(paths["items"], [asdict(i) for i in items])
     listings = [seller_listing(item, image_paths(item), seed) for item in items]
