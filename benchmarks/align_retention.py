@@ -9,8 +9,9 @@ each align run and prints the scores beside nothing else: compare them with the 
 Measured on 2 shared cores after a fresh `make demo` with the earlier align (replay `random:300`, token-averaged
 loss; base in full precision: general 0.644): lr 5e-3 (then shipped)
 general 0.461, 1e-3 0.467, 2e-4 0.500; count, reading and spatial fall even at 2e-4, colour comes back (0.967).
-The shipped align now (1e-3, `loss_average: sample`, replay `random:600`) leaves 0.550 after align alone (count
-1.00 -> 0.67); mid and sft's replay win back some or all of it (0.594 to 0.667 after the recipe in three runs).
+On that base, align at 1e-3 with `loss_average: sample` and 600 replay rows left 0.550 after align alone (count
+1.00 -> 0.67); mid and sft's replay won back some or all of it (0.594 to 0.667 after the recipe in three runs).
+The general world and its base have changed since (docs/backbones.md); these figures were not measured again.
 """
 
 from __future__ import annotations
