@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -75,8 +76,7 @@ def sft_config(train: TrainSettings, output: Path, compute_dtype: torch.dtype, e
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
         optim=train.optimizer,
-        gradient_checkpointing=train.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        **checkpointing(SFTConfig, train.gradient_checkpointing),
         logging_steps=train.logging_steps,
         save_strategy="steps",
         save_steps=train.save_steps,
@@ -93,6 +93,14 @@ def sft_config(train: TrainSettings, output: Path, compute_dtype: torch.dtype, e
         max_length=None,
         packing=False,
     )
+
+
+def checkpointing(config_class: type, enabled: bool) -> dict[str, Any]:
+    """Activation checkpointing under the name the installed transformers reads: 5.x renamed
+    `gradient_checkpointing` to `activation_checkpointing` and warns on every run given the old name."""
+    fields = getattr(config_class, "__dataclass_fields__", {})
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False}}
 
 
 @contextlib.contextmanager
