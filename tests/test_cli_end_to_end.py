@@ -43,7 +43,7 @@ def test_align_then_sft_with_the_shipped_sample_data(align_run):
     assert [s["path"] for s in sources] == ["data_samples/instruct.jsonl", "data_samples/compliance.jsonl",
                                             "data_samples/general-train.jsonl"]
     assert sources[1]["sampling"] == "first:400%" and sources[1]["taken"] == 44, "400% takes every row 4 times"
-    assert sources[2]["sampling"] == "random:200%" and sources[2]["taken"] == 240, "200% takes every row twice"
+    assert sources[2]["sampling"] == "all" and sources[2]["taken"] == 120, "every replay row once"
     assert (out / "adapter_model.safetensors").is_file()
 
 

@@ -91,7 +91,7 @@ def test_the_demo_points_every_shipped_source_at_the_catalog_file_of_the_same_na
     recipe = demo_recipe(data, [])
     sft = [source.model_dump(mode="json") for source in recipe.sft.data]
     assert [Path(s["path"]) for s in sft] == [data["instruct"], data["compliance"], data["general_train"]]
-    assert [s["sampling"] for s in sft] == ["all", "first:400%", "random:200%"], "sampling rules are kept"
+    assert [s["sampling"] for s in sft] == ["all", "first:400%", "all"], "sampling rules are kept"
     assert [is_replay(s) for s in sft] == [False, False, True]
     manifest = {"data": {"sources": [{**s, "share": share} for s, share in zip(sft, (0.5, 0.2, 0.3), strict=True)]}}
     assert replay_share(manifest) == 0.3

@@ -91,9 +91,9 @@ def test_plan_measures_every_sample_with_the_real_processor(tmp_path):
     report = plan_stage(recipe, "sft")
     processor = load_processor(resolve_backbone("tiny-qwen2-vl"))
     # the shipped sft data is a mixture: every instruction once, every compliance record four times over
-    # (first:400%), the 120 replay rows twice over (random:200%)
-    assert [source.sampling for source in recipe.sft.data] == ["all", "first:400%", "random:200%"]
-    sources, passes = [source.path for source in recipe.sft.data], (1, 4, 2)
+    # (first:400%), the 120 replay rows once
+    assert [source.sampling for source in recipe.sft.data] == ["all", "first:400%", "all"]
+    sources, passes = [source.path for source in recipe.sft.data], (1, 4, 1)
     samples = [s for path, times in zip(sources, passes, strict=True)
                for s in load_canonical_file(path, images=recipe.sft.images) for _ in range(times)]
     lengths = sorted(count_tokens(processor, s) for s in samples)
