@@ -11,6 +11,7 @@ from rich.text import Text
 
 from ecomtune.bench.result_tables import columns_table
 from ecomtune.bench.verdicts import verdicts
+from ecomtune.errors import ConfigError
 from ecomtune.studies.demo import catalog_sources, demo_recipe, is_replay, print_verdicts, probe_story, replay_share
 
 
@@ -95,5 +96,6 @@ def test_the_demo_points_every_shipped_source_at_the_catalog_file_of_the_same_na
     assert [is_replay(s) for s in sft] == [False, False, True]
     manifest = {"data": {"sources": [{**s, "share": share} for s, share in zip(sft, (0.5, 0.2, 0.3), strict=True)]}}
     assert replay_share(manifest) == 0.3
-    with pytest.raises(ValueError, match=r"writes no listings\.jsonl"):
+    with pytest.raises(ConfigError, match=r"writes no listings\.jsonl") as raised:
         catalog_sources("data/listings.jsonl", data)
+    assert "general-train.jsonl" in raised.value.fix, "the fix names the files the catalog does write"

@@ -22,6 +22,7 @@ from ecomtune.bench.result_tables import columns_table
 from ecomtune.bench.runner import run_bench
 from ecomtune.bench.verdicts import Verdict, verdicts
 from ecomtune.config.recipe_files import SHIPPED_RECIPES, load_recipe
+from ecomtune.errors import ConfigError
 from ecomtune.export.runner import run_export
 from ecomtune.runs.outputs import locked, refuse_non_empty
 from ecomtune.synth.catalog import GENERAL_TRAIN_FILE, write_catalog
@@ -72,8 +73,8 @@ def catalog_sources(sources, catalog: dict[str, Path]):
     def catalog_file(path) -> Path:
         name = Path(path).name
         if name not in files:  # only an edited shipped recipe gets here: say which file the demo cannot stand in for
-            raise ValueError(f"{DEMO_RECIPE} reads {path}, but the synthetic catalog writes no {name} "
-                             f"(it writes {', '.join(sorted(files))}): point that source at one of these")
+            raise ConfigError(f"{DEMO_RECIPE} reads {path}, but the synthetic catalog writes no {name}",
+                              fix=f"point that source at one of the catalog's files: {', '.join(sorted(files))}")
         return files[name]
 
     if not isinstance(sources, list):
